@@ -1,0 +1,81 @@
+"""CLI: ``run --config FILE`` | ``emulate [--config FILE]`` | ``check-config FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from scheduler.config import AppConfig, ConfigError, load_config
+from scheduler.observability.logging import Redactor, configure_logging
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vast-scheduler", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", required=True, help="YAML config file")
+    emulate = commands.add_parser("emulate", help="run the Vast Serverless emulator alone")
+    emulate.add_argument("--config", help="YAML config file (its emulator: section)")
+    emulate.add_argument("--port", type=int, help="override emulator.port")
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    return parser.parse_args(argv)
+
+
+def load_or_report(path: str) -> AppConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: plain asyncio works, only slower
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def setup_logging(config: AppConfig) -> None:
+    secrets = [config.vast.api_key.get_secret_value()]
+    if config.server.webhook.secret is not None:
+        secrets.append(config.server.webhook.secret.get_secret_value())
+    configure_logging(config.logging.level, config.logging.format, Redactor(secrets))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "check-config":
+        config = load_or_report(args.file)
+        if config is None:
+            return 1
+        print(f"{args.file}: ok ({len(config.endpoints)} endpoints)")
+        return 0
+    config = load_or_report(args.config) if args.config else AppConfig()
+    if config is None:
+        return 1
+    setup_logging(config)
+    if args.command == "run":
+        from scheduler.serve import serve
+
+        run_loop(serve(config))
+        return 0
+    from scheduler.emulator.cli import run_emulator
+
+    emulator = config.emulator
+    if args.port is not None:
+        emulator = emulator.model_copy(update={"port": args.port})
+    run_loop(run_emulator(emulator, [config.vast.api_key.get_secret_value()]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Async jobs: submit, look up, cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from scheduler.api.context import CONFIG, SERVICE
+from scheduler.api.errors import ApiError, read_json
+from scheduler.api.models import JobRequest
+from scheduler.delivery import BufferedDelivery, Delivery
+from scheduler.jobs import Job, JobMode
+from scheduler.service import SchedulerService, Submission
+from scheduler.webhooks import check_webhook_url
+
+
+def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submission:
+    service = request.app[SERVICE]
+    ep = service.dispatcher(endpoint).config
+    parsed = JobRequest.model_validate(body)
+    if parsed.timeout_s is not None and parsed.timeout_s > ep.max_timeout_s:
+        raise ApiError(422, "invalid_field", f"timeout_s: must be <= {ep.max_timeout_s}",
+                       "timeout_s")  # fmt: skip
+    webhook_url = parsed.webhook.url if parsed.webhook else None
+    if webhook_url is not None:
+        problem = check_webhook_url(webhook_url, request.app[CONFIG].server.webhook)
+        if problem is not None:
+            raise ApiError(422, "invalid_field", f"webhook.url: {problem}", "webhook.url")
+    return Submission(
+        endpoint=endpoint,
+        route=parsed.route,
+        payload=parsed.payload,
+        cost=parsed.cost,
+        priority=parsed.priority,
+        timeout_s=parsed.timeout_s,
+        idempotency_key=parsed.idempotency_key,
+        webhook_url=webhook_url,
+    )
+
+
+def admit(request: web.Request, sub: Submission, mode: JobMode, delivery: Delivery) -> Job:
+    service = request.app[SERVICE]
+    try:
+        return service.submit(sub, mode, delivery, request.get("request_id"))
+    except Exception as exc:
+        reason = type(exc).__name__
+        if sub.endpoint in service.dispatchers:
+            service.metrics.jobs_rejected.labels(sub.endpoint, reason).inc()
+            if reason == "QueueFull":
+                retry = service.dispatcher(sub.endpoint).retry_after_s()
+                raise ApiError(429, "queue_full", str(exc),
+                               headers={"Retry-After": str(retry)}) from exc  # fmt: skip
+        raise
+
+
+def job_view(service: SchedulerService, job: Job) -> dict[str, Any]:
+    return job.public(time.monotonic())
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    endpoint = request.match_info["endpoint"]
+    service = request.app[SERVICE]
+    service.dispatcher(endpoint)
+    sub = parse_submission(request, endpoint, await read_json(request))
+    if sub.idempotency_key is not None:
+        existing = service.store.by_idempotency_key(endpoint, sub.idempotency_key)
+        if existing is not None:
+            return web.json_response(
+                job_view(service, existing), status=200, headers={"Idempotent-Replayed": "true"}
+            )
+    delivery = BufferedDelivery(request.app[CONFIG].server.max_result_bytes)
+    job = admit(request, sub, "async", delivery)
+    return web.json_response(
+        {"id": job.id, "status": str(job.status), "cost": job.cost},
+        status=202,
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
+
+
+def find_job(request: web.Request) -> Job:
+    job = request.app[SERVICE].get(request.match_info["job_id"])
+    if job is None:
+        raise ApiError(404, "unknown_job", "no such job (or it was forgotten)", "job_id")
+    return job
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return web.json_response(job_view(request.app[SERVICE], find_job(request)))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    job = find_job(request)
+    if not service.cancel(job):
+        raise ApiError(409, "already_finished", f"job is already {job.status}", "job_id")
+    return web.json_response(job_view(service, job), status=202)

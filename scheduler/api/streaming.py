@@ -1,0 +1,118 @@
+"""Synchronous run and the transparent proxy: the worker's answer streams through as it comes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from scheduler.api.context import SERVICE
+from scheduler.api.errors import REQUEST_ID_HEADER, ApiError, read_json
+from scheduler.api.jobs import admit, parse_submission
+from scheduler.api.models import check_worker_route
+from scheduler.delivery import CallerGone, StreamBroken, StreamDelivery
+from scheduler.jobs import Job, JobMode, JobStatus
+from scheduler.service import Submission
+
+# Hop-by-hop or re-computed headers never copied from the worker to the caller.
+_DROPPED_HEADERS = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
+     "proxy-authenticate", "proxy-connection", "te", "trailer", "upgrade"}
+)  # fmt: skip
+_JOB_HEADER_FIELDS = {
+    "X-Job-Priority": "priority",
+    "X-Job-Cost": "cost",
+    "X-Job-Timeout": "timeout_s",
+}
+
+
+async def run_job(request: web.Request) -> web.StreamResponse:
+    endpoint = request.match_info["endpoint"]
+    request.app[SERVICE].dispatcher(endpoint)
+    body = await read_json(request)
+    if isinstance(body, dict) and body.get("webhook") is not None:
+        raise ApiError(422, "invalid_field", "webhook: only for async jobs", "webhook")
+    sub = parse_submission(request, endpoint, body)
+    if sub.idempotency_key is not None:
+        raise ApiError(422, "invalid_field", "idempotency_key: only for async jobs",
+                       "idempotency_key")  # fmt: skip
+    return await stream_job(request, sub, "sync")
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    endpoint = request.match_info["endpoint"]
+    request.app[SERVICE].dispatcher(endpoint)
+    try:
+        route = check_worker_route("/" + request.match_info["tail"])
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", f"route: {exc}", "route") from exc
+    payload = await read_json(request)
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid_field", "body: must be a JSON object", "body")
+    fields: dict[str, Any] = {"route": route, "payload": payload}
+    for header, name in _JOB_HEADER_FIELDS.items():
+        if header in request.headers:
+            fields[name] = request.headers[header]
+    return await stream_job(request, parse_submission(request, endpoint, fields), "proxy")
+
+
+async def stream_job(request: web.Request, sub: Submission, mode: JobMode) -> web.StreamResponse:
+    delivery = StreamDelivery()
+    job = admit(request, sub, mode, delivery)
+    try:
+        upstream = await delivery.response
+    except asyncio.CancelledError:
+        # The caller went away (handler cancellation): nobody wants this answer any more.
+        request.app[SERVICE].cancel(job)
+        raise
+    if upstream is None:
+        raise unanswered(job)
+    return await pipe(request, job, upstream, delivery)
+
+
+def unanswered(job: Job) -> ApiError:
+    headers = {"X-Job-Id": job.id}
+    message = job.error or str(job.status)
+    if job.status is JobStatus.EXPIRED:
+        return ApiError(504, "expired", message, "timeout_s", headers)
+    if job.status is JobStatus.CANCELLED:
+        return ApiError(409, "cancelled", message, None, headers)
+    return ApiError(502, "job_failed", message, None, headers)
+
+
+async def pipe(
+    request: web.Request, job: Job, upstream: aiohttp.ClientResponse, delivery: StreamDelivery
+) -> web.StreamResponse:
+    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for name, value in upstream.headers.items():
+        if name.lower() not in _DROPPED_HEADERS:
+            out.headers.add(name, value)
+    out.headers["X-Job-Id"] = job.id
+    out.headers[REQUEST_ID_HEADER] = request["request_id"]
+    error: BaseException | None = None
+    try:
+        await out.prepare(request)
+        error = await copy_body(upstream, out)
+        if error is None:
+            await out.write_eof()
+    except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+        error = CallerGone(str(exc))
+    except asyncio.CancelledError:
+        delivery.stream_finished(CallerGone("caller went away"))
+        raise
+    delivery.stream_finished(error)
+    return out
+
+
+async def copy_body(upstream: aiohttp.ClientResponse, out: web.StreamResponse) -> Exception | None:
+    """Copies chunk by chunk; returns the upstream error that cut the answer short, if any."""
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return StreamBroken(f"worker stream broke: {type(exc).__name__}")
+        if not chunk:
+            return None
+        await out.write(chunk)

@@ -1,0 +1,127 @@
+"""Builds the aiohttp application: clients, emulator, dispatch loops; startup and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import PackageNotFoundError, version
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from scheduler.api.context import CONFIG, METRICS, SERVICE
+from scheduler.api.errors import METRICS_HOOK, api_middleware
+from scheduler.api.routes import add_routes
+from scheduler.config import AppConfig
+from scheduler.emulator.emulator import Emulator
+from scheduler.observability.metrics import Metrics
+from scheduler.service import SchedulerService
+from scheduler.vast.route_client import RouteClient
+from scheduler.vast.worker_client import WorkerClient, make_ssl_context
+from scheduler.webhooks import WebhookSender
+
+log = structlog.get_logger("scheduler.app")
+AUTOSCALER_URL: web.AppKey[str] = web.AppKey("autoscaler_url", str)
+EMULATOR: web.AppKey[Emulator] = web.AppKey("emulator", Emulator)
+TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("tasks", set)
+
+
+def package_version() -> str:
+    try:
+        return version("vast-scheduler")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(config: AppConfig, clock: Callable[[], float] = time.monotonic) -> web.Application:
+    app = web.Application(
+        middlewares=[api_middleware], client_max_size=config.server.max_body_bytes
+    )
+    app[CONFIG] = config
+    metrics = Metrics(CollectorRegistry(), package_version())
+    app[METRICS] = metrics
+    app[TASKS] = set()
+    app[METRICS_HOOK] = lambda request, code, _: count_request(metrics, request, code)
+    add_routes(app)
+    app.cleanup_ctx.append(embedded_emulator)
+    app.cleanup_ctx.append(lambda a: scheduler_context(a, clock))
+    return app
+
+
+def count_request(metrics: Metrics, request: web.Request, code: int) -> None:
+    route = request.match_info.route
+    handler = route.name or "unmatched"
+    metrics.http_requests.labels(handler, str(code)).inc()
+
+
+async def embedded_emulator(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if not config.embedded:
+        app[AUTOSCALER_URL] = config.vast.autoscaler_url
+        yield
+        return
+    emulator = Emulator(config.emulator, [config.vast.api_key.get_secret_value()])
+    await emulator.start()
+    app[EMULATOR] = emulator
+    app[AUTOSCALER_URL] = emulator.autoscaler_url
+    log.info("emulator.embedded", autoscaler_url=emulator.autoscaler_url)
+    try:
+        yield
+    finally:
+        await emulator.stop()
+
+
+async def scheduler_context(
+    app: web.Application, clock: Callable[[], float]
+) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    vast = config.vast
+    route_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, ssl=make_ssl_context(vast.ca_bundle))
+    )
+    worker_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=vast.max_connections,
+            limit_per_host=vast.max_connections_per_worker,
+            ssl=make_ssl_context(vast.ca_bundle),
+        ),
+        auto_decompress=False,  # bodies pass through byte for byte, encoding header included
+    )
+    webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+    rng = random.Random()
+    router = RouteClient(
+        route_session, app[AUTOSCALER_URL], vast.api_key, vast.route_timeout_s,
+        vast.replay_timeout_s,
+    )  # fmt: skip
+    webhooks = WebhookSender(webhook_session, config.server.webhook, rng)
+    service = SchedulerService(
+        config, router, WorkerClient(worker_session, vast.worker_read_timeout_s),
+        app[METRICS], webhooks, clock, rng,
+    )  # fmt: skip
+    app[SERVICE] = service
+    tasks = app[TASKS]
+    for name, dispatcher in service.dispatchers.items():
+        tasks.add(asyncio.create_task(dispatcher.run(), name=f"dispatch-{name}"))
+    tasks.add(asyncio.create_task(service.sweep_forever(), name="sweeper"))
+    try:
+        yield
+    finally:
+        service.accepting = False
+        await service.abort_remaining()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(webhooks.tasks)
+        for session in (route_session, worker_session, webhook_session):
+            await session.close()
+
+
+async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,281 @@
+"""Typed configuration: YAML + ${ENV} interpolation, validated once, frozen.
+
+Every problem is reported with its YAML path (``endpoints.llm.queue.max_depth: must be > 0``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from scheduler.emulator.settings import EmulatorConfig
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+EMBEDDED = "embedded"
+EMULATOR_KEY = "local-emulator-key"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` holds one ``path: message`` per error."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebhookConfig(Model):
+    secret: SecretStr | None = None
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    max_attempts: int = Field(5, gt=0, le=20)
+    timeout_s: float = Field(5.0, gt=0)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+
+
+class ServerConfig(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_result_bytes: int = Field(16 * 1_048_576, gt=0)
+    grace_period_s: float = Field(30.0, ge=0)
+    job_retention_s: float = Field(600.0, gt=0)
+    max_jobs_retained: int = Field(100_000, gt=0)
+    webhook: WebhookConfig = WebhookConfig()
+
+
+class VastConfig(Model):
+    autoscaler_url: str = EMBEDDED
+    api_key: SecretStr = SecretStr(EMULATOR_KEY)
+    ca_bundle: Path | None = None
+    route_timeout_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    worker_read_timeout_s: float = Field(600.0, gt=0)
+    replay_timeout_s: float = Field(60.0, gt=0)
+    max_connections: int = Field(256, gt=0)
+    max_connections_per_worker: int = Field(64, gt=0)
+
+    @field_validator("autoscaler_url")
+    @classmethod
+    def _url_or_embedded(cls, value: str) -> str:
+        if value == EMBEDDED:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be 'embedded' or an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _real_key_for_real_vast(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        url = info.data.get("autoscaler_url", EMBEDDED)
+        if url != EMBEDDED and value.get_secret_value() in ("", EMULATOR_KEY):
+            raise ValueError("a real Vast endpoint API key is required")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+class QueueConfig(Model):
+    max_depth: int = Field(10_000, gt=0)
+
+
+class CostConfig(Model):
+    estimator: Literal["constant", "field"] = "constant"
+    value: float = Field(100.0, ge=0)
+    field: str | None = None
+    scale: float = Field(1.0, gt=0)
+    default: float = Field(100.0, ge=0)
+    min: float = Field(0.0, ge=0)
+    max: float = Field(1e9, gt=0)
+    caller_cost: Literal["trust", "clamp", "ignore"] = "clamp"
+
+    @field_validator("field")
+    @classmethod
+    def _dotted_path(cls, value: str | None) -> str | None:
+        if value is not None and not all(value.split(".")):
+            raise ValueError("must be a dotted path such as max_tokens or input.steps")
+        return value
+
+
+class PollConfig(Model):
+    initial_s: float = Field(0.1, gt=0)
+    max_s: float = Field(5.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+
+
+class EndpointConfig(Model):
+    default_route: str = "/generate"
+    queue: QueueConfig = QueueConfig()
+    cost: CostConfig = CostConfig()
+    poll: PollConfig = PollConfig()
+    default_timeout_s: float = Field(300.0, gt=0)
+    max_timeout_s: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(5, gt=0, le=100)
+    max_concurrency: int = Field(64, gt=0)
+
+    @field_validator("default_route")
+    @classmethod
+    def _route_is_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.startswith("//"):
+            raise ValueError("must be a path starting with a single '/'")
+        return value
+
+
+class StoreConfig(Model):
+    backend: Literal["memory"] = "memory"
+
+
+class LoggingConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = True
+
+
+class MetricsConfig(Model):
+    enabled: bool = True
+
+
+class AppConfig(Model):
+    server: ServerConfig = ServerConfig()
+    vast: VastConfig = VastConfig()
+    emulator: EmulatorConfig = EmulatorConfig()
+    endpoint_defaults: EndpointConfig = EndpointConfig()
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
+        for name in value:
+            if not ENDPOINT_NAME.fullmatch(name):
+                raise ValueError(f"bad endpoint name {name!r}: use letters, digits, . _ -")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.vast.autoscaler_url == EMBEDDED
+
+
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def interpolate(node: Any, path: str, problems: list[str], env: Mapping[str, str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, join_path(path, str(k)), problems, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, join_path(path, str(i)), problems, env) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+        return ""
+
+    return ENV_PATTERN.sub(substitute, node)
+
+
+def join_path(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        template = _MESSAGES.get(error["type"])
+        ctx = error.get("ctx") or {}
+        message = template.format(**ctx) if template else str(error["msg"])
+        message = message.removeprefix("Value error, ")
+        problems.append(f"{join_path(prefix, path) or '<root>'}: {message}")
+    return problems
+
+
+def apply_endpoint_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    defaults = raw.get("endpoint_defaults") or {}
+    endpoints = raw.get("endpoints")
+    if not isinstance(defaults, Mapping) or not isinstance(endpoints, Mapping):
+        return raw
+    merged = {
+        name: deep_merge(defaults, ep) if isinstance(ep, Mapping) else ep
+        for name, ep in endpoints.items()
+    }
+    return {**raw, "endpoints": merged}
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None) -> AppConfig:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"<root>: not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(["<root>: must be a mapping"])
+    problems: list[str] = []
+    raw = interpolate(raw, "", problems, os.environ if env is None else env)
+    try:
+        config = AppConfig.model_validate(apply_endpoint_defaults(raw))
+    except ValidationError as exc:
+        problems.extend(format_errors(exc))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> AppConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from exc
+    return parse_config(text, env)

@@ -1,0 +1,38 @@
+"""Classifying worker answers and computing back-off. Pure: randomness and time are passed in."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"  # 2xx: the answer goes to the caller
+    RETRY_ELSEWHERE = "retry_elsewhere"  # the worker cannot take it now: route again
+    FAIL = "fail"  # the job's own fault or the backend's: pass the answer through
+
+
+# 401: bad or stale signature, 410: unknown session, 429: worker queue past max_queue_time.
+_RETRY_STATUSES = frozenset({401, 410, 429})
+
+
+def classify_status(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return Outcome.SUCCESS
+    if status in _RETRY_STATUSES:
+        return Outcome.RETRY_ELSEWHERE
+    return Outcome.FAIL
+
+
+def worker_error_kind(status: int) -> str:
+    """A bounded label for metrics and logs."""
+    return {401: "unauthorized", 410: "session_gone", 422: "bad_envelope", 429: "overloaded"}.get(
+        status, "server_error" if status >= 500 else "client_error"
+    )
+
+
+def backoff_s(
+    attempt: int, initial_s: float, max_s: float, multiplier: float, jitter: float
+) -> float:
+    """Capped exponential back-off; ``jitter`` in [0, 1] spreads it over [50%, 100%] of the step."""
+    step = min(max_s, initial_s * multiplier ** max(0, attempt - 1))
+    return step * (0.5 + 0.5 * min(1.0, max(0.0, jitter)))

@@ -1,0 +1,156 @@
+"""The local Vast.ai Serverless emulator: one autoscaler plus the endpoints' workers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from types import TracebackType
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from scheduler.emulator.admin import AdminApi
+from scheduler.emulator.autoscaler import Autoscaler
+from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
+from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
+
+log = structlog.get_logger(__name__)
+_READY_POLL_S = 0.02
+
+
+class Emulator:
+    """Autoscaler (route, pubkey, reports, admin API) on ``config.host:config.port`` and
+    one aiohttp server per worker on 127.0.0.1, all real sockets.
+
+    ``async with Emulator(cfg, ["key"]) as emu: ...`` starts and stops it.
+    """
+
+    def __init__(self, config: EmulatorConfig, api_keys: Sequence[str]) -> None:
+        if not api_keys:
+            raise ValueError("the emulator needs at least one API key")
+        self.config = config
+        self.autoscaler = Autoscaler(config, api_keys)
+        self._workers: dict[str, list[EmulatedWorker]] = {}
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def autoscaler_url(self) -> str:
+        if self._runner is None:
+            raise RuntimeError("emulator not started")
+        return f"http://{self.config.host}:{self._port}"
+
+    async def start(self) -> None:
+        """Start the autoscaler, then every configured worker."""
+        app = web.Application()
+        app.add_routes(self.autoscaler.routes() + AdminApi(self).routes())
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        for endpoint, settings in self.config.endpoints.items():
+            for _ in range(settings.workers):
+                self._create_worker(endpoint, settings)
+        await asyncio.gather(*(w.start() for w in self.all_workers()))
+        log.info("emulator.autoscaler_listening", url=self.autoscaler_url)
+
+    async def stop(self) -> None:
+        """Stop every worker, then the autoscaler."""
+        await asyncio.gather(*(w.stop() for w in self.all_workers()), return_exceptions=True)
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def workers(self, endpoint: str) -> list[EmulatedWorker]:
+        return list(self._workers.get(endpoint, []))
+
+    def all_workers(self) -> list[EmulatedWorker]:
+        return [w for ws in self._workers.values() for w in ws]
+
+    def worker_by_id(self, worker_id: int) -> EmulatedWorker | None:
+        return next((w for w in self.all_workers() if w.id == worker_id), None)
+
+    async def add_worker(self, endpoint: str, **overrides: Any) -> EmulatedWorker:
+        """Add (and start) a worker; ``overrides`` are EmulatedEndpoint fields."""
+        base = self.config.endpoints.get(endpoint, EmulatedEndpoint())
+        settings = base.with_overrides({"workers": 1, **overrides})
+        worker = self._create_worker(endpoint, settings)
+        if self._runner is not None:
+            await worker.start()
+        return worker
+
+    def _create_worker(self, endpoint: str, settings: EmulatedEndpoint) -> EmulatedWorker:
+        worker_id = next(self._ids)
+        seed = None if self.config.seed is None else self.config.seed + worker_id
+        spec = WorkerSpec(
+            worker_id=worker_id,
+            endpoint=endpoint,
+            settings=settings,
+            autoscaler_url=self.autoscaler_url,
+            status_interval_s=self.config.status_interval_s,
+            session_reap_interval_s=self.config.session_reap_interval_s,
+            seed=seed,
+        )
+        worker = EmulatedWorker(spec)
+        self.autoscaler.book.register(worker_id, endpoint, legacy=settings.mode == "legacy")
+        self._workers.setdefault(endpoint, []).append(worker)
+        return worker
+
+    def ready_count(self, endpoint: str) -> int:
+        """How many of the endpoint's workers the autoscaler would route to now."""
+        book, now = self.autoscaler.book, time.monotonic()
+        views = (v for v in book.workers.values() if v.endpoint == endpoint)
+        return sum(1 for v in views if v.status(now, book.stale_after_s) == "Ready")
+
+    async def wait_ready(self, endpoint: str, count: int = 1, timeout_s: float = 10.0) -> None:
+        """Wait until the autoscaler sees ``count`` ready workers; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        for _ in range(int(timeout_s / _READY_POLL_S) + 1):
+            if self.ready_count(endpoint) >= count:
+                return
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(_READY_POLL_S)
+        raise TimeoutError(f"{endpoint}: fewer than {count} ready workers after {timeout_s} s")
+
+    def route_log(self) -> list[dict[str, Any]]:
+        """Time-stamped route calls (bounded), oldest first, for plotting."""
+        return list(self.autoscaler.stats.log)
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-able snapshot: route counters, faults, workers by endpoint."""
+        book, now = self.autoscaler.book, time.monotonic()
+        endpoints = {
+            name: {
+                "status": book.summary(name, now),
+                "reqnum": book.reqnums[name],
+                "workers": [w.info() for w in self.workers(name)],
+            }
+            for name in sorted(book.endpoints)
+        }
+        faults = {f"route_{k}": v for k, v in asdict(self.autoscaler.faults).items()}
+        route = self.autoscaler.stats.snapshot()
+        return {"route": route, "faults": faults, "endpoints": endpoints}

@@ -1,0 +1,140 @@
+"""Pure state of the emulated autoscaler: workers' reports, picking, request_idx, limits.
+
+No I/O and no clock reads: ``now`` (monotonic seconds) is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+WorkerStatus = Literal["Ready", "Loading", "Error", "Stopped"]
+STATUS_ORDER: tuple[WorkerStatus, ...] = ("Ready", "Loading", "Error", "Stopped")
+_MAX_PENDING = 100_000
+_MAX_FINISHED_PER_WORKER = 1_000
+
+
+@dataclass
+class WorkerView:
+    """What the autoscaler knows of one worker: its latest report and routed cost since."""
+
+    worker_id: int
+    endpoint: str
+    legacy: bool = False
+    report: dict[str, Any] | None = None
+    reported_at: float | None = None
+    routed_since_report: float = 0.0
+    reports: int = 0
+    finished: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=_MAX_FINISHED_PER_WORKER)
+    )
+
+    def status(self, now: float, stale_after_s: float) -> WorkerStatus:
+        if self.report is None or self.reported_at is None:
+            return "Loading"
+        if now - self.reported_at > stale_after_s:
+            return "Stopped"
+        if self.report.get("error_msg"):
+            return "Error"
+        loadtime = self.report.get("loadtime")
+        ready = isinstance(loadtime, int | float) and loadtime > 0
+        return "Ready" if ready and self.url else "Loading"
+
+    @property
+    def url(self) -> str:
+        url = (self.report or {}).get("url")
+        return url if isinstance(url, str) else ""
+
+    def queue_time_s(self) -> float:
+        report = self.report or {}
+        load = _number(report.get("cur_load")) + self.routed_since_report
+        return load / max(_number(report.get("max_perf")), 1e-5)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
+
+
+@dataclass
+class RouteBook:
+    """Workers by endpoint, per-endpoint reqnum, and the stable request_idx of waiters."""
+
+    stale_after_s: float
+    endpoints: set[str] = field(default_factory=set)
+    workers: dict[int, WorkerView] = field(default_factory=dict)
+    reqnums: Counter[str] = field(default_factory=Counter)
+    pending: OrderedDict[int, str] = field(default_factory=OrderedDict)
+    last_request_idx: int = 0
+
+    def register(self, worker_id: int, endpoint: str, legacy: bool) -> None:
+        self.endpoints.add(endpoint)
+        self.workers[worker_id] = WorkerView(worker_id, endpoint, legacy)
+
+    def on_status(self, report: dict[str, Any], now: float) -> bool:
+        """Store a ``/worker_status/`` report; False when the worker id is unknown."""
+        view = self.workers.get(report.get("id", -1))
+        if view is None:
+            return False
+        view.report, view.reported_at = report, now
+        view.routed_since_report = 0.0
+        view.reports += 1
+        return True
+
+    def on_finished(self, body: dict[str, Any]) -> bool:
+        view = self.workers.get(body.get("worker_id", -1))
+        requests = body.get("requests")
+        if view is None or not isinstance(requests, list):
+            return False
+        view.finished.extend(r for r in requests if isinstance(r, dict))
+        return True
+
+    def summary(self, endpoint: str, now: float) -> str:
+        """The WAITING answer's ``status``, e.g. ``"Ready: 0, Loading: 2, ..."``."""
+        views = [v for v in self.workers.values() if v.endpoint == endpoint]
+        counts = Counter(v.status(now, self.stale_after_s) for v in views)
+        return ", ".join(f"{name}: {counts[name]}" for name in STATUS_ORDER)
+
+    def pick(self, endpoint: str, now: float) -> WorkerView | None:
+        """The ready worker with the least estimated queue time."""
+        ready = [
+            v
+            for v in self.workers.values()
+            if v.endpoint == endpoint and v.status(now, self.stale_after_s) == "Ready"
+        ]
+        return min(ready, key=lambda v: (v.queue_time_s(), v.worker_id), default=None)
+
+    def request_idx(self, endpoint: str, carried: int) -> int:
+        """Keep a waiter's place: a request_idx given out earlier comes back unchanged."""
+        if carried in self.pending:
+            return carried
+        self.last_request_idx += 1
+        self.pending[self.last_request_idx] = endpoint
+        while len(self.pending) > _MAX_PENDING:
+            self.pending.popitem(last=False)
+        return self.last_request_idx
+
+    def assign(self, view: WorkerView, cost: float, request_idx: int) -> int:
+        """Route ``cost`` to ``view``; return the endpoint's next reqnum."""
+        self.pending.pop(request_idx, None)
+        view.routed_since_report += cost
+        self.reqnums[view.endpoint] += 1
+        return self.reqnums[view.endpoint]
+
+
+@dataclass
+class RateLimiter:
+    """Minimum interval between accepted calls of one identity."""
+
+    last_accepted: dict[str, float] = field(default_factory=dict)
+
+    def check(self, identity: str, now: float, min_interval_s: float) -> int | None:
+        """None if allowed (and recorded); else the Retry-After value in whole seconds."""
+        last = self.last_accepted.get(identity)
+        if min_interval_s > 0 and last is not None and now - last < min_interval_s:
+            return max(1, math.ceil(min_interval_s - (now - last)))
+        self.last_accepted[identity] = now
+        return None

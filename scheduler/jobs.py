@@ -1,0 +1,114 @@
+"""The job: what a caller submitted, where it stands, and what came back."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from scheduler.delivery import Delivery
+
+JobMode = Literal["async", "sync", "proxy"]
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    ROUTING = "routing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_urlsafe(12)
+
+
+@dataclass(slots=True)
+class JobResult:
+    status_code: int
+    content_type: str | None
+    body: Any = None  # parsed JSON, text, or None when it was streamed to a waiting caller
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    id: str
+    endpoint: str
+    route: str
+    payload: Any = field(repr=False)
+    cost: float
+    priority: int
+    timeout_s: float
+    mode: JobMode
+    delivery: Delivery = field(repr=False)
+    created_mono: float
+    idempotency_key: str | None = None
+    webhook_url: str | None = None
+    request_id: str | None = None
+    created_wall: float = field(default_factory=time.time)
+    status: JobStatus = JobStatus.QUEUED
+    attempts: int = 0
+    started_mono: float | None = None
+    finished_mono: float | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def deadline(self) -> float:
+        return self.created_mono + self.timeout_s
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def finish(self, status: JobStatus, now: float, error: str | None = None) -> bool:
+        """Move to a terminal state once; later calls are ignored and return False."""
+        if self.finished:
+            return False
+        self.status = status
+        self.finished_mono = now
+        self.error = error
+        self.delivery.close()
+        self.done.set()
+        return True
+
+    def public(self, now: float) -> dict[str, Any]:
+        queued_until = self.started_mono if self.started_mono is not None else now
+        end = self.finished_mono if self.finished_mono is not None else now
+        view: dict[str, Any] = {
+            "id": self.id,
+            "endpoint": self.endpoint,
+            "route": self.route,
+            "status": str(self.status),
+            "cost": self.cost,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "created_at": self.created_wall,
+            "timings": {
+                "queued_s": round(max(0.0, queued_until - self.created_mono), 6),
+                "total_s": round(max(0.0, end - self.created_mono), 6),
+            },
+        }
+        if self.idempotency_key is not None:
+            view["idempotency_key"] = self.idempotency_key
+        if self.error is not None:
+            view["error"] = self.error
+        if self.result is not None:
+            view["result"] = {
+                "status_code": self.result.status_code,
+                "content_type": self.result.content_type,
+                "body": self.result.body,
+            }
+        return view

@@ -1,0 +1,170 @@
+"""The scheduler as the API sees it: admission, lookup, cancellation, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from scheduler.config import AppConfig
+from scheduler.core import cost
+from scheduler.dispatch import EndpointDispatcher, Forwarder, Router
+from scheduler.jobs import Job, JobMode, new_job_id
+from scheduler.observability.metrics import EndpointGauges, Metrics
+from scheduler.store.memory import MemoryJobStore
+from scheduler.webhooks import WebhookSender
+
+log = structlog.get_logger("scheduler.service")
+SWEEP_INTERVAL_S = 5.0
+
+
+class UnknownEndpoint(Exception):
+    pass
+
+
+class NotAccepting(Exception):
+    """The daemon is draining: new jobs go elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    endpoint: str
+    route: str | None
+    payload: Any
+    cost: float | None
+    priority: int
+    timeout_s: float | None
+    idempotency_key: str | None
+    webhook_url: str | None
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        config: AppConfig,
+        router: Router,
+        forwarder: Forwarder,
+        metrics: Metrics,
+        webhooks: WebhookSender | None,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.store = MemoryJobStore(config.server.job_retention_s, config.server.max_jobs_retained)
+        self.accepting = True
+        self._activity = asyncio.Event()
+        self._clock = clock
+        self._webhooks = webhooks
+        self.dispatchers = {
+            name: EndpointDispatcher(
+                name,
+                ep,
+                router,
+                forwarder,
+                metrics,
+                self._job_finished,
+                clock,
+                rng,
+                on_task_done=self._activity.set,
+            )
+            for name, ep in config.endpoints.items()
+        }
+        metrics.watch(self.gauges)
+
+    def gauges(self) -> list[EndpointGauges]:
+        return [d.gauges() for d in self.dispatchers.values()]
+
+    def dispatcher(self, endpoint: str) -> EndpointDispatcher:
+        found = self.dispatchers.get(endpoint)
+        if found is None:
+            raise UnknownEndpoint(endpoint)
+        return found
+
+    def submit(self, sub: Submission, mode: JobMode, delivery: Any, request_id: str | None) -> Job:
+        """Admit a job or raise (``UnknownEndpoint``, ``NotAccepting``, ``QueueFull``)."""
+        dispatcher = self.dispatcher(sub.endpoint)
+        if not self.accepting:
+            raise NotAccepting()
+        ep = dispatcher.config
+        job = Job(
+            id=new_job_id(),
+            endpoint=sub.endpoint,
+            route=sub.route or ep.default_route,
+            payload=sub.payload,
+            cost=cost.resolve(ep.cost, sub.payload, sub.cost),
+            priority=sub.priority,
+            timeout_s=sub.timeout_s or ep.default_timeout_s,
+            mode=mode,
+            delivery=delivery,
+            created_mono=self._clock(),
+            idempotency_key=sub.idempotency_key,
+            webhook_url=sub.webhook_url,
+            request_id=request_id,
+        )
+        dispatcher.submit(job)
+        self.store.add(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def cancel(self, job: Job) -> bool:
+        return self.dispatcher(job.endpoint).cancel(job)
+
+    def _job_finished(self, job: Job) -> None:
+        now = self._clock()
+        self.store.mark_finished(job, now)
+        if job.webhook_url is not None and self._webhooks is not None:
+            task = self._webhooks.send(job.id, job.webhook_url, job.public(now))
+            task.add_done_callback(lambda _: self._activity.set())
+
+    def idle(self) -> bool:
+        webhooks_pending = self._webhooks is not None and bool(self._webhooks.tasks)
+        return not webhooks_pending and all(d.idle for d in self.dispatchers.values())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "accepting": self.accepting,
+            "endpoints": {
+                name: {
+                    "queue_depth": len(d.queue),
+                    "queued_cost": d.queue.queued_cost,
+                    "inflight": d.inflight,
+                    "max_concurrency": d.config.max_concurrency,
+                    "max_depth": d.config.queue.max_depth,
+                    "known_workers": sorted(d.known_workers),
+                    "last_no_worker_status": d.last_route_status,
+                }
+                for name, d in self.dispatchers.items()
+            },
+        }
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            self.store.sweep(self._clock())
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop intake, let queued and running jobs finish for up to ``grace_s``; True if idle."""
+        self.accepting = False
+        log.info("daemon.draining", grace_period_s=grace_s)
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._until_idle()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _until_idle(self) -> None:
+        while not self.idle():
+            self._activity.clear()
+            await self._activity.wait()
+
+    async def abort_remaining(self) -> None:
+        for d in self.dispatchers.values():
+            await d.abort("daemon shut down before the job finished")

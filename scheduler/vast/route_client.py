@@ -1,0 +1,140 @@
+"""The route call: ``POST {autoscaler}/route/`` mapped to ``Ready | Waiting`` or typed errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
+
+import aiohttp
+from pydantic import SecretStr
+
+from scheduler.vast.types import (
+    Ready,
+    RouteBadRequest,
+    RouteMalformed,
+    RouteRateLimited,
+    RouteResult,
+    RouteServerError,
+    RouteTimeout,
+    RouteUnauthorized,
+    RouteUnavailable,
+    Waiting,
+    parse_status_counts,
+)
+
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_ERROR_CHARS = 200
+
+
+class RouteClient:
+    """Speaks the route call exactly as the protocol doc says; one try per call."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        autoscaler_url: str,
+        api_key: SecretStr,
+        timeout_s: float,
+        replay_timeout_s: float,
+    ) -> None:
+        self._session = session
+        self._url = f"{autoscaler_url.rstrip('/')}/route/"
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
+        self._replay_timeout_s = replay_timeout_s
+
+    async def route(
+        self, endpoint: str, cost: float, request_idx: int | None = None
+    ) -> RouteResult:
+        key = self._api_key.get_secret_value()
+        # The official client repeats the key in the body; the query-string copy is left out
+        # on purpose because query strings end up in access logs.
+        body: dict[str, Any] = {
+            "endpoint": endpoint,
+            "cost": cost,
+            "request_idx": request_idx or 0,
+            "replay_timeout": self._replay_timeout_s,
+            "api_key": key,
+        }
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            async with self._session.post(
+                self._url, json=body, headers=headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                return parse_route_answer(resp.status, resp.headers, raw)
+        except TimeoutError as exc:
+            raise RouteTimeout("route call timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise RouteUnavailable(f"route call failed: {type(exc).__name__}") from exc
+
+
+def parse_route_answer(status: int, headers: Any, raw: bytes) -> RouteResult:
+    if status == 429:
+        raise RouteRateLimited("route call rate-limited", parse_retry_after(headers))
+    if status in (401, 403):
+        raise RouteUnauthorized(f"route call unauthorized ({status}): check vast.api_key")
+    if status == 400:
+        raise RouteBadRequest(f"route call rejected: {error_text(raw)}")
+    if status != 200:
+        raise RouteServerError(f"route call answered {status}")
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise RouteMalformed("route answer too large")
+    try:
+        answer = json.loads(raw)
+    except ValueError as exc:
+        raise RouteMalformed("route answer is not JSON") from exc
+    if not isinstance(answer, dict):
+        raise RouteMalformed("route answer is not an object")
+    return answer_to_result(answer)
+
+
+def answer_to_result(answer: dict[str, Any]) -> RouteResult:
+    request_idx = answer.get("request_idx")
+    if request_idx is not None and not is_int(request_idx):
+        raise RouteMalformed("route answer request_idx is not an integer")
+    url = answer.get("url")
+    if not url:
+        status = str(answer.get("status", ""))[:500]
+        return Waiting(status, request_idx, parse_status_counts(status))
+    if not isinstance(url, str) or not is_worker_url(url):
+        raise RouteMalformed("route answer url must be http(s) without user info")
+    cost, reqnum = answer.get("cost"), answer.get("reqnum")
+    if not isinstance(answer.get("signature"), str) or not is_int(reqnum):
+        raise RouteMalformed("route answer lacks signature or reqnum")
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        raise RouteMalformed("route answer cost is not a number")
+    return Ready(url.rstrip("/"), float(cost), int(reqnum), int(request_idx or 0), answer)
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_worker_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.username is None
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 else None
+
+
+def error_text(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+        message = body.get("error", body) if isinstance(body, dict) else body
+    except ValueError:
+        message = raw.decode("utf-8", "replace")
+    return str(message)[:MAX_ERROR_CHARS]
+
+
+__all__ = ["RouteClient", "answer_to_result", "parse_route_answer"]

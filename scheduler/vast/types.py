@@ -1,0 +1,96 @@
+"""Typed results and errors of the Vast protocol. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_STATUS_COUNT = re.compile(r"([A-Za-z][A-Za-z ]*?)\s*[:=]\s*(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A worker assignment: the autoscaler's answer, kept verbatim as ``auth_data``."""
+
+    url: str
+    cost: float
+    reqnum: int
+    request_idx: int
+    auth_data: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """No worker is ready; poll again with ``request_idx`` to keep the place in Vast's queue."""
+
+    status: str
+    request_idx: int | None
+    worker_counts: dict[str, int] = field(default_factory=dict)
+
+
+RouteResult = Ready | Waiting
+
+
+def parse_status_counts(status: str) -> dict[str, int]:
+    """``"Loading: 2, Ready: 0"`` -> ``{"loading": 2, "ready": 0}``; unknown shapes give ``{}``."""
+    return {
+        name.strip().lower().replace(" ", "_"): int(count)
+        for name, count in _STATUS_COUNT.findall(status)
+    }
+
+
+class VastError(Exception):
+    """Base of every error raised at the Vast boundary; messages never hold secrets."""
+
+    kind = "error"
+
+
+class RouteError(VastError):
+    kind = "route_error"
+
+
+class RouteBadRequest(RouteError):
+    kind = "bad_request"
+
+
+class RouteUnauthorized(RouteError):
+    kind = "unauthorized"
+
+
+class RouteRateLimited(RouteError):
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RouteServerError(RouteError):
+    kind = "server_error"
+
+
+class RouteTimeout(RouteError):
+    kind = "timeout"
+
+
+class RouteUnavailable(RouteError):
+    kind = "unavailable"
+
+
+class RouteMalformed(RouteError):
+    kind = "malformed"
+
+
+class WorkerError(VastError):
+    kind = "worker_error"
+
+
+class WorkerGone(WorkerError):
+    """Connection refused or reset: the worker was scaled down or preempted."""
+
+    kind = "gone"
+
+
+class WorkerTimeout(WorkerError):
+    kind = "timeout"

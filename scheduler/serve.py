@@ -24,28 +24,45 @@ async def serve(config: AppConfig, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        shutdown_timeout=HANDLER_SHUTDOWN_S,
-        access_log=logging.getLogger("aiohttp.access") if config.logging.access_log else None,
-    )
-    await runner.setup()
+    runner = await start_runner(app, config.server.host, config.server.port,
+                                access_log=config.logging.access_log)  # fmt: skip
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
         log.info("daemon.started", addresses=[f"http://{h}:{p}" for h, p in bound(runner)],
                  endpoints=sorted(config.endpoints))  # fmt: skip
         await stop.wait()
         log.info("daemon.stopping")
-        drained = await app[SERVICE].drain(config.server.grace_period_s)
-        if not drained:
-            log.warning("daemon.grace_period_over", remaining=app[SERVICE].status()["endpoints"])
     finally:
-        await runner.cleanup()
+        await shutdown(app, runner, config.server.grace_period_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("daemon.stopped")
+
+
+async def shutdown(app: web.Application, runner: web.AppRunner, grace_s: float) -> None:
+    """Stop intake, let in-flight work finish within ``grace_s``, then cancel the rest."""
+    service = app.get(SERVICE)
+    if service is not None and not await service.drain(grace_s):
+        log.warning("daemon.grace_period_over", remaining=service.status()["endpoints"])
+    await runner.cleanup()
+
+
+async def start_runner(
+    app: web.Application, host: str, port: int, access_log: bool = True
+) -> web.AppRunner:
+    """Start listening; handlers are cancelled when their caller disconnects."""
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=HANDLER_SHUTDOWN_S,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 def bound(runner: web.AppRunner) -> list[tuple[str, int]]:

@@ -20,6 +20,7 @@ log = structlog.get_logger("scheduler.api")
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 class ApiError(Exception):
@@ -44,7 +45,7 @@ def error_response(request: web.Request, error: ApiError) -> web.Response:
     if error.field is not None:
         body["field"] = error.field
     return web.json_response(
-        {"error": body, "request_id": request.get("request_id")},
+        {"error": body, "request_id": request.get(REQUEST_ID)},
         status=error.status,
         headers=error.headers,
     )
@@ -95,7 +96,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     request_id = request.headers.get(REQUEST_ID_HEADER, "")
     if not _REQUEST_ID.fullmatch(request_id):
         request_id = secrets.token_hex(8)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics = request.app.get(METRICS_HOOK)
     started = time.monotonic()

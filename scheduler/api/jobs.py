@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from scheduler.api.context import CONFIG, SERVICE
-from scheduler.api.errors import ApiError, read_json
+from scheduler.api.errors import REQUEST_ID, ApiError, read_json
 from scheduler.api.models import JobRequest
 from scheduler.delivery import BufferedDelivery, Delivery
 from scheduler.jobs import Job, JobMode
@@ -43,7 +43,7 @@ def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submissi
 def admit(request: web.Request, sub: Submission, mode: JobMode, delivery: Delivery) -> Job:
     service = request.app[SERVICE]
     try:
-        return service.submit(sub, mode, delivery, request.get("request_id"))
+        return service.submit(sub, mode, delivery, request.get(REQUEST_ID))
     except Exception as exc:
         reason = type(exc).__name__
         if sub.endpoint in service.dispatchers:

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from scheduler.api.context import SERVICE
-from scheduler.api.errors import REQUEST_ID_HEADER, ApiError, read_json
+from scheduler.api.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, read_json
 from scheduler.api.jobs import admit, parse_submission
 from scheduler.api.models import check_worker_route
 from scheduler.delivery import CallerGone, StreamBroken, StreamDelivery
@@ -90,7 +90,7 @@ async def pipe(
         if name.lower() not in _DROPPED_HEADERS:
             out.headers.add(name, value)
     out.headers["X-Job-Id"] = job.id
-    out.headers[REQUEST_ID_HEADER] = request["request_id"]
+    out.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     error: BaseException | None = None
     try:
         await out.prepare(request)

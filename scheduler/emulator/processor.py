@@ -45,7 +45,7 @@ class Processor:
             await done
         finally:
             self._waiters.pop(job, None)
-            self._queue.remove(job, time.monotonic())
+            self._resolve(self._queue.remove(job, time.monotonic()))
             self._changed.set()
 
     async def close(self) -> None:
@@ -63,8 +63,11 @@ class Processor:
             self._changed.clear()
             delay = self._queue.next_completion_in()
             timeout = _MAX_SLEEP_S if delay is None else min(delay, _MAX_SLEEP_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # while the event is being set, and close() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=max(timeout, 0.0))
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    await self._changed.wait()
             self._resolve(self._queue.advance(time.monotonic()))
 
     def _resolve(self, jobs: list[int]) -> None:

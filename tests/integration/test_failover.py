@@ -1,0 +1,134 @@
+"""Cold start, worker death, full queues, deadlines and cancellation on the real emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from tests.integration.harness import (
+    daemon_config,
+    running_daemon,
+    running_emulator,
+    wait_for_status,
+    wait_until,
+)
+
+
+async def submit(http: aiohttp.ClientSession, url: str, endpoint: str, **body: object) -> str:
+    async with http.post(
+        f"{url}/v1/endpoints/{endpoint}/jobs", json={"payload": {}, **body}
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        job_id: str = (await resp.json())["id"]
+        return job_id
+
+
+async def test_cold_start_waits_then_completes(http: aiohttp.ClientSession) -> None:
+    async with running_emulator({"cold": {"workers": 1, "cold_start_s": 1.0}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"cold": {}})
+        async with running_daemon(config) as daemon:
+            started = time.monotonic()
+            async with http.post(
+                f"{daemon.url}/v1/endpoints/cold/run", json={"payload": {"x": 1}}
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["echo"] == {"x": 1}
+            assert time.monotonic() - started >= 0.9
+    waits = emulator.autoscaler.stats.count("cold", "waiting")
+    assert waits >= 1
+    assert emulator.autoscaler.stats.count("cold", "ready") == 1
+
+
+async def test_worker_killed_mid_job_completes_on_another(http: aiohttp.ClientSession) -> None:
+    # cost 100 at 100 units/s: one second of work, long enough to kill the worker mid-way.
+    async with running_emulator({"slow": {"workers": 2, "perf": 100}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"slow": {}})
+        async with running_daemon(config) as daemon:
+            job_id = await submit(http, daemon.url, "slow")
+            workers = emulator.workers("slow")
+
+            def busy_workers() -> list[object]:
+                return [w for w in workers if w.metrics.requests_working]
+
+            await wait_until(lambda: bool(busy_workers()), timeout_s=5)
+            victim = busy_workers()[0]
+            await victim.kill()  # type: ignore[attr-defined]
+            job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 10)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert job["result"]["body"]["worker_id"] != victim.id  # type: ignore[attr-defined]
+
+
+async def test_full_queue_answers_429_with_retry_after(http: aiohttp.ClientSession) -> None:
+    async with running_emulator({"slow": {"workers": 1, "perf": 50}}) as emulator:
+        endpoint = {"queue": {"max_depth": 2}, "max_concurrency": 1}
+        config = daemon_config(emulator.autoscaler_url, {"slow": endpoint})
+        async with running_daemon(config) as daemon:
+            first = await submit(http, daemon.url, "slow")
+            await wait_for_status(http, daemon, first, {"running", "routing"})
+            await submit(http, daemon.url, "slow")
+            await submit(http, daemon.url, "slow")
+            async with http.post(
+                f"{daemon.url}/v1/endpoints/slow/jobs", json={"payload": {}}
+            ) as resp:
+                assert resp.status == 429
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert (await resp.json())["error"]["code"] == "queue_full"
+            for job_id in [first]:
+                async with http.delete(f"{daemon.url}/v1/jobs/{job_id}") as resp:
+                    assert resp.status == 202
+
+
+async def test_deadline_expires_async_and_sync_jobs(http: aiohttp.ClientSession) -> None:
+    async with running_emulator({"never": {"workers": 1, "cold_start_s": 60}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"never": {}})
+        async with running_daemon(config) as daemon:
+            job_id = await submit(http, daemon.url, "never", timeout_s=0.4)
+            async with http.post(
+                f"{daemon.url}/v1/endpoints/never/run", json={"payload": {}, "timeout_s": 0.4}
+            ) as resp:
+                assert resp.status == 504
+                error = (await resp.json())["error"]
+            job = await wait_for_status(http, daemon, job_id, {"expired", "failed", "succeeded"})
+    assert error["code"] == "expired"
+    assert job["status"] == "expired"
+    assert job["timings"]["total_s"] >= 0.4
+
+
+async def test_deadline_expires_while_queued(http: aiohttp.ClientSession) -> None:
+    async with running_emulator({"slow": {"workers": 1, "perf": 50}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"slow": {"max_concurrency": 1}})
+        async with running_daemon(config) as daemon:
+            await submit(http, daemon.url, "slow")
+            queued = await submit(http, daemon.url, "slow", timeout_s=0.3)
+            job = await wait_for_status(http, daemon, queued, {"expired", "succeeded"}, 5)
+    assert job["status"] == "expired"
+    assert job["attempts"] == 0
+    assert "queued" in job["error"]
+
+
+async def test_cancel_queued_running_and_finished_jobs(http: aiohttp.ClientSession) -> None:
+    async with running_emulator({"slow": {"workers": 1, "perf": 50}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"slow": {"max_concurrency": 1}})
+        async with running_daemon(config) as daemon:
+            sync_call = asyncio.create_task(
+                http.post(f"{daemon.url}/v1/endpoints/slow/run", json={"payload": {}})
+            )
+            await wait_until(lambda: daemon.service.dispatchers["slow"].inflight == 1)
+            queued = await submit(http, daemon.url, "slow")
+            async with http.delete(f"{daemon.url}/v1/jobs/{queued}") as resp:
+                assert resp.status == 202
+            job = await wait_for_status(http, daemon, queued, {"cancelled"})
+            assert job["attempts"] == 0
+            running_id = next(iter(daemon.service.dispatchers["slow"]._running))
+            async with http.delete(f"{daemon.url}/v1/jobs/{running_id}") as resp:
+                assert resp.status == 202
+            sync_resp = await sync_call
+            assert sync_resp.status == 409
+            assert (await sync_resp.json())["error"]["code"] == "cancelled"
+            sync_resp.release()
+            await wait_for_status(http, daemon, running_id, {"cancelled"})
+            async with http.delete(f"{daemon.url}/v1/jobs/{queued}") as resp:
+                assert resp.status == 409

@@ -25,7 +25,7 @@ async def spied(
     worker_scripts: list[list[tuple[int, object, dict[str, str]]]],
     **endpoint: object,
 ) -> AsyncIterator[tuple[Daemon, SpyServer, list[SpyServer]]]:
-    """Workers first (their URLs go into the route answers), then the autoscaler, then the daemon."""
+    """Workers first (their URLs go in the route answers), then the autoscaler, then the daemon."""
     async with AsyncExitStack() as stack:
         workers = [
             await stack.enter_async_context(serving(SpyServer(script), "/generate"))
@@ -65,7 +65,8 @@ async def test_route_answer_goes_verbatim_as_auth_data(http: aiohttp.ClientSessi
         "payload": {"q": 1},
     }
     assert "Authorization" not in sent.headers
-    assert API_KEY not in str(sent.headers) and API_KEY not in str(sent.body)
+    assert API_KEY not in str(sent.headers)
+    assert API_KEY not in str(sent.body)
 
 
 async def test_waiting_then_ready_carries_request_idx(http: aiohttp.ClientSession) -> None:
@@ -137,7 +138,7 @@ async def test_worker_429_and_gone_reroute_to_another_worker(http: aiohttp.Clien
 
 async def test_worker_500_is_passed_through_not_retried(http: aiohttp.ClientSession) -> None:
     broken = [(500, {"error": "model crashed"}, {})]
-    async with spied(None, [broken, [OK]]) as (daemon, autoscaler, (bad, good)):
+    async with spied(None, [broken, [OK]]) as (daemon, _autoscaler, (_bad, good)):
         async with http.post(f"{daemon.url}/v1/endpoints/spy/run", json={"payload": {}}) as resp:
             assert resp.status == 500
             assert (await resp.json()) == {"error": "model crashed"}

@@ -92,5 +92,11 @@ class WorkerGone(WorkerError):
     kind = "gone"
 
 
+class WorkerTLSError(WorkerGone):
+    """The worker's certificate did not verify (is vast.ca_bundle set to Vast's root CA?)."""
+
+    kind = "tls"
+
+
 class WorkerTimeout(WorkerError):
     kind = "timeout"

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from scheduler.vast.types import Ready, WorkerGone, WorkerTimeout
+from scheduler.vast.types import Ready, WorkerGone, WorkerTimeout, WorkerTLSError
 
 
 def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -49,5 +49,7 @@ class WorkerClient:
                 yield resp
         except TimeoutError as exc:
             raise WorkerTimeout("worker did not answer in time") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise WorkerTLSError(f"TLS with the worker failed: {type(exc).__name__}") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc

@@ -132,3 +132,23 @@ async def test_cancel_queued_running_and_finished_jobs(http: aiohttp.ClientSessi
             await wait_for_status(http, daemon, running_id, {"cancelled"})
             async with http.delete(f"{daemon.url}/v1/jobs/{queued}") as resp:
                 assert resp.status == 409
+
+
+async def test_sync_caller_going_away_cancels_its_job() -> None:
+    async with running_emulator({"slow": {"workers": 1, "perf": 50}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"slow": {}})
+        async with running_daemon(config) as daemon:
+            impatient = aiohttp.ClientTimeout(total=0.3)
+            async with aiohttp.ClientSession(timeout=impatient) as http:
+                try:
+                    async with http.post(
+                        f"{daemon.url}/v1/endpoints/slow/run", json={"payload": {}}
+                    ) as resp:
+                        await resp.read()
+                except TimeoutError:
+                    pass
+            cancelled = daemon.service.metrics.jobs_finished.labels("slow", "cancelled")
+            await wait_until(lambda: cancelled._value.get() == 1, timeout_s=5)
+            assert daemon.service.dispatchers["slow"].inflight == 0
+    # The worker saw the request start and then lose its caller (499 in the official worker).
+    assert emulator.workers("slow")[0].counters.by_status.get(200, 0) == 0

@@ -110,6 +110,9 @@ class SchedulerService:
         self.store.add(job)
         return job
 
+    def view(self, job: Job) -> dict[str, Any]:
+        return job.public(self._clock())
+
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 

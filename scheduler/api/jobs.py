@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -10,9 +9,10 @@ from aiohttp import web
 from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, ApiError, read_json
 from scheduler.api.models import JobRequest
+from scheduler.core.queue import QueueFull
 from scheduler.delivery import BufferedDelivery, Delivery
 from scheduler.jobs import Job, JobMode
-from scheduler.service import SchedulerService, Submission
+from scheduler.service import NotAccepting, Submission
 from scheduler.webhooks import check_webhook_url
 
 
@@ -44,19 +44,14 @@ def admit(request: web.Request, sub: Submission, mode: JobMode, delivery: Delive
     service = request.app[SERVICE]
     try:
         return service.submit(sub, mode, delivery, request.get(REQUEST_ID))
-    except Exception as exc:
-        reason = type(exc).__name__
-        if sub.endpoint in service.dispatchers:
-            service.metrics.jobs_rejected.labels(sub.endpoint, reason).inc()
-            if reason == "QueueFull":
-                retry = service.dispatcher(sub.endpoint).retry_after_s()
-                raise ApiError(429, "queue_full", str(exc),
-                               headers={"Retry-After": str(retry)}) from exc  # fmt: skip
+    except QueueFull as exc:
+        service.metrics.jobs_rejected.labels(sub.endpoint, "queue_full").inc()
+        retry_after = service.dispatcher(sub.endpoint).retry_after_s()
+        raise ApiError(429, "queue_full", str(exc),
+                       headers={"Retry-After": str(retry_after)}) from exc  # fmt: skip
+    except NotAccepting:
+        service.metrics.jobs_rejected.labels(sub.endpoint, "draining").inc()
         raise
-
-
-def job_view(service: SchedulerService, job: Job) -> dict[str, Any]:
-    return job.public(time.monotonic())
 
 
 async def submit_job(request: web.Request) -> web.Response:
@@ -68,7 +63,7 @@ async def submit_job(request: web.Request) -> web.Response:
         existing = service.store.by_idempotency_key(endpoint, sub.idempotency_key)
         if existing is not None:
             return web.json_response(
-                job_view(service, existing), status=200, headers={"Idempotent-Replayed": "true"}
+                service.view(existing), status=200, headers={"Idempotent-Replayed": "true"}
             )
     delivery = BufferedDelivery(request.app[CONFIG].server.max_result_bytes)
     job = admit(request, sub, "async", delivery)
@@ -87,7 +82,7 @@ def find_job(request: web.Request) -> Job:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    return web.json_response(job_view(request.app[SERVICE], find_job(request)))
+    return web.json_response(request.app[SERVICE].view(find_job(request)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -95,4 +90,4 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = find_job(request)
     if not service.cancel(job):
         raise ApiError(409, "already_finished", f"job is already {job.status}", "job_id")
-    return web.json_response(job_view(service, job), status=202)
+    return web.json_response(service.view(job), status=202)

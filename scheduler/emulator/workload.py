@@ -10,7 +10,7 @@ from typing import Any
 
 from scheduler.emulator.settings import EmulatedEndpoint
 
-_EPSILON = 1e-9
+_EPSILON_UNITS = 1e-6  # rounding residue: a job this close to done is done
 
 
 def requested_tokens(payload: dict[str, Any], default: int) -> int:
@@ -94,21 +94,11 @@ class WorkQueue:
         else:
             head = next(iter(self.remaining))
             self.remaining[head] -= used * self.rate
-        if used >= step:
-            self._finish_due(step)
         return dt - used
 
-    def _finish_due(self, step: float) -> None:
-        """Zero the jobs that finish exactly at this step despite rounding."""
-        tolerance = max(step * self.rate, 1.0) * _EPSILON
-        for job, left in self.remaining.items():
-            if left <= tolerance:
-                self.remaining[job] = 0.0
-            if not self.shared:
-                break
-
     def _pop_finished(self) -> list[int]:
-        done = [job for job, left in self.remaining.items() if left <= 0.0]
+        """Jobs with (up to rounding) no work left, in arrival order."""
+        done = [job for job, left in self.remaining.items() if left <= _EPSILON_UNITS]
         for job in done:
             del self.remaining[job]
         return done

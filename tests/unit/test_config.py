@@ -146,14 +146,14 @@ safe_default = st.text(
     name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True),
     value=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1),
 )
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_interpolated_value_is_verbatim(name: str, value: str) -> None:
     config = parse_config(f"server:\n  host: ${{{name}}}\n", env={name: value})
     assert config.server.host == value
 
 
 @given(name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True), default=safe_default)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_default_used_verbatim_when_missing(name: str, default: str) -> None:
     config = parse_config(f"server:\n  host: '${{{name}:-{default}}}'\n", env={})
     assert config.server.host == default

@@ -171,7 +171,7 @@ payloads = st.one_of(
 
 
 @given(cost_configs(), payloads)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_estimate_always_within_min_max(config: CostConfig, payload: Any) -> None:
     cost = estimate(config, payload)
     assert math.isfinite(cost)
@@ -179,7 +179,7 @@ def test_estimate_always_within_min_max(config: CostConfig, payload: Any) -> Non
 
 
 @given(cost_configs(), payloads, st.floats(0.0, 1e15))
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_resolve_policies(config: CostConfig, payload: Any, caller_cost: float) -> None:
     cost = resolve(config, payload, caller_cost)
     if config.caller_cost == "trust":
@@ -193,7 +193,7 @@ def test_resolve_policies(config: CostConfig, payload: Any, caller_cost: float) 
 
 
 @given(cost_configs(), st.integers(0, 10**15))
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_field_estimate_is_scaled_value_when_inside_bounds(config: CostConfig, n: int) -> None:
     assume(config.field is not None)
     config = config.model_copy(update={"estimator": "field"})

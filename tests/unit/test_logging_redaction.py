@@ -178,7 +178,7 @@ def with_secret(tree: Any, secret: str) -> Any:
 
 
 @given(trees, secrets_st)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_known_secret_never_survives(tree: Any, secret: str) -> None:
     assume(secret not in REDACTED)
     scrubbed = Redactor([secret]).scrub(with_secret(tree, secret))
@@ -187,7 +187,7 @@ def test_known_secret_never_survives(tree: Any, secret: str) -> None:
 
 
 @given(trees, secrets_st)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_scrub_only_changes_secret_occurrences(tree: Any, secret: str) -> None:
     assume(secret not in REDACTED)
     value = with_secret(tree, secret)

@@ -387,7 +387,7 @@ def check_result(result: object, answer: dict[str, Any]) -> None:
 
 
 @given(answers)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_any_json_object_gives_result_or_route_error(answer: dict[str, Any]) -> None:
     try:
         result = answer_to_result(answer)
@@ -397,7 +397,7 @@ def test_any_json_object_gives_result_or_route_error(answer: dict[str, Any]) -> 
 
 
 @given(answers)
-@settings(max_examples=200)
+@settings(max_examples=100)
 def test_any_json_object_over_http_gives_result_or_route_error(answer: dict[str, Any]) -> None:
     raw = encode(answer)
     try:

@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from scheduler.emulator.settings import EmulatorConfig
@@ -43,7 +44,13 @@ class Model(BaseModel):
 
 
 class WebhookConfig(Model):
-    secret: SecretStr | None = None
+    secret: SecretStr | None = None  # empty means webhooks are off
+
+    @field_validator("secret")
+    @classmethod
+    def _empty_is_off(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
     max_attempts: int = Field(5, gt=0, le=20)
     timeout_s: float = Field(5.0, gt=0)
@@ -113,6 +120,12 @@ class CostConfig(Model):
     max: float = Field(1e9, gt=0)
     caller_cost: Literal["trust", "clamp", "ignore"] = "clamp"
 
+    @model_validator(mode="after")
+    def _range(self) -> CostConfig:
+        if self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
     @field_validator("field")
     @classmethod
     def _dotted_path(cls, value: str | None) -> str | None:
@@ -124,7 +137,13 @@ class CostConfig(Model):
 class PollConfig(Model):
     initial_s: float = Field(0.1, gt=0)
     max_s: float = Field(5.0, gt=0)
-    multiplier: float = Field(2.0, ge=1)
+    multiplier: float = Field(2.0, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _range(self) -> PollConfig:
+        if self.initial_s > self.max_s:
+            raise ValueError("initial_s must be <= max_s")
+        return self
 
 
 class EndpointConfig(Model):
@@ -136,6 +155,12 @@ class EndpointConfig(Model):
     max_timeout_s: float = Field(3600.0, gt=0)
     max_attempts: int = Field(5, gt=0, le=100)
     max_concurrency: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> EndpointConfig:
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s must be <= max_timeout_s")
+        return self
 
     @field_validator("default_route")
     @classmethod
@@ -249,7 +274,7 @@ def apply_endpoint_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(defaults, Mapping) or not isinstance(endpoints, Mapping):
         return raw
     merged = {
-        name: deep_merge(defaults, ep) if isinstance(ep, Mapping) else ep
+        name: deep_merge(defaults, ep or {}) if isinstance(ep, Mapping | None) else ep
         for name, ep in endpoints.items()
     }
     return {**raw, "endpoints": merged}

@@ -24,12 +24,16 @@ def check_webhook_url(url: str, config: WebhookConfig) -> str | None:
     """Returns a problem with the URL, or None when it may be called."""
     if config.secret is None:
         return "webhooks are not configured (server.webhook.secret)"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        return "must be a valid URL"
+    if parts.scheme not in ("http", "https") or not hostname:
         return "must be an http(s) URL"
     if parts.username is not None or parts.password is not None:
         return "must not carry user info"
-    if parts.hostname not in config.allowed_hosts:
+    if hostname not in config.allowed_hosts:
         return "host is not in server.webhook.allowed_hosts"
     return None
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-_ROUTE_CHARS = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+# No '%': a percent-encoded '..' would be decoded by the URL library and climb out of the path.
+_ROUTE_CHARS = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 
 
 def check_worker_route(route: str) -> str:
     """A path only: a leading '/', no '//' prefix, no '..' segment, no scheme, host, controls."""
     if not _ROUTE_CHARS.fullmatch(route) or route.startswith("//"):
         raise ValueError("must be a path such as /v1/completions")
-    if ".." in route.split("/"):
-        raise ValueError("must not contain '..' segments")
+    if {".", ".."} & set(route.split("/")):
+        raise ValueError("must not contain '.' or '..' segments")
     return route
 
 
@@ -29,9 +30,10 @@ class JobRequest(BaseModel):
 
     route: str | None = Field(None, max_length=512)
     payload: dict[str, Any]
-    cost: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
-    priority: int = Field(5, ge=0, le=9)
-    timeout_s: float | None = Field(None, gt=0, le=86_400, allow_inf_nan=False)
+    # Strict: "5" or true are mistakes, not numbers.
+    cost: Annotated[float, Strict()] | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
+    priority: Annotated[int, Strict()] = Field(5, ge=0, le=9)
+    timeout_s: Annotated[float, Strict()] | None = Field(None, gt=0, le=86_400, allow_inf_nan=False)
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
     webhook: WebhookSpec | None = None
 

@@ -54,7 +54,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     fields: dict[str, Any] = {"route": route, "payload": payload}
     for header, name in _JOB_HEADER_FIELDS.items():
         if header in request.headers:
-            fields[name] = request.headers[header]
+            fields[name] = header_number(request.headers[header])
     return await stream_job(request, parse_submission(request, endpoint, fields), "proxy")
 
 
@@ -70,6 +70,18 @@ async def stream_job(request: web.Request, sub: Submission, mode: JobMode) -> we
     if upstream is None:
         raise unanswered(job)
     return await pipe(request, job, upstream, delivery)
+
+
+def header_number(value: str) -> Any:
+    """``"9"`` -> 9, ``"0.5"`` -> 0.5; anything else stays a string for validation to refuse."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def unanswered(job: Job) -> ApiError:

@@ -20,7 +20,11 @@ def lookup(payload: Any, dotted: str) -> Any:
 def as_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def estimate(config: CostConfig, payload: Any) -> float:

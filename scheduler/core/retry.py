@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 
 
 class Outcome(enum.Enum):
@@ -34,5 +35,10 @@ def backoff_s(
     attempt: int, initial_s: float, max_s: float, multiplier: float, jitter: float
 ) -> float:
     """Capped exponential back-off; ``jitter`` in [0, 1] spreads it over [50%, 100%] of the step."""
-    step = min(max_s, initial_s * multiplier ** max(0, attempt - 1))
+    exponent = max(0, attempt - 1)
+    # Past the cap the power is never needed: stop before it overflows a float.
+    if multiplier > 1 and exponent * math.log(multiplier) >= math.log(max(max_s / initial_s, 1.0)):
+        step = max_s
+    else:
+        step = min(max_s, initial_s * multiplier**exponent)
     return step * (0.5 + 0.5 * min(1.0, max(0.0, jitter)))

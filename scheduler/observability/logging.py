@@ -12,18 +12,24 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 REDACTED = "[redacted]"
-_SECRET_KEYS = re.compile(r"(api_?key|token|secret|password|authorization|signature)", re.I)
+# Whole words at the end of a key: "x-api-key", "access_token", "Authorization" are secret;
+# "max_tokens" or "prompt_tokens" are not.
+_SECRET_KEYS = re.compile(
+    r"(?:^|[-_])(?:api[-_]?key|token|secret|password|authorization|signature)$", re.I
+)
 
 
 class Redactor:
     """Drops values of secret-looking keys and masks every known secret wherever it appears."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: list[str] = []
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        self._secrets.update(s for s in secrets if len(s) >= 4)
+        known = set(self._secrets) | {s for s in secrets if len(s) >= 4}
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):

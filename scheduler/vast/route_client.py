@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
@@ -83,7 +84,7 @@ def parse_route_answer(status: int, headers: Any, raw: bytes) -> RouteResult:
         raise RouteMalformed("route answer too large")
     try:
         answer = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RouteMalformed("route answer is not JSON") from exc
     if not isinstance(answer, dict):
         raise RouteMalformed("route answer is not an object")
@@ -103,8 +104,8 @@ def answer_to_result(answer: dict[str, Any]) -> RouteResult:
     cost, reqnum = answer.get("cost"), answer.get("reqnum")
     if not isinstance(answer.get("signature"), str) or not is_int(reqnum):
         raise RouteMalformed("route answer lacks signature or reqnum")
-    if isinstance(cost, bool) or not isinstance(cost, int | float):
-        raise RouteMalformed("route answer cost is not a number")
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < math.inf:
+        raise RouteMalformed("route answer cost is not a finite number >= 0")
     return Ready(url.rstrip("/"), float(cost), int(reqnum), int(request_idx or 0), answer)
 
 
@@ -113,8 +114,12 @@ def is_int(value: object) -> TypeGuard[int]:
 
 
 def is_worker_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.username is None
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(hostname) and parts.username is None
 
 
 def parse_retry_after(headers: Any) -> float | None:

@@ -361,13 +361,6 @@ def test_load_config_reads_file(tmp_path: Path) -> None:
     assert load_config(path, env={"P": "1234"}).server.port == 1234
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "CostConfig does not check min <= max: an inverted range is accepted and "
-        "estimate()/clamp() then return max, which is below min"
-    ),
-)
 def test_cost_min_above_max_rejected() -> None:
     problems = problems_of("endpoints: {llm: {cost: {min: 10, max: 5}}}")
     assert any(p.startswith("endpoints.llm.cost") for p in problems)
@@ -379,21 +372,7 @@ _SHIPPED_ENV = {"VAST_API_KEY": "x"}
 
 
 def _shipped_param(path: Path) -> object:
-    marks = []
-    if path.name == "production.yaml":
-        marks.append(
-            pytest.mark.xfail(
-                strict=True,
-                raises=ConfigError,
-                reason=(
-                    "production.yaml reads server.webhook.secret from "
-                    "${VAST_SCHEDULER_WEBHOOK_SECRET} without a default, so it does not load "
-                    "with only VAST_API_KEY set, although its header says "
-                    "'VAST_API_KEY=... vast-scheduler run --config ...'"
-                ),
-            )
-        )
-    return pytest.param(path, id=path.name, marks=marks)
+    return pytest.param(path, id=path.name)
 
 
 @pytest.mark.skipif(not CONFIG_FILES, reason="no config/*.yaml in the repository")

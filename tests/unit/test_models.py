@@ -19,14 +19,12 @@ GOOD_ROUTES = [
     "/v1/chat/completions",
     "/v1/completions/",
     "/a.b/c_d-e~f",
-    "/a/./b",
     "/.well-known/x",
     "/a..b",
     "/...",
     "/a/b..",
     "/x:y@z",
     "/p;v=1,2",
-    "/%20encoded",
     "/!$&'()*+,;=",
 ]
 
@@ -38,6 +36,8 @@ BAD_ROUTES = [
     pytest.param("http://x/generate", id="absolute-http"),
     pytest.param("https://x", id="absolute-https"),
     pytest.param("/..", id="dotdot"),
+    pytest.param("/a/./b", id="dot-segment"),
+    pytest.param("/%20encoded", id="percent-encoding"),
     pytest.param("/../etc/passwd", id="dotdot-first"),
     pytest.param("/a/../b", id="dotdot-middle"),
     pytest.param("/a/..", id="dotdot-last"),
@@ -73,18 +73,10 @@ def test_bad_routes_rejected(route: str) -> None:
 
 
 def test_dotdot_message() -> None:
-    with pytest.raises(ValueError, match=r"must not contain '\.\.' segments"):
+    with pytest.raises(ValueError, match=r"must not contain '\.' or '\.\.' segments"):
         check_worker_route("/a/../b")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "check_worker_route allows '%' so percent-encoded dot segments pass; yarl/aiohttp "
-        "decode and normalise them, e.g. 'http://h:1/prefix' + '/%2e%2e/admin' is sent as "
-        "'http://h:1/admin', escaping the worker URL's path"
-    ),
-)
 @pytest.mark.parametrize("route", ["/%2e%2e/admin", "/%2E%2E/admin", "/.%2e/x", "/a/%2e%2e"])
 def test_percent_encoded_dotdot_rejected(route: str) -> None:
     with pytest.raises(ValueError, match="must"):
@@ -115,7 +107,9 @@ def test_check_worker_route_accepts_only_plain_paths(route: str) -> None:
 @settings(max_examples=200)
 def test_check_worker_route_segments(segments: list[str]) -> None:
     route = "/" + "/".join(segments)
-    should_pass = ".." not in segments and not route.startswith("//")
+    should_pass = (
+        not {".", ".."} & set(segments) and not route.startswith("//") and "%" not in route
+    )
     if should_pass:
         assert check_worker_route(route) == route
     else:

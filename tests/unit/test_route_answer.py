@@ -273,15 +273,6 @@ def test_waiting_with_bad_request_idx_is_malformed(request_idx: object) -> None:
         answer_to_result({"status": "waiting", "request_idx": request_idx})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "is_worker_url calls urlsplit(), which raises ValueError (not RouteMalformed) for "
-        "an unbalanced IPv6 bracket or a netloc that changes under NFKC normalization; the "
-        "dispatcher only catches RouteError"
-    ),
-)
 @pytest.mark.parametrize(
     "url", ["http://[::1", "http://[10.0.0.5]:4000", "http://exa\u2100mple:4000"]
 )
@@ -290,14 +281,6 @@ def test_unparseable_url_is_malformed(url: str) -> None:
         answer_to_result(ready_answer(url=url))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "parse_route_answer only catches ValueError from json.loads; a deeply nested "
-        "answer under the 64 KiB cap raises RecursionError instead of RouteMalformed"
-    ),
-)
 def test_deeply_nested_answer_is_malformed() -> None:
     depth = 30_000
     raw = b'{"a":' + b"[" * depth + b"]" * depth + b"}"

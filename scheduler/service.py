@@ -114,6 +114,7 @@ class SchedulerService:
         return job.public(self._clock())
 
     def get(self, job_id: str) -> Job | None:
+        self.store.sweep(self._clock())  # cheap: pops only what is due
         return self.store.get(job_id)
 
     def cancel(self, job: Job) -> bool:
@@ -148,8 +149,9 @@ class SchedulerService:
         }
 
     async def sweep_forever(self) -> None:
+        interval_s = min(SWEEP_INTERVAL_S, self.config.server.job_retention_s)
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(interval_s)
             self.store.sweep(self._clock())
 
     async def drain(self, grace_s: float) -> bool:

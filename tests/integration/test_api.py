@@ -254,3 +254,23 @@ async def test_webhook_is_called_once_with_a_valid_signature(
     assert document["status"] == "succeeded"
     assert document["result"]["body"]["echo"] == {"w": 1}
     assert len(received) == 1
+
+
+async def test_finished_jobs_are_forgotten_after_retention(http: aiohttp.ClientSession) -> None:
+    async with running_emulator({"echo": {"workers": 1}}) as emulator:
+        config = daemon_config(
+            emulator.autoscaler_url, {"echo": {}}, server={"job_retention_s": 0.3}
+        )
+        async with running_daemon(config) as daemon:
+            body = {"payload": {}, "idempotency_key": "once"}
+            async with http.post(f"{daemon.url}/v1/endpoints/echo/jobs", json=body) as resp:
+                job_id = (await resp.json())["id"]
+            await wait_for_status(http, daemon, job_id, {"succeeded"})
+            await asyncio.sleep(0.4)
+            async with http.get(f"{daemon.url}/v1/jobs/{job_id}") as resp:
+                assert resp.status == 404
+            assert len(daemon.service.store) == 0
+            # The idempotency key is forgotten with the job: the same key makes a new job.
+            async with http.post(f"{daemon.url}/v1/endpoints/echo/jobs", json=body) as resp:
+                assert resp.status == 202
+                assert (await resp.json())["id"] != job_id

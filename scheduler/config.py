@@ -150,6 +150,7 @@ class EndpointConfig(Model):
     default_route: str = "/generate"
     queue: QueueConfig = QueueConfig()
     cost: CostConfig = CostConfig()
+    routes: dict[str, CostConfig] = Field(default_factory=dict)  # per worker route estimators
     poll: PollConfig = PollConfig()
     default_timeout_s: float = Field(300.0, gt=0)
     max_timeout_s: float = Field(3600.0, gt=0)

@@ -1,0 +1,186 @@
+"""Cached worker assignments (leases) and their in-flight budgets. Pure: time is passed in.
+
+A lease is one route answer the daemon may place jobs on. The real worker keys its
+bookkeeping by ``reqnum``, so outside a Vast session an answer carries at most one job at a
+time (``sequential``); inside a session it carries jobs concurrently up to the cost the
+session declared (``session``); ``never`` uses an answer once. Budgets adapt by AIMD: halved
+when the worker answers 429, grown back towards the routed cost on success.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+EPSILON = 1e-9
+
+
+class ReuseMode(enum.StrEnum):
+    SESSION = "session"
+    SEQUENTIAL = "sequential"
+    NEVER = "never"
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    lease_id: int
+    worker_url: str
+    answer: Any = field(repr=False)  # the route answer (vast.types.Ready), sent verbatim
+    mode: ReuseMode
+    capacity: float  # the cost it was routed with: what the worker accounts for it
+    created_at: float
+    expires_at: float
+    session_id: str | None = None
+    budget: float = 0.0
+    inflight_cost: float = 0.0
+    inflight_jobs: int = 0
+    completed: int = 0
+    last_used: float = 0.0
+    retired: bool = False
+
+    def __post_init__(self) -> None:
+        if self.budget <= 0:
+            self.budget = self.capacity
+        self.last_used = self.created_at
+
+    def has_room(self, cost: float, now: float) -> bool:
+        if self.retired or now >= self.expires_at:
+            return False
+        if self.mode is ReuseMode.SESSION:
+            return self.inflight_cost + cost <= self.budget + EPSILON
+        if self.mode is ReuseMode.NEVER and self.completed + self.inflight_jobs > 0:
+            return False
+        return self.inflight_jobs == 0
+
+    @property
+    def utilisation(self) -> float:
+        if self.mode is ReuseMode.SESSION:
+            return self.inflight_cost / max(self.budget, EPSILON)
+        return float(self.inflight_jobs)
+
+    @property
+    def idle(self) -> bool:
+        return self.inflight_jobs == 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLimits:
+    ttl_s: float = 300.0  # no new placements after this age
+    idle_close_s: float = 30.0  # an idle lease is closed after this long
+    min_budget_fraction: float = 0.05  # AIMD never shrinks a budget below this share
+    increase_fraction: float = 0.1  # additive increase per success, as a share of capacity
+
+
+class LeasePool:
+    """The leases of one endpoint."""
+
+    def __init__(self, limits: LeaseLimits) -> None:
+        self.limits = limits
+        self._leases: dict[int, Lease] = {}
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def __iter__(self) -> Iterator[Lease]:
+        return iter(list(self._leases.values()))
+
+    def new_lease(
+        self, worker_url: str, answer: Any, mode: ReuseMode, capacity: float, now: float
+    ) -> Lease:
+        lease = Lease(
+            lease_id=self._next_id,
+            worker_url=worker_url,
+            answer=answer,
+            mode=mode,
+            capacity=max(capacity, EPSILON),
+            created_at=now,
+            expires_at=now + self.limits.ttl_s,
+        )
+        self._next_id += 1
+        self._leases[lease.lease_id] = lease
+        return lease
+
+    def pick(
+        self, cost: float, now: float, rng: random.Random, excluded: frozenset[str] = frozenset()
+    ) -> Lease | None:
+        """Power of two choices among the leases with room, by utilisation."""
+        candidates = [
+            lease
+            for lease in self._leases.values()
+            if lease.worker_url not in excluded and lease.has_room(cost, now)
+        ]
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        first, second = rng.sample(candidates, 2)
+        return first if first.utilisation <= second.utilisation else second
+
+    @staticmethod
+    def acquire(lease: Lease, cost: float, now: float) -> None:
+        lease.inflight_cost += cost
+        lease.inflight_jobs += 1
+        lease.last_used = now
+
+    def release(self, lease: Lease, cost: float, now: float, succeeded: bool) -> None:
+        last = lease.inflight_jobs <= 1  # reset to exactly 0 so float drift cannot pile up
+        lease.inflight_cost = 0.0 if last else max(0.0, lease.inflight_cost - cost)
+        lease.inflight_jobs = max(0, lease.inflight_jobs - 1)
+        lease.last_used = now
+        if succeeded:
+            lease.completed += 1
+            step = lease.capacity * self.limits.increase_fraction
+            lease.budget = min(lease.capacity, lease.budget + step)
+
+    def shrink(self, lease: Lease) -> None:
+        """Multiplicative decrease: the worker answered 429."""
+        floor = lease.capacity * self.limits.min_budget_fraction
+        lease.budget = max(floor, lease.budget / 2)
+
+    def retire(self, lease: Lease) -> None:
+        lease.retired = True
+
+    def retire_worker(self, worker_url: str) -> list[Lease]:
+        hit = [lease for lease in self._leases.values() if lease.worker_url == worker_url]
+        for lease in hit:
+            lease.retired = True
+        return hit
+
+    def collect(self, now: float) -> list[Lease]:
+        """Remove and return the leases to close: idle and (retired, expired or unused too long)."""
+        done = [
+            lease
+            for lease in self._leases.values()
+            if lease.idle
+            and (
+                lease.retired
+                or now >= lease.expires_at
+                or now - lease.last_used >= self.limits.idle_close_s
+                or (lease.mode is ReuseMode.NEVER and lease.completed > 0)
+            )
+        ]
+        for lease in done:
+            del self._leases[lease.lease_id]
+        return done
+
+    def next_collection(self, now: float) -> float | None:
+        """When ``collect`` next has something to do for an idle lease."""
+        times = [
+            min(lease.expires_at, lease.last_used + self.limits.idle_close_s)
+            for lease in self._leases.values()
+            if lease.idle
+        ]
+        return min(times) if times else None
+
+    def inflight_cost(self) -> float:
+        return sum(lease.inflight_cost for lease in self._leases.values())
+
+    def budget(self) -> float:
+        return sum(lease.budget for lease in self._leases.values() if not lease.retired)
+
+    def workers(self) -> set[str]:
+        return {lease.worker_url for lease in self._leases.values() if not lease.retired}

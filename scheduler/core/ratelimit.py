@@ -1,0 +1,39 @@
+"""A token bucket for route calls. Pure: the caller passes ``now``."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """``rate_per_s`` tokens a second, at most ``burst`` saved up; starts full."""
+
+    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._stamp = now
+        self._blocked_until = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate_per_s)
+            self._stamp = now
+
+    def try_take(self, now: float) -> bool:
+        if now < self._blocked_until:
+            return False
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time ``try_take`` can succeed."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            return max(now, self._blocked_until)
+        return max(self._blocked_until, now + (1.0 - self._tokens) / self.rate_per_s)
+
+    def block_until(self, until: float) -> None:
+        """The autoscaler said 429: take no token before ``until``."""
+        self._blocked_until = max(self._blocked_until, until)

@@ -111,7 +111,18 @@ class QueueConfig(Model):
 
 
 class CostConfig(Model):
-    estimator: Literal["constant", "field"] = "constant"
+    """How a job's cost (worker workload units) is estimated; see ``scheduler.core.cost``.
+
+    ``constant``: ``value``. ``field``: the number at dotted path ``field`` times ``scale``
+    (``default`` when absent). ``llm_tokens``: OpenAI completions / chat payloads,
+    ``(prompt_tokens * prompt_weight + completion_tokens * completion_weight) * n``; the
+    weights default to 0 and 1 because the usual Vast LLM worker counts ``max_tokens``.
+    Every estimate is clamped to [``min``, ``max``]. No field accepts inf or nan.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)  # merged with Model's extra/frozen
+
+    estimator: Literal["constant", "field", "llm_tokens"] = "constant"
     value: float = Field(100.0, ge=0)
     field: str | None = None
     scale: float = Field(1.0, gt=0)
@@ -119,6 +130,16 @@ class CostConfig(Model):
     min: float = Field(0.0, ge=0)
     max: float = Field(1e9, gt=0)
     caller_cost: Literal["trust", "clamp", "ignore"] = "clamp"
+    # llm_tokens
+    chars_per_token: float = Field(4.0, gt=0, le=1_000)
+    tokens_per_message: int | None = Field(None, ge=0, le=1_000)  # None: 4 chat, 0 completions
+    image_tokens: int = Field(0, ge=0, le=1_000_000)  # flat, per image content part
+    default_max_tokens: int = Field(256, ge=1, le=100_000_000)
+    prompt_weight: float = Field(0.0, ge=0, le=1e6)
+    completion_weight: float = Field(1.0, ge=0, le=1e6)
+    # calibration of estimates against observed service time (scheduler.core.calibration)
+    calibrate: bool = False
+    calibration_alpha: float = Field(0.1, gt=0, le=1)
 
     @model_validator(mode="after")
     def _range(self) -> CostConfig:
@@ -135,15 +156,49 @@ class CostConfig(Model):
 
 
 class PollConfig(Model):
-    initial_s: float = Field(0.1, gt=0)
-    max_s: float = Field(5.0, gt=0)
+    """Back-off of the one poller an endpoint runs while Vast has no worker ready."""
+
+    initial_s: float = Field(0.25, gt=0)
+    max_s: float = Field(1.0, gt=0)
     multiplier: float = Field(2.0, ge=1, le=10)
+    max_cost: float = Field(1e6, gt=0)  # cap on the backlog cost a poll declares
 
     @model_validator(mode="after")
     def _range(self) -> PollConfig:
         if self.initial_s > self.max_s:
             raise ValueError("initial_s must be <= max_s")
         return self
+
+
+class BatchConfig(Model):
+    max_jobs: int = Field(16, gt=0, le=4096)
+    max_cost: float = Field(1e9, gt=0)
+    linger_ms: float = Field(0.0, ge=0, le=10_000)
+
+
+class LeaseConfig(Model):
+    ttl_s: float = Field(300.0, gt=0)
+    idle_close_s: float = Field(30.0, gt=0)
+    session_lifetime_s: float = Field(120.0, gt=0)
+    min_budget_fraction: float = Field(0.05, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _lifetime_covers_idle(self) -> LeaseConfig:
+        if self.session_lifetime_s <= self.idle_close_s:
+            raise ValueError("session_lifetime_s must be > idle_close_s")
+        return self
+
+
+class RetryBudgetConfig(Model):
+    ratio: float = Field(0.2, ge=0, le=10)
+    min_retries: int = Field(10, ge=0)
+    window_s: float = Field(10.0, gt=0)
+
+
+class EjectionConfig(Model):
+    consecutive_failures: int = Field(5, gt=0)
+    base_s: float = Field(5.0, gt=0)
+    max_s: float = Field(60.0, gt=0)
 
 
 class EndpointConfig(Model):
@@ -156,6 +211,17 @@ class EndpointConfig(Model):
     max_timeout_s: float = Field(3600.0, gt=0)
     max_attempts: int = Field(5, gt=0, le=100)
     max_concurrency: int = Field(64, gt=0)
+    reuse: Literal["auto", "session", "sequential", "never"] = "auto"
+    batch: BatchConfig = BatchConfig()
+    lease: LeaseConfig = LeaseConfig()
+    max_route_inflight: int = Field(4, gt=0, le=256)
+    route_rate_per_s: float = Field(10.0, gt=0)
+    route_burst: int = Field(10, gt=0)
+    idempotent: bool = False  # 5xx and timeouts may be retried elsewhere
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
+    ejection: EjectionConfig = EjectionConfig()
+    tenant_weights: dict[str, float] = Field(default_factory=dict)
+    refuse_unmeetable_deadlines: bool = False
 
     @model_validator(mode="after")
     def _timeouts(self) -> EndpointConfig:

@@ -92,6 +92,12 @@ class WorkerGone(WorkerError):
     kind = "gone"
 
 
+class SessionRefused(WorkerError):
+    """The worker will not open a session: at ``max_sessions`` (429) or no session support."""
+
+    kind = "session_refused"
+
+
 class WorkerTLSError(WorkerGone):
     """The worker's certificate did not verify (is vast.ca_bundle set to Vast's root CA?)."""
 

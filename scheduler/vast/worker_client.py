@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,16 @@ from typing import Any
 
 import aiohttp
 
-from scheduler.vast.types import Ready, WorkerGone, WorkerTimeout, WorkerTLSError
+from scheduler.vast.types import (
+    Ready,
+    SessionRefused,
+    WorkerError,
+    WorkerGone,
+    WorkerTimeout,
+    WorkerTLSError,
+)
+
+SESSION_CALL_TIMEOUT_S = 10.0
 
 
 def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -51,5 +61,33 @@ class WorkerClient:
             raise WorkerTimeout("worker did not answer in time") from exc
         except aiohttp.ClientSSLError as exc:
             raise WorkerTLSError(f"TLS with the worker failed: {type(exc).__name__}") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc
+
+    async def create_session(self, ready: Ready, lifetime_s: float) -> str:
+        """Open a Vast session on the answer's worker, accounted by it at the answer's cost."""
+        body = {"auth_data": ready.auth_data, "payload": {"lifetime": lifetime_s}}
+        status, answer = await self._session_call(ready, "/session/create", body)
+        if status == 201 and isinstance(answer, dict) and isinstance(answer.get("session_id"), str):
+            return str(answer["session_id"])
+        if status in (404, 405, 429):
+            raise SessionRefused(f"worker refused a session ({status})")
+        raise WorkerError(f"session create answered {status}")
+
+    async def end_session(self, ready: Ready, session_id: str) -> None:
+        body = {"session_id": session_id, "session_auth": ready.auth_data}
+        await self._session_call(ready, "/session/end", body)
+
+    async def _session_call(self, ready: Ready, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=SESSION_CALL_TIMEOUT_S)
+        try:
+            async with self._session.post(f"{ready.url}{path}", json=body, timeout=timeout) as resp:
+                raw = await resp.content.read(64 * 1024)
+                try:
+                    return resp.status, json.loads(raw)
+                except ValueError:
+                    return resp.status, None
+        except TimeoutError as exc:
+            raise WorkerTimeout("session call timed out") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc

@@ -1,22 +1,31 @@
-"""The per-endpoint loop that joins the pure core (queue, back-off, classification) to vast/."""
+"""The per-endpoint loop: places queued jobs on leases, routes batches, polls once while waiting.
+
+The pure parts (queue, batching, leases, back-off, decisions) live in ``scheduler.core``; this
+module owns the tasks and the I/O through the ``Router`` and ``Forwarder`` seams.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
-import aiohttp
 import structlog
 
+from scheduler.attempt import AttemptResult, attempt
 from scheduler.config import EndpointConfig
+from scheduler.core.assignments import Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.batching import BatchLimits, take_batch
+from scheduler.core.health import EjectionPolicy, OutlierDetector, RetryBudget
 from scheduler.core.queue import JobQueue
-from scheduler.core.retry import Outcome, backoff_s, classify_status, worker_error_kind
-from scheduler.delivery import CallerGone, ResultTooLarge, StreamBroken
-from scheduler.jobs import Job, JobResult, JobStatus
+from scheduler.core.ratelimit import TokenBucket
+from scheduler.core.retry import Action, backoff_s, decide, worker_error_kind
+from scheduler.jobs import Job, JobStatus
 from scheduler.observability.metrics import EndpointGauges, Metrics
+from scheduler.seams import Forwarder, Router
 from scheduler.vast.types import (
     Ready,
     RouteBadRequest,
@@ -24,41 +33,25 @@ from scheduler.vast.types import (
     RouteRateLimited,
     RouteResult,
     RouteUnauthorized,
+    SessionRefused,
+    Waiting,
     WorkerError,
 )
 
 log = structlog.get_logger("scheduler.dispatch")
-MAX_KNOWN_WORKERS = 1024
-
-
-class Router(Protocol):
-    async def route(
-        self, endpoint: str, cost: float, request_idx: int | None = None
-    ) -> RouteResult: ...
-
-
-class Forwarder(Protocol):
-    def post(
-        self, ready: Ready, route: str, payload: Any, session_id: str | None = None
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]: ...
-
-
-class JobFailed(Exception):
-    """The job cannot succeed; the message is safe to show to the caller."""
-
-
-class RetryElsewhere(Exception):
-    def __init__(self, reason: str, delay_s: float = 0.0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delay_s = delay_s
-
-
 FinishHook = Callable[[Job], None]
+THROUGHPUT_ALPHA = 0.2
+MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
+
+
+@dataclass(slots=True)
+class Batch:
+    job_ids: list[str]
+    cost: float
 
 
 class EndpointDispatcher:
-    """Owns one endpoint's queue and in-flight jobs; ``run()`` is its only loop."""
+    """Owns one endpoint's queue, leases and in-flight jobs; ``run()`` is its only loop."""
 
     def __init__(
         self,
@@ -74,7 +67,6 @@ class EndpointDispatcher:
     ) -> None:
         self.name = name
         self.config = config
-        self.queue = JobQueue(config.queue.max_depth)
         self._router = router
         self._forwarder = forwarder
         self._metrics = metrics
@@ -82,16 +74,43 @@ class EndpointDispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_task_done = on_task_done
+        now = clock()
+        self.queue = JobQueue(config.queue.max_depth, config.tenant_weights)
+        self.pool = LeasePool(
+            LeaseLimits(config.lease.ttl_s, config.lease.idle_close_s,
+                        config.lease.min_budget_fraction)
+        )  # fmt: skip
+        self.bucket = TokenBucket(config.route_rate_per_s, config.route_burst, now)
+        self.outliers = OutlierDetector(
+            EjectionPolicy(config.ejection.consecutive_failures, config.ejection.base_s,
+                           config.ejection.max_s)
+        )  # fmt: skip
+        self.retry_budget = RetryBudget(
+            config.retry_budget.ratio, config.retry_budget.min_retries,
+            config.retry_budget.window_s,
+        )  # fmt: skip
+        self.mode = ReuseMode.NEVER if config.reuse == "never" else (
+            ReuseMode.SEQUENTIAL if config.reuse == "sequential" else ReuseMode.SESSION
+        )  # fmt: skip
+        self.legacy_detected = False
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._reserved: dict[str, Batch] = {}  # job id -> the batch routing for it
+        self._route_tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self._route_errors = 0
+        self._route_retry_at = now
         self._wakeup = asyncio.Event()
         self.known_workers: dict[str, float] = {}
-        self.last_route_status: str | None = None
+        self.last_waiting: Waiting | None = None
+        self.throughput_cost_per_s = 0.0
+        self._last_completion: float | None = None
 
     # intake -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         """Queue a job; raises ``QueueFull`` when the endpoint is at ``max_depth``."""
-        self.queue.push(job.id, job.priority, job.cost, job.deadline)
+        self.queue.push(job.id, job.priority, job.cost, job.deadline, job.tenant)
         self._jobs[job.id] = job
         self._metrics.jobs_submitted.labels(self.name, job.mode).inc()
         log.info("job.queued", job_id=job.id, endpoint=self.name, cost=job.cost, mode=job.mode)
@@ -101,7 +120,7 @@ class EndpointDispatcher:
         if job.finished:
             return False
         job.cancel_requested = True
-        if self.queue.remove(job.id):
+        if self.queue.remove(job.id) or job.id in self._reserved:
             self._finish(job, JobStatus.CANCELLED, "cancelled by caller")
         elif (task := self._running.get(job.id)) is not None:
             task.cancel()
@@ -111,56 +130,427 @@ class EndpointDispatcher:
     # state ------------------------------------------------------------------------------
     @property
     def inflight(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._reserved)
 
     @property
     def idle(self) -> bool:
-        return not self._running and not len(self.queue)
+        return not self._running and not self._reserved and not len(self.queue)
+
+    @property
+    def polling(self) -> bool:
+        return self._poller is not None and not self._poller.done()
 
     def gauges(self) -> EndpointGauges:
         return EndpointGauges(
             self.name, len(self.queue), self.queue.queued_cost, self.inflight,
-            len(self.known_workers),
+            len(self.pool.workers()),
         )  # fmt: skip
 
+    def eta_s(self) -> float | None:
+        """Queued cost over observed throughput: roughly when a new job would start."""
+        if self.throughput_cost_per_s <= 0:
+            return None
+        return self.queue.queued_cost / self.throughput_cost_per_s
+
     def retry_after_s(self) -> int:
-        """A hint for refused callers: roughly how long the backlog takes to halve."""
-        return max(1, min(60, len(self.queue) // max(1, self.config.max_concurrency)))
+        eta = self.eta_s()
+        if eta is None:
+            return max(1, min(60, len(self.queue) // max(1, self.config.max_concurrency)))
+        return max(1, min(600, round(eta)))
 
     # the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
-            self._expire_queued()
-            if len(self.queue) and self.inflight < self.config.max_concurrency:
-                job_id = self.queue.pop()
-                if job_id is not None:
-                    self._start(self._jobs[job_id])
+            now = self._clock()
+            self._expire_queued(now)
+            self._close_leases(now)
+            self._place(now)
+            wake_at = self._maybe_route(now)
+            await self._sleep(wake_at)
+
+    async def _sleep(self, wake_at: float | None) -> None:
+        self._wakeup.clear()
+        deadline = self.queue.next_deadline()
+        lease_due = self.pool.next_collection(self._clock())
+        times = [t for t in (wake_at, deadline, lease_due) if t is not None]
+        timeout = max(0.0, min(times) - self._clock()) if times else None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+
+    def _place(self, now: float) -> None:
+        excluded = self.outliers.ejected(now)
+        while len(self.queue) and self.inflight < self.config.max_concurrency:
+            head = self.queue.peek()
+            if head is None:
+                return
+            lease = self.pool.pick(head[1], now, self._rng, excluded)
+            if lease is None:
+                return
+            job_id = self.queue.pop()
+            if job_id is not None:
+                self._start(self._jobs[job_id], lease)
+
+    def _maybe_route(self, now: float) -> float | None:
+        """Start a batch route call when queued jobs have no room; returns when to look again."""
+        if not len(self.queue) or self.inflight >= self.config.max_concurrency or self.polling:
+            return None
+        if len(self._route_tasks) >= self.config.max_route_inflight:
+            return None
+        if now < self._route_retry_at:
+            return self._route_retry_at
+        linger_until = self._linger_until(now)
+        if linger_until is not None:
+            return linger_until
+        if not self.bucket.try_take(now):
+            return self.bucket.ready_at(now)
+        room = self.config.max_concurrency - self.inflight
+        max_jobs = 1 if self.mode is not ReuseMode.SESSION else self.config.batch.max_jobs
+        limits = BatchLimits(min(max_jobs, room), self.config.batch.max_cost)
+        job_ids, cost = take_batch(self.queue.peek, self.queue.pop, limits)
+        if not job_ids:
+            return None
+        batch = Batch(job_ids, cost)
+        for job_id in job_ids:
+            self._reserved[job_id] = batch
+            self._jobs[job_id].status = JobStatus.ROUTING
+        self._spawn(self._route_batch(batch), self._route_tasks, "route")
+        return now  # look again at once: more batches may go out in parallel
+
+    def _linger_until(self, now: float) -> float | None:
+        linger_s = self.config.batch.linger_ms / 1000
+        if linger_s <= 0 or len(self.queue) >= self.config.batch.max_jobs:
+            return None
+        head = self.queue.peek()
+        if head is None:
+            return None
+        ready_at = self._jobs[head[0]].created_mono + linger_s
+        return ready_at if ready_at > now else None
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], into: set[asyncio.Task[None]], name: str
+    ) -> None:
+        task = asyncio.create_task(coro, name=f"{name}-{self.name}")
+        into.add(task)
+        task.add_done_callback(into.discard)
+        task.add_done_callback(lambda _: self._wakeup.set())
+
+    # routing ----------------------------------------------------------------------------
+    async def _route_batch(self, batch: Batch) -> None:
+        try:
+            result = await self._route(batch.cost, None)
+        except RouteError as exc:
+            self._route_failed(exc, batch)
+            return
+        if isinstance(result, Waiting):
+            self._release_batch(batch)
+            self._start_poller(result.request_idx)
+            return
+        lease = await self._open_lease(result)
+        if lease is None:
+            self._batch_attempt_failed(batch)
+            return
+        self._place_batch(batch, lease)
+
+    def _batch_attempt_failed(self, batch: Batch) -> None:
+        """The routed worker could not be reached: that counts as an attempt for each job."""
+        for job_id in batch.job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and not job.finished and job_id in self._reserved:
+                job.attempts += 1
+                job.history.append("reroute_gone:session_open")
+        exhausted = [
+            job_id for job_id in batch.job_ids
+            if job_id in self._reserved and self._jobs[job_id].attempts >= self.config.max_attempts
+        ]  # fmt: skip
+        for job_id in exhausted:
+            self._reserved.pop(job_id, None)
+            job = self._jobs[job_id]
+            self._finish(job, JobStatus.FAILED, f"gave up after {job.attempts} attempts")
+        self._release_batch(batch)
+
+    def _route_failed(self, exc: RouteError, batch: Batch | None) -> None:
+        now = self._clock()
+        if isinstance(exc, RouteBadRequest | RouteUnauthorized):
+            # Nothing queued here can succeed until the config is fixed: fail the batch only,
+            # later jobs try again (the key may be rotated under us).
+            for job_id in batch.job_ids if batch else []:
+                self._reserved.pop(job_id, None)
+                job = self._jobs.get(job_id)
+                if job is not None and not job.finished:
+                    self._finish(job, JobStatus.FAILED, str(exc))
+            return
+        self._route_errors += 1
+        if isinstance(exc, RouteRateLimited):
+            delay = exc.retry_after_s or self._backoff(self._route_errors)
+            self.bucket.block_until(now + delay)
+        else:
+            self._route_retry_at = now + self._backoff(self._route_errors)
+        if batch is not None:
+            self._release_batch(batch)
+
+    def _release_batch(self, batch: Batch) -> None:
+        """Put a batch's jobs back at the head of the queue, in order."""
+        for job_id in reversed(batch.job_ids):
+            if self._reserved.pop(job_id, None) is None:
                 continue
-            self._wakeup.clear()
-            deadline = self.queue.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            job = self._jobs.get(job_id)
+            if job is None or job.finished:
+                continue
+            job.status = JobStatus.QUEUED
+            self.queue.requeue_front(job.id, job.priority, job.cost, job.deadline, job.tenant)
+
+    def _place_batch(self, batch: Batch, lease: Lease) -> None:
+        now = self._clock()
+        leftover = []
+        for job_id in batch.job_ids:
+            job = self._jobs.get(job_id)
+            if job is None or job.finished or job_id not in self._reserved:
+                self._reserved.pop(job_id, None)
+                continue
+            if lease.has_room(job.cost, now):
+                self._reserved.pop(job_id, None)
+                self._start(job, lease)
+            else:
+                leftover.append(job_id)
+        if leftover:
+            self._release_batch(Batch(leftover, 0.0))
+
+    async def _route(self, cost: float, request_idx: int | None) -> RouteResult:
+        started = self._clock()
+        outcome = "error"
+        try:
+            result = await self._router.route(self.name, cost, request_idx)
+            outcome = "ready" if isinstance(result, Ready) else "no_worker"
+            if isinstance(result, Waiting):
+                self.last_waiting = result
+                log.info("route.no_worker", endpoint=self.name, cost=cost,
+                         request_idx=result.request_idx, status=result.status)  # fmt: skip
+            else:
+                self._route_errors = 0
+                self.known_workers[result.url] = self._clock()
+                log.debug("route.ready", endpoint=self.name, cost=cost, reqnum=result.reqnum)
+            return result
+        except RouteError as exc:
+            outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
+            log.warning("route.error", endpoint=self.name, kind=exc.kind, error=str(exc))
+            raise
+        finally:
+            self._metrics.route_calls.labels(self.name, outcome).inc()
+            self._metrics.route_latency.labels(self.name, outcome).observe(self._clock() - started)
+
+    def _start_poller(self, request_idx: int | None) -> None:
+        if not self.polling:
+            self._poller = asyncio.create_task(self._poll(request_idx), name=f"poll-{self.name}")
+            self._poller.add_done_callback(lambda _: self._wakeup.set())
+
+    async def _poll(self, request_idx: int | None) -> None:
+        """The endpoint's one poller while Vast has no worker ready: it carries ``request_idx``
+        and declares the whole backlog's cost (capped) so the autoscaler scales for all of it."""
+        poll = self.config.poll
+        waits = 0
+        while len(self.queue) and not self._room_for_head():
+            waits += 1
+            await asyncio.sleep(
+                backoff_s(waits, poll.initial_s, poll.max_s, poll.multiplier, self._rng.random())
+            )
+            await self._wait_for_token()
+            cost = min(max(self.queue.queued_cost, 1.0), poll.max_cost)
             try:
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
+                result = await self._route(cost, request_idx)
+            except RouteError as exc:
+                self._route_failed(exc, None)
+                continue
+            if isinstance(result, Waiting):
+                request_idx = result.request_idx if result.request_idx is not None else request_idx
+                continue
+            await self._open_lease(result)
+            return
 
-    async def abort(self, reason: str) -> None:
-        """After the grace period: fail what is queued, cancel what runs, wait for it."""
-        while (job_id := self.queue.pop()) is not None:
-            self._finish(self._jobs[job_id], JobStatus.FAILED, reason)
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _wait_for_token(self) -> None:
+        for _ in range(MAX_TOKEN_WAITS):
+            now = self._clock()
+            if self.bucket.try_take(now):
+                return
+            await asyncio.sleep(max(0.001, self.bucket.ready_at(now) - now))
 
-    def _expire_queued(self) -> None:
-        for job_id in self.queue.pop_expired(self._clock()):
-            self._finish(self._jobs[job_id], JobStatus.EXPIRED, "deadline passed while queued")
+    def _room_for_head(self) -> bool:
+        head = self.queue.peek()
+        now = self._clock()
+        return head is not None and self.pool.pick(head[1], now, self._rng) is not None
 
-    def _start(self, job: Job) -> None:
-        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+    async def _open_lease(self, ready: Ready) -> Lease | None:
+        mode = self.mode
+        session_id = None
+        if mode is ReuseMode.SESSION:
+            try:
+                session_id = await self._forwarder.create_session(
+                    ready, self.config.lease.session_lifetime_s
+                )
+            except SessionRefused:
+                mode = ReuseMode.SEQUENTIAL  # at max_sessions or no session support
+            except WorkerError as exc:
+                self._worker_trouble(ready.url, exc.kind)
+                self.outliers.failure(ready.url, self._clock())
+                return None
+        lease = self.pool.new_lease(ready.url, ready, mode, ready.cost, self._clock())
+        lease.session_id = session_id
+        log.info("lease.opened", endpoint=self.name, lease_id=lease.lease_id, mode=str(mode),
+                 capacity=ready.cost, session=session_id is not None)  # fmt: skip
+        self._wakeup.set()
+        return lease
+
+    def _close_leases(self, now: float) -> None:
+        for lease in self.pool.collect(now):
+            if lease.session_id is not None:
+                self._spawn(self._end_session(lease), self._background, "session-end")
+
+    async def _end_session(self, lease: Lease) -> None:
+        session_id = lease.session_id
+        if session_id is None:
+            return
+        # A failure means the worker is gone or reaps the session itself after its lifetime.
+        with contextlib.suppress(WorkerError):
+            await self._forwarder.end_session(lease.answer, session_id)
+
+    # one job on one lease ---------------------------------------------------------------
+    def _start(self, job: Job, lease: Lease) -> None:
+        self.pool.acquire(lease, job.cost, self._clock())
+        task = asyncio.create_task(self._run_job(job, lease), name=f"job-{job.id}")
         self._running[job.id] = task
+
+    async def _run_job(self, job: Job, lease: Lease) -> None:
+        now = self._clock()
+        if job.started_mono is None:
+            job.started_mono = now
+            self._metrics.queue_wait.labels(self.name).observe(now - job.created_mono)
+        job.status = JobStatus.RUNNING
+        job.attempts += 1
+        self.retry_budget.record_request(now)
+        result: AttemptResult | None = None
+        try:
+            result = await attempt(
+                self._forwarder, job, lease, job.deadline - now,
+                self._may_retry_5xx(job), self._clock,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            self.pool.release(lease, job.cost, self._clock(), succeeded=False)
+            if job.cancel_requested:
+                self._finish(job, JobStatus.CANCELLED, "cancelled by caller")
+            else:
+                self._finish(job, JobStatus.FAILED, "daemon shut down before the job finished")
+            raise
+        except Exception:
+            log.exception("job.crashed", job_id=job.id, endpoint=self.name)
+            self.pool.release(lease, job.cost, self._clock(), succeeded=False)
+            self._finish(job, JobStatus.FAILED, "internal error")
+        else:
+            self._settle(job, lease, result)
+        finally:
+            self._running.pop(job.id, None)
+            self._wakeup.set()
+            self._on_task_done()
+
+    def _may_retry_5xx(self, job: Job) -> Callable[[], bool]:
+        def allowed() -> bool:
+            return (
+                self.config.idempotent
+                and job.attempts < self.config.max_attempts
+                and self.retry_budget.try_retry(self._clock())
+            )
+
+        return allowed
+
+    def _settle(self, job: Job, lease: Lease, result: AttemptResult) -> None:
+        now = self._clock()
+        if result.headers_after_s is not None:
+            self._metrics.worker_latency.labels(self.name).observe(result.headers_after_s)
+        if result.kind in ("expired", "caller_gone", "broken"):
+            self.pool.release(lease, job.cost, now, succeeded=False)
+            status = {"expired": JobStatus.EXPIRED, "caller_gone": JobStatus.CANCELLED}.get(
+                result.kind, JobStatus.FAILED
+            )
+            self._finish(job, status, result.detail)
+            return
+        reused = lease.completed > 0
+        action = decide(result.kind, result.status, reused, self.config.reuse == "auto")
+        succeeded = action is Action.SUCCEED
+        self.pool.release(lease, job.cost, now, succeeded)
+        if succeeded:
+            self.outliers.success(lease.worker_url)
+            self._record_throughput(job.cost, now)
+            self._finish(job, JobStatus.SUCCEEDED)
+            return
+        self._apply_failure(job, lease, action, result)
+
+    def _apply_failure(self, job: Job, lease: Lease, action: Action, result: AttemptResult) -> None:
+        now = self._clock()
+        kind = result.error_kind or worker_error_kind(result.status or 0)
+        self._worker_trouble(lease.worker_url, kind, job)
+        job.history.append(f"{action.value}:{kind}")
+        if action is Action.RETRY and result.kind == "timeout" and not self._may_retry_5xx(job)():
+            action = Action.FAIL  # a timed-out job may have run: only idempotent ones go again
+        if action is Action.FAIL:
+            error = f"worker answered {result.status}" if result.status else result.detail
+            self._finish(job, JobStatus.FAILED, error)
+            return
+        if action is not Action.REROUTE_SHRINK:
+            self.outliers.failure(lease.worker_url, now)
+        if action is Action.REROUTE_GONE:
+            self.pool.retire_worker(lease.worker_url)
+            self.known_workers.pop(lease.worker_url, None)
+        elif action is Action.REROUTE_EVICT:
+            self.pool.retire(lease)
+        elif action is Action.REROUTE_SHRINK:
+            self.pool.shrink(lease)
+            if lease.mode is not ReuseMode.SESSION:
+                self.pool.retire(lease)  # one job at a time cannot shrink: route elsewhere
+        elif action is Action.REROUTE_LEGACY:
+            self._switch_to_never()
+        self._requeue(job, action.value)
+
+    def _switch_to_never(self) -> None:
+        if self.mode is ReuseMode.NEVER:
+            return
+        self.mode = ReuseMode.NEVER
+        self.legacy_detected = True
+        for lease in self.pool:
+            self.pool.retire(lease)
+        log.warning("endpoint.legacy_workers_detected", endpoint=self.name, reuse="never")
+
+    def _requeue(self, job: Job, reason: str) -> None:
+        self._metrics.retries.labels(self.name, reason).inc()
+        if job.attempts >= self.config.max_attempts:
+            self._finish(job, JobStatus.FAILED,
+                         f"gave up after {job.attempts} attempts (last: {reason})")  # fmt: skip
+            return
+        log.info("job.requeued", job_id=job.id, endpoint=self.name, reason=reason,
+                 attempt=job.attempts)  # fmt: skip
+        job.status = JobStatus.QUEUED
+        self.queue.requeue_front(job.id, job.priority, job.cost, job.deadline, job.tenant)
+
+    def _worker_trouble(self, worker_url: str, kind: str, job: Job | None = None) -> None:
+        self._metrics.worker_errors.labels(self.name, kind).inc()
+        log.warning("worker.error", endpoint=self.name, kind=kind,
+                    job_id=job.id if job else None)  # fmt: skip
+
+    def _record_throughput(self, cost: float, now: float) -> None:
+        if self._last_completion is not None:
+            gap = max(now - self._last_completion, 1e-3)
+            sample = cost / gap
+            self.throughput_cost_per_s += THROUGHPUT_ALPHA * (sample - self.throughput_cost_per_s)
+        self._last_completion = now
+
+    def _backoff(self, errors: int) -> float:
+        poll = self.config.poll
+        return backoff_s(errors, poll.initial_s, poll.max_s, poll.multiplier, self._rng.random())
+
+    # endings ----------------------------------------------------------------------------
+    def _expire_queued(self, now: float) -> None:
+        for job_id in self.queue.pop_expired(now):
+            self._finish(self._jobs[job_id], JobStatus.EXPIRED, "deadline passed while queued")
 
     def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
         now = self._clock()
@@ -176,145 +566,23 @@ class EndpointDispatcher:
         )  # fmt: skip
         self._on_finish(job)
 
-    # one job ----------------------------------------------------------------------------
-    async def _run_job(self, job: Job) -> None:
-        job.started_mono = self._clock()
-        self._metrics.queue_wait.labels(self.name).observe(job.started_mono - job.created_mono)
-        try:
-            await self._process(job)
-        except asyncio.CancelledError:
-            if job.cancel_requested:
-                self._finish(job, JobStatus.CANCELLED, "cancelled by caller")
-            else:
-                self._finish(job, JobStatus.FAILED, "daemon shut down before the job finished")
-            raise
-        except JobFailed as exc:
-            self._finish(job, JobStatus.FAILED, str(exc))
-        except Exception:
-            log.exception("job.crashed", job_id=job.id, endpoint=self.name)
-            self._finish(job, JobStatus.FAILED, "internal error")
-        finally:
-            self._running.pop(job.id, None)
-            self._wakeup.set()
-            self._on_task_done()
-
-    async def _process(self, job: Job) -> None:
-        while True:
-            remaining = job.deadline - self._clock()
-            try:
-                async with asyncio.timeout(max(0.0, remaining)) as deadline:
-                    job.status = JobStatus.ROUTING
-                    ready = await self._acquire(job)
-                    await self._attempt(job, ready, deadline)
-                return
-            except TimeoutError:
-                self._finish(job, JobStatus.EXPIRED, "deadline passed before a worker answered")
-                return
-            except RetryElsewhere as retry:
-                self._metrics.retries.labels(self.name, retry.reason).inc()
-                if job.attempts >= self.config.max_attempts:
-                    raise JobFailed(
-                        f"gave up after {job.attempts} attempts (last: {retry.reason})"
-                    ) from retry
-                log.info("job.retry", job_id=job.id, endpoint=self.name, reason=retry.reason,
-                         attempt=job.attempts)  # fmt: skip
-                await asyncio.sleep(retry.delay_s)
-
-    async def _attempt(self, job: Job, ready: Ready, deadline: asyncio.Timeout) -> None:
-        job.attempts += 1
-        job.status = JobStatus.RUNNING
-        started = self._clock()
-        try:
-            async with self._forwarder.post(ready, job.route, job.payload) as resp:
-                self._metrics.worker_latency.labels(self.name).observe(self._clock() - started)
-                outcome = classify_status(resp.status)
-                if outcome is Outcome.RETRY_ELSEWHERE:
-                    self._worker_trouble(job, worker_error_kind(resp.status))
-                    raise RetryElsewhere(worker_error_kind(resp.status), self._retry_delay(job))
-                # The answer has started: from here the deadline no longer applies.
-                deadline.reschedule(None)
-                body = await job.delivery.deliver(resp)
-                job.result = JobResult(resp.status, resp.content_type, body)
-                if outcome is Outcome.SUCCESS:
-                    self._finish(job, JobStatus.SUCCEEDED)
-                else:
-                    self._worker_trouble(job, worker_error_kind(resp.status))
-                    self._finish(job, JobStatus.FAILED, f"worker answered {resp.status}")
-        except WorkerError as exc:
-            self._worker_trouble(job, exc.kind)
-            self.known_workers.pop(ready.url, None)
-            raise RetryElsewhere(f"worker_{exc.kind}", self._retry_delay(job)) from exc
-        except CallerGone:
-            self._finish(job, JobStatus.CANCELLED, "caller went away")
-        except (ResultTooLarge, StreamBroken) as exc:
-            raise JobFailed(str(exc)) from exc
-
-    def _worker_trouble(self, job: Job, kind: str) -> None:
-        self._metrics.worker_errors.labels(self.name, kind).inc()
-        log.warning("worker.error", job_id=job.id, endpoint=self.name, kind=kind,
-                    attempt=job.attempts)  # fmt: skip
-
-    def _retry_delay(self, job: Job) -> float:
-        poll = self.config.poll
-        # The first re-route is immediate (another worker is likely ready); later ones back off.
-        if job.attempts <= 1:
-            return 0.0
-        return backoff_s(job.attempts - 1, poll.initial_s, poll.max_s, poll.multiplier,
-                         self._rng.random())  # fmt: skip
-
-    async def _acquire(self, job: Job) -> Ready:
-        """Route until a worker is ready, keeping ``request_idx`` across WAITING answers."""
-        request_idx: int | None = None
-        waits = errors = 0
-        poll = self.config.poll
-        while True:
-            try:
-                result = await self._route(job, request_idx)
-            except RouteRateLimited as exc:
-                errors += 1
-                await asyncio.sleep(exc.retry_after_s or self._backoff(errors))
-                continue
-            except (RouteBadRequest, RouteUnauthorized) as exc:
-                raise JobFailed(str(exc)) from exc
-            except RouteError:
-                errors += 1
-                await asyncio.sleep(self._backoff(errors))
-                continue
-            if isinstance(result, Ready):
-                self._remember_worker(result.url)
-                return result
-            request_idx = result.request_idx if result.request_idx is not None else request_idx
-            waits += 1
-            await asyncio.sleep(
-                backoff_s(waits, poll.initial_s, poll.max_s, poll.multiplier, self._rng.random())
-            )
-
-    async def _route(self, job: Job, request_idx: int | None) -> RouteResult:
-        started = self._clock()
-        outcome = "error"
-        try:
-            result = await self._router.route(self.name, job.cost, request_idx)
-            outcome = "ready" if isinstance(result, Ready) else "no_worker"
-            if not isinstance(result, Ready):
-                self.last_route_status = result.status
-            log.debug("route.answered", job_id=job.id, endpoint=self.name, outcome=outcome,
-                      request_idx=request_idx)  # fmt: skip
-            return result
-        except RouteError as exc:
-            outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
-            log.warning("route.error", job_id=job.id, endpoint=self.name, kind=exc.kind,
-                        error=str(exc))  # fmt: skip
-            raise
-        finally:
-            self._metrics.route_calls.labels(self.name, outcome).inc()
-            self._metrics.route_latency.labels(self.name, outcome).observe(self._clock() - started)
-
-    def _backoff(self, errors: int) -> float:
-        poll = self.config.poll
-        return backoff_s(errors, poll.initial_s, poll.max_s, poll.multiplier, self._rng.random())
-
-    def _remember_worker(self, url: str) -> None:
-        self.known_workers[url] = self._clock()
-        if len(self.known_workers) > MAX_KNOWN_WORKERS:
-            oldest = min(self.known_workers, key=self.known_workers.__getitem__)
-            del self.known_workers[oldest]
+    async def abort(self, reason: str) -> None:
+        """After the grace period: fail what is queued or routing, cancel what runs, wait."""
+        for task in [*self._route_tasks, *([self._poller] if self._poller else [])]:
+            task.cancel()
+        await asyncio.gather(*self._route_tasks, return_exceptions=True)
+        if self._poller is not None:
+            await asyncio.gather(self._poller, return_exceptions=True)
+        for reserved_id in list(self._reserved):
+            self._finish(self._jobs[reserved_id], JobStatus.FAILED, reason)
+        self._reserved.clear()
+        while (job_id := self.queue.pop()) is not None:
+            self._finish(self._jobs[job_id], JobStatus.FAILED, reason)
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lease in self.pool:
+            self.pool.retire(lease)
+        self._close_leases(self._clock())
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -55,6 +55,8 @@ class Job:
     idempotency_key: str | None = None
     webhook_url: str | None = None
     request_id: str | None = None
+    tenant: str = "default"
+    history: list[str] = field(default_factory=list)  # why each earlier attempt did not end it
     created_wall: float = field(default_factory=time.time)
     status: JobStatus = JobStatus.QUEUED
     attempts: int = 0
@@ -94,6 +96,7 @@ class Job:
             "status": str(self.status),
             "cost": self.cost,
             "priority": self.priority,
+            "tenant": self.tenant,
             "attempts": self.attempts,
             "created_at": self.created_wall,
             "timings": {
@@ -103,6 +106,8 @@ class Job:
         }
         if self.idempotency_key is not None:
             view["idempotency_key"] = self.idempotency_key
+        if self.history:
+            view["history"] = list(self.history)
         if self.error is not None:
             view["error"] = self.error
         if self.result is not None:

@@ -12,9 +12,10 @@ import structlog
 
 from scheduler.config import AppConfig
 from scheduler.core import cost
-from scheduler.dispatch import EndpointDispatcher, Forwarder, Router
+from scheduler.dispatch import EndpointDispatcher
 from scheduler.jobs import Job, JobMode, new_job_id
 from scheduler.observability.metrics import EndpointGauges, Metrics
+from scheduler.seams import Forwarder, Router
 from scheduler.store.memory import MemoryJobStore
 from scheduler.webhooks import WebhookSender
 
@@ -40,6 +41,7 @@ class Submission:
     timeout_s: float | None
     idempotency_key: str | None
     webhook_url: str | None
+    tenant: str = "default"
 
 
 class SchedulerService:
@@ -105,6 +107,7 @@ class SchedulerService:
             idempotency_key=sub.idempotency_key,
             webhook_url=sub.webhook_url,
             request_id=request_id,
+            tenant=sub.tenant,
         )
         dispatcher.submit(job)
         self.store.add(job)
@@ -142,7 +145,22 @@ class SchedulerService:
                     "max_concurrency": d.config.max_concurrency,
                     "max_depth": d.config.queue.max_depth,
                     "known_workers": sorted(d.known_workers),
-                    "last_no_worker_status": d.last_route_status,
+                    "leases": len(d.pool),
+                    "lease_workers": len(d.pool.workers()),
+                    "leased_budget": d.pool.budget(),
+                    "leased_inflight_cost": d.pool.inflight_cost(),
+                    "reuse": str(d.mode),
+                    "legacy_detected": d.legacy_detected,
+                    "polling": d.polling,
+                    "eta_s": d.eta_s(),
+                    "throughput_cost_per_s": d.throughput_cost_per_s,
+                    "last_no_worker": None
+                    if d.last_waiting is None
+                    else {
+                        "status": d.last_waiting.status,
+                        "worker_counts": d.last_waiting.worker_counts,
+                        "request_idx": d.last_waiting.request_idx,
+                    },
                 }
                 for name, d in self.dispatchers.items()
             },

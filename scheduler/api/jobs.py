@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,9 @@ from scheduler.delivery import BufferedDelivery, Delivery
 from scheduler.jobs import Job, JobMode
 from scheduler.service import NotAccepting, Submission
 from scheduler.webhooks import check_webhook_url
+
+TENANT_HEADER = "X-Tenant"
+TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submission:
@@ -37,7 +41,17 @@ def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submissi
         timeout_s=parsed.timeout_s,
         idempotency_key=parsed.idempotency_key,
         webhook_url=webhook_url,
+        tenant=tenant_of(request),
     )
+
+
+def tenant_of(request: web.Request) -> str:
+    """The tenant whose share of the queue a job counts against (a header while auth is off)."""
+    tenant = request.headers.get(TENANT_HEADER, "default")
+    if not TENANT_NAME.fullmatch(tenant):
+        raise ApiError(422, "invalid_field", f"{TENANT_HEADER}: letters, digits, . _ - (1-64)",
+                       TENANT_HEADER)  # fmt: skip
+    return tenant
 
 
 def admit(request: web.Request, sub: Submission, mode: JobMode, delivery: Delivery) -> Job:

@@ -42,3 +42,34 @@ def backoff_s(
     else:
         step = min(max_s, initial_s * multiplier**exponent)
     return step * (0.5 + 0.5 * min(1.0, max(0.0, jitter)))
+
+
+class Action(enum.Enum):
+    """What the dispatcher does after one attempt of a job on a lease."""
+
+    SUCCEED = "succeed"  # 2xx delivered
+    FAIL = "fail"  # final: the answer (if any) went to the caller
+    REROUTE_GONE = "reroute_gone"  # connection refused/reset: drop the worker's leases
+    REROUTE_EVICT = "reroute_evict"  # 401/410: drop this lease
+    REROUTE_SHRINK = "reroute_shrink"  # 429: halve the lease's budget
+    REROUTE_LEGACY = "reroute_legacy"  # 401 on a reused answer: replay-protected worker
+    RETRY = "retry"  # 5xx/timeout on an idempotent endpoint, within the retry budget
+
+
+def decide(kind: str, status: int | None, reused: bool, detect_legacy: bool) -> Action:
+    """``kind``: "answered" (then ``status``), "gone", "timeout", "retryable_5xx"."""
+    if kind == "gone":
+        return Action.REROUTE_GONE
+    if kind in ("timeout", "retryable_5xx"):
+        return Action.RETRY
+    if kind != "answered" or status is None:
+        return Action.FAIL
+    if 200 <= status < 300:
+        return Action.SUCCEED
+    if status == 401:
+        return Action.REROUTE_LEGACY if reused and detect_legacy else Action.REROUTE_EVICT
+    if status == 410:
+        return Action.REROUTE_EVICT
+    if status == 429:
+        return Action.REROUTE_SHRINK
+    return Action.FAIL

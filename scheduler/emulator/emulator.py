@@ -20,6 +20,9 @@ from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
 
 log = structlog.get_logger(__name__)
 _READY_POLL_S = 0.02
+# The official worker reports on change, else about every 11 s (and retries a failed
+# report 3 times, 2 s apart): a longer silence than this means it is gone.
+EXTERNAL_STALE_AFTER_S = 30.0
 
 
 class Emulator:
@@ -102,8 +105,34 @@ class Emulator:
             await worker.start()
         return worker
 
+    def register_external_worker(
+        self,
+        endpoint: str,
+        worker_id: int,
+        url: str | None = None,
+        perf: float | None = None,
+        *,
+        stale_after_s: float = EXTERNAL_STALE_AFTER_S,
+    ) -> None:
+        """Accept ``/worker_status/`` and ``/delete_requests/`` from a worker process the
+        emulator does not run (e.g. the official Vast worker, whose id is its
+        ``CONTAINER_ID``), and route ``endpoint`` to it once it reports ready (``loadtime``
+        > 0, empty ``error_msg``). ``url``: where to route instead of the URL it reports;
+        ``perf``: cost units/s for queue-time balancing instead of its reported
+        ``max_perf``; it is Stopped after ``stale_after_s`` without a report. Every report
+        is kept: ``self.autoscaler.book.reports(worker_id)``.
+        """
+        if not endpoint:
+            raise ValueError("endpoint must be a non-empty string")
+        self.autoscaler.book.register_external(
+            worker_id, endpoint, url=url, perf=perf, stale_after_s=stale_after_s
+        )
+        log.info("emulator.external_worker_registered", endpoint=endpoint, worker_id=worker_id)
+
     def _create_worker(self, endpoint: str, settings: EmulatedEndpoint) -> EmulatedWorker:
         worker_id = next(self._ids)
+        while worker_id in self.autoscaler.book.workers:  # taken by an external worker
+            worker_id = next(self._ids)
         seed = None if self.config.seed is None else self.config.seed + worker_id
         spec = WorkerSpec(
             worker_id=worker_id,

@@ -1,6 +1,10 @@
 """Pure state of the emulated autoscaler: workers' reports, picking, request_idx, limits.
 
 No I/O and no clock reads: ``now`` (monotonic seconds) is passed in.
+
+Workers are the emulator's own or **external** (a real process, e.g. the official Vast
+worker, registered by id). For external workers the book keeps every ``/worker_status/``
+body it receives (bounded, :data:`REPORT_HISTORY_LEN`), read with :meth:`RouteBook.reports`.
 """
 
 from __future__ import annotations
@@ -14,11 +18,26 @@ WorkerStatus = Literal["Ready", "Loading", "Error", "Stopped"]
 STATUS_ORDER: tuple[WorkerStatus, ...] = ("Ready", "Loading", "Error", "Stopped")
 _MAX_PENDING = 100_000
 _MAX_FINISHED_PER_WORKER = 1_000
+REPORT_HISTORY_LEN = 10_000
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """One ``/worker_status/`` body as received, with its arrival time (monotonic seconds)."""
+
+    at: float
+    body: dict[str, Any]
 
 
 @dataclass
 class WorkerView:
-    """What the autoscaler knows of one worker: its latest report and routed cost since."""
+    """What the autoscaler knows of one worker: its latest report and routed cost since.
+
+    External workers may carry overrides: ``url_override`` (route there instead of the
+    reported ``url``), ``perf_override`` (cost units/s for queue-time balancing instead of
+    the reported ``max_perf``), ``stale_after_s`` (instead of the book's) and ``history``
+    (every report received, bounded).
+    """
 
     worker_id: int
     endpoint: str
@@ -30,11 +49,17 @@ class WorkerView:
     finished: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=_MAX_FINISHED_PER_WORKER)
     )
+    external: bool = False
+    url_override: str | None = None
+    perf_override: float | None = None
+    stale_after_s: float | None = None
+    history: deque[StatusReport] | None = None
 
     def status(self, now: float, stale_after_s: float) -> WorkerStatus:
         if self.report is None or self.reported_at is None:
             return "Loading"
-        if now - self.reported_at > stale_after_s:
+        limit_s = self.stale_after_s if self.stale_after_s is not None else stale_after_s
+        if now - self.reported_at > limit_s:
             return "Stopped"
         if self.report.get("error_msg"):
             return "Error"
@@ -44,13 +69,16 @@ class WorkerView:
 
     @property
     def url(self) -> str:
+        if self.url_override:
+            return self.url_override
         url = (self.report or {}).get("url")
         return url if isinstance(url, str) else ""
 
     def queue_time_s(self) -> float:
         report = self.report or {}
         load = _number(report.get("cur_load")) + self.routed_since_report
-        return load / max(_number(report.get("max_perf")), 1e-5)
+        perf = self.perf_override or _number(report.get("max_perf"))
+        return load / max(perf, 1e-5)
 
 
 def _number(value: object) -> float:
@@ -74,11 +102,48 @@ class RouteBook:
         self.endpoints.add(endpoint)
         self.workers[worker_id] = WorkerView(worker_id, endpoint, legacy)
 
+    def register_external(
+        self,
+        worker_id: int,
+        endpoint: str,
+        *,
+        url: str | None,
+        perf: float | None,
+        stale_after_s: float,
+        history_len: int = REPORT_HISTORY_LEN,
+    ) -> WorkerView:
+        """Accept reports from a worker the emulator does not run; keep its reports."""
+        if worker_id in self.workers:
+            raise ValueError(f"worker id {worker_id} is already registered")
+        if perf is not None and not perf > 0:
+            raise ValueError("perf must be > 0")
+        if not stale_after_s > 0:
+            raise ValueError("stale_after_s must be > 0")
+        self.endpoints.add(endpoint)
+        view = WorkerView(worker_id, endpoint, external=True, url_override=url)
+        view.perf_override, view.stale_after_s = perf, stale_after_s
+        view.history = deque(maxlen=history_len)
+        self.workers[worker_id] = view
+        return view
+
+    def reports(self, worker_id: int) -> list[StatusReport]:
+        """Every report kept for an external worker, oldest first (a copy).
+
+        KeyError for an unknown id or a worker whose reports are not kept (the emulator's
+        own workers): an empty answer would make "every report satisfies X" vacuous.
+        """
+        view = self.workers.get(worker_id)
+        if view is None or view.history is None:
+            raise KeyError(f"no reports kept for worker {worker_id} (not an external worker)")
+        return list(view.history)
+
     def on_status(self, report: dict[str, Any], now: float) -> bool:
         """Store a ``/worker_status/`` report; False when the worker id is unknown."""
         view = self.workers.get(report.get("id", -1))
         if view is None:
             return False
+        if view.history is not None:
+            view.history.append(StatusReport(now, report))
         view.report, view.reported_at = report, now
         view.routed_since_report = 0.0
         view.reports += 1

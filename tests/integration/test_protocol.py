@@ -81,9 +81,10 @@ async def test_waiting_then_ready_carries_request_idx(http: aiohttp.ClientSessio
         resp = await run(http, daemon)
         assert resp.status == 200
         async with http.get(f"{daemon.url}/v1/status") as status:
-            last = (await status.json())["endpoints"]["spy"]["last_no_worker_status"]
+            last = (await status.json())["endpoints"]["spy"]["last_no_worker"]
     assert [c.body["request_idx"] for c in autoscaler.received] == [0, 77, 77]
-    assert last == "Loading: 1, Ready: 0"
+    assert last["status"] == "Loading: 1, Ready: 0"
+    assert last["worker_counts"] == {"loading": 1, "ready": 0}
     assert len(worker.received) == 1
 
 
@@ -108,8 +109,9 @@ async def test_route_server_errors_are_retried_and_unauthorized_fails_cleanly(
         worker = await stack.enter_async_context(serving(SpyServer([OK]), "/generate"))
         script = [(500, "boom", {}), (502, "bad gateway", {}), (200, ready_answer(worker.url), {})]
         autoscaler = await stack.enter_async_context(serving(SpyServer(script), "/route/"))
+        # reuse: never, so that the second job routes again rather than reuse the answer.
         daemon = await stack.enter_async_context(
-            running_daemon(daemon_config(autoscaler.url, {"spy": {}}))
+            running_daemon(daemon_config(autoscaler.url, {"spy": {"reuse": "never"}}))
         )
         assert (await run(http, daemon)).status == 200
         assert len(autoscaler.received) == 3

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from scheduler.config import CostConfig
-from scheduler.core.cost import as_number, estimate, lookup, resolve
+from scheduler.core.cost import as_number, estimate, lookup, resolve, select
 
 INF = float("inf")
 NAN = float("nan")
@@ -127,6 +128,96 @@ def test_resolve(policy: str, caller_cost: float | None, expected: float) -> Non
     assert resolve(config, {}, caller_cost) == expected
 
 
+@pytest.mark.parametrize(
+    ("policy", "caller_cost", "expected"),
+    [
+        pytest.param("trust", INF, 1_000.0, id="trust-inf"),
+        pytest.param("trust", -INF, 10.0, id="trust-neg-inf"),
+        pytest.param("trust", NAN, 10.0, id="trust-nan"),
+        pytest.param("trust", 10**400, 1_000.0, id="trust-huge-int"),
+        pytest.param("trust", -5.0, -5.0, id="trust-negative-passes"),
+        pytest.param("clamp", INF, 1_000.0, id="clamp-inf"),
+        pytest.param("clamp", NAN, 10.0, id="clamp-nan"),
+        pytest.param("ignore", NAN, 50.0, id="ignore-nan"),
+    ],
+)
+def test_resolve_never_returns_non_finite(policy: str, caller_cost: float, expected: float) -> None:
+    config = field_config(min=10, max=1_000, caller_cost=policy)
+    cost = resolve(config, {}, caller_cost)
+    assert math.isfinite(cost)
+    assert cost == expected
+
+
+def test_resolve_llm_tokens() -> None:
+    config = CostConfig(estimator="llm_tokens", caller_cost="ignore")
+    assert resolve(config, {"prompt": "hi", "max_tokens": 64}, 5.0) == 64.0
+
+
+LLM = CostConfig(estimator="llm_tokens")
+EMBED = CostConfig(value=5)
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        pytest.param("/v1/chat/completions", LLM, id="exact"),
+        pytest.param("/v1/embeddings", EMBED, id="other-exact"),
+        pytest.param("/v1/chat/completions/", CostConfig(), id="trailing-slash-is-other"),
+        pytest.param("/v1/chat", CostConfig(), id="prefix-is-not-a-match"),
+        pytest.param("/generate", CostConfig(), id="default"),
+        pytest.param("", CostConfig(), id="empty"),
+    ],
+)
+def test_select(route: str, expected: CostConfig) -> None:
+    routes = {"/v1/chat/completions": LLM, "/v1/embeddings": EMBED}
+    assert select(CostConfig(), routes, route) == expected
+
+
+def test_select_without_routes() -> None:
+    default = CostConfig(value=3)
+    assert select(default, {}, "/anything") is default
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"estimator": "tokens"},
+        {"chars_per_token": 0},
+        {"chars_per_token": -1},
+        {"chars_per_token": 5_000},
+        {"prompt_weight": -0.1},
+        {"completion_weight": -1},
+        {"default_max_tokens": 0},
+        {"tokens_per_message": -1},
+        {"image_tokens": -1},
+        {"calibration_alpha": 0},
+        {"calibration_alpha": 1.5},
+        {"max": INF},
+        {"value": NAN},
+        {"prompt_weight": INF},
+        {"chars_per_token": NAN},
+        {"min": 10, "max": 5},
+    ],
+)
+def test_cost_config_rejects(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        CostConfig(**fields)
+
+
+def test_cost_config_llm_defaults() -> None:
+    config = CostConfig(estimator="llm_tokens")
+    assert (
+        config.chars_per_token,
+        config.tokens_per_message,
+        config.image_tokens,
+        config.default_max_tokens,
+        config.prompt_weight,
+        config.completion_weight,
+        config.calibrate,
+        config.calibration_alpha,
+    ) == (4.0, None, 0, 256, 0.0, 1.0, False, 0.1)
+
+
 # --- properties ---------------------------------------------------------------------------
 
 json_scalars = st.one_of(
@@ -140,7 +231,10 @@ json_values = st.recursive(
     json_scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
-        st.dictionaries(st.sampled_from(["max_tokens", "input", "steps", "n", "x"]), inner),
+        st.dictionaries(
+            st.sampled_from(["max_tokens", "input", "steps", "n", "x", "prompt", "messages"]),
+            inner,
+        ),
     ),
     max_leaves=12,
 )
@@ -152,7 +246,7 @@ def cost_configs(draw: st.DrawFn) -> CostConfig:
     low = draw(non_negative)
     high = draw(st.floats(max(low, 1e-9), 1e13))
     return CostConfig(
-        estimator=draw(st.sampled_from(["constant", "field"])),
+        estimator=draw(st.sampled_from(["constant", "field", "llm_tokens"])),
         value=draw(non_negative),
         field=draw(st.sampled_from([None, "max_tokens", "input.steps", "input.n.x"])),
         scale=draw(st.floats(1e-6, 1e6)),
@@ -160,6 +254,9 @@ def cost_configs(draw: st.DrawFn) -> CostConfig:
         min=low,
         max=high,
         caller_cost=draw(st.sampled_from(["trust", "clamp", "ignore"])),
+        chars_per_token=draw(st.floats(0.0, 1_000.0, exclude_min=True)),
+        prompt_weight=draw(st.floats(0.0, 1e6)),
+        completion_weight=draw(st.floats(0.0, 1e6)),
     )
 
 

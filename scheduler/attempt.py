@@ -1,0 +1,59 @@
+"""One attempt of one job on one lease: the HTTP exchange, the deadline, the delivery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scheduler.core.assignments import Lease
+from scheduler.delivery import CallerGone, ResultTooLarge, StreamBroken
+from scheduler.jobs import Job, JobResult
+from scheduler.seams import Forwarder
+from scheduler.vast.types import WorkerError
+
+# Answers that never reach the caller: the job goes to another worker instead.
+_REROUTE_STATUSES = frozenset({401, 410, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    kind: str  # answered | gone | timeout | retryable_5xx | expired | caller_gone | broken
+    status: int | None = None
+    error_kind: str | None = None
+    detail: str | None = None
+    headers_after_s: float | None = None
+
+
+async def attempt(
+    forwarder: Forwarder,
+    job: Job,
+    lease: Lease,
+    remaining_s: float,
+    may_retry_5xx: Callable[[], bool],
+    clock: Callable[[], float],
+) -> AttemptResult:
+    started = clock()
+    try:
+        async with asyncio.timeout(max(0.0, remaining_s)) as deadline:
+            post = forwarder.post(lease.answer, job.route, job.payload, lease.session_id)
+            async with post as resp:
+                waited = clock() - started
+                if resp.status in _REROUTE_STATUSES:
+                    return AttemptResult("answered", resp.status, headers_after_s=waited)
+                if resp.status >= 500 and may_retry_5xx():
+                    return AttemptResult("retryable_5xx", resp.status, headers_after_s=waited)
+                # The answer has started: from here the deadline no longer applies.
+                deadline.reschedule(None)
+                body = await job.delivery.deliver(resp)
+                job.result = JobResult(resp.status, resp.content_type, body)
+                return AttemptResult("answered", resp.status, headers_after_s=waited)
+    except TimeoutError:
+        return AttemptResult("expired", detail="deadline passed before a worker answered")
+    except WorkerError as exc:
+        kind = "timeout" if exc.kind == "timeout" else "gone"
+        return AttemptResult(kind, error_kind=exc.kind, detail=str(exc))
+    except CallerGone:
+        return AttemptResult("caller_gone", detail="caller went away")
+    except (ResultTooLarge, StreamBroken) as exc:
+        return AttemptResult("broken", detail=str(exc))

@@ -1,0 +1,125 @@
+"""Calibration of cost estimates against what workers actually did. Pure: no I/O, no clock.
+
+``ThroughputMeter`` learns each worker's throughput (cost units per busy second) from the
+jobs it completes; ``Calibrator`` learns how far an endpoint's estimates are from the cost
+observed as ``service_time_s * throughput`` and scales new estimates by that ratio.
+Durations are passed in by the caller (from the injected monotonic clock).
+"""
+
+from __future__ import annotations
+
+import math
+
+from scheduler.config import CostConfig
+
+MIN_RATIO = 0.01
+MAX_RATIO = 100.0
+DEFAULT_ALPHA = 0.1
+DEFAULT_MAX_WORKERS = 4096
+
+
+def check_alpha(alpha: float) -> float:
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    return alpha
+
+
+def positive_finite(*values: float) -> bool:
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def ewma(previous: float | None, sample: float, alpha: float) -> float:
+    """Exponentially weighted moving average; the first sample seeds it."""
+    return sample if previous is None else previous + alpha * (sample - previous)
+
+
+class Calibrator:
+    """EWMA of observed / estimated cost, clamped to [MIN_RATIO, MAX_RATIO].
+
+    ``ratio`` is 1.0 until the first usable sample, which seeds the average. Samples with a
+    non-positive or non-finite input are ignored.
+    """
+
+    def __init__(self, alpha: float = DEFAULT_ALPHA) -> None:
+        self.alpha = check_alpha(alpha)
+        self._ratio: float | None = None
+        self._samples = 0
+
+    @classmethod
+    def from_config(cls, config: CostConfig) -> Calibrator:
+        return cls(config.calibration_alpha)
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 if self._ratio is None else self._ratio
+
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    def observe(self, estimated: float, service_time_s: float, throughput: float) -> bool:
+        """Record one finished job; ``throughput`` is the worker's cost units per second.
+
+        Returns whether the sample was used.
+        """
+        if not positive_finite(estimated, service_time_s, throughput):
+            return False
+        observed = service_time_s * throughput
+        if not math.isfinite(observed):
+            return False
+        sample = min(MAX_RATIO, max(MIN_RATIO, observed / estimated))
+        self._ratio = min(MAX_RATIO, max(MIN_RATIO, ewma(self._ratio, sample, self.alpha)))
+        self._samples += 1
+        return True
+
+    def apply(self, estimate: float) -> float:
+        """``estimate * ratio``; clamp the result to the endpoint's [min, max] afterwards."""
+        return estimate * self.ratio
+
+
+class ThroughputMeter:
+    """Per-worker throughput: EWMA of completed cost over EWMA of service time.
+
+    A ratio of averages, not an average of per-job rates, so a very short job cannot swing
+    the rate. At most ``max_workers`` workers are tracked; the one seen least recently goes.
+    """
+
+    def __init__(
+        self, alpha: float = DEFAULT_ALPHA, max_workers: int = DEFAULT_MAX_WORKERS
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.alpha = check_alpha(alpha)
+        self.max_workers = max_workers
+        self._averages: dict[str, tuple[float, float]] = {}  # worker -> (cost, seconds)
+
+    def __len__(self) -> int:
+        return len(self._averages)
+
+    def observe(self, worker: str, cost: float, service_time_s: float) -> bool:
+        """Record one job ``worker`` completed; returns whether the sample was used."""
+        if not positive_finite(cost, service_time_s):
+            return False
+        previous = self._averages.pop(worker, None)
+        if previous is None:
+            averages = (cost, service_time_s)
+        else:
+            averages = (
+                ewma(previous[0], cost, self.alpha),
+                ewma(previous[1], service_time_s, self.alpha),
+            )
+        self._averages[worker] = averages  # re-inserted: most recently seen last
+        while len(self._averages) > self.max_workers:
+            del self._averages[next(iter(self._averages))]
+        return True
+
+    def throughput(self, worker: str) -> float | None:
+        """Cost units per busy second, or None before the worker's first sample."""
+        averages = self._averages.get(worker)
+        if averages is None:
+            return None
+        rate = averages[0] / averages[1]
+        return rate if math.isfinite(rate) else None
+
+    def forget(self, worker: str) -> None:
+        self._averages.pop(worker, None)

@@ -1,0 +1,115 @@
+"""The official Vast worker (PyPI ``vastai``) behind the emulator's autoscaler, no daemon.
+
+Each test starts its own emulator and worker subprocess (about 2.5 s). The worker counts a
+request's workload as ``payload["cost"]`` (see ``official_worker_app.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from emulator_fixtures import call_worker, route, running
+from official_worker import SKIP_REASON, OfficialWorker, official_worker, vastai_installed
+
+from scheduler.emulator import Emulator, EmulatorConfig
+
+pytestmark = pytest.mark.skipif(not vastai_installed(), reason=SKIP_REASON)
+
+ENDPOINT = "official"
+
+
+@asynccontextmanager
+async def started() -> AsyncIterator[tuple[Emulator, aiohttp.ClientSession, OfficialWorker]]:
+    """An emulator with no workers of its own and one ready official worker."""
+    cfg = EmulatorConfig.model_validate({"endpoints": {}})
+    async with running(cfg) as (emu, http), official_worker(emu, ENDPOINT) as worker:
+        yield emu, http, worker
+
+
+async def routed(http: aiohttp.ClientSession, emu: Emulator, cost: float) -> dict[str, Any]:
+    status, answer = await route(http, emu, ENDPOINT, cost)
+    assert status == 200, answer
+    return answer
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_routed_request_gets_200_and_is_reported_finished() -> None:
+    async with started() as (emu, http, worker):
+        answer = await routed(http, emu, cost=100)
+        assert answer["url"] == worker.url
+        payload = {"cost": 100, "sleep_s": 0, "prompt": "hello"}
+        assert await call_worker(http, answer, payload) == (200, {"echo": payload})
+
+        def finished_ok() -> bool:
+            done = [r for r in worker.finished() if r["request_idx"] == answer["request_idx"]]
+            return bool(done) and done[0]["success"] is True
+
+        await eventually(finished_ok)
+
+
+async def test_tampered_signature_gets_401() -> None:
+    async with started() as (emu, http, worker):
+        answer = await routed(http, emu, cost=100)
+        tampered = {**answer, "signature": answer["signature"][:-8] + "AAAAAAA="}
+        assert (await call_worker(http, tampered, {"sleep_s": 0}))[0] == 401
+        moved = {**answer, "url": worker.url + "/"}  # the signature covers the URL only
+        envelope = {"auth_data": moved, "session_id": None, "payload": {"sleep_s": 0}}
+        async with http.post(f"{worker.url}/generate", json=envelope) as resp:
+            assert resp.status == 401
+        assert (await call_worker(http, answer, {"sleep_s": 0}))[0] == 200
+
+
+async def test_session_carries_two_concurrent_requests() -> None:
+    async with started() as (emu, http, worker):
+        answer = await routed(http, emu, cost=300)
+        opened_at = time.monotonic()
+        body = {"auth_data": answer, "payload": {"lifetime": 30}}
+        async with http.post(f"{worker.url}/session/create", json=body) as resp:
+            assert resp.status == 201
+            session_id = (await resp.json())["session_id"]
+        payloads = [{"cost": 50, "sleep_s": 1.0, "n": n} for n in range(2)]
+        started_at = time.monotonic()
+        results = await asyncio.gather(
+            *(call_worker(http, answer, p, session_id=session_id) for p in payloads)
+        )
+        assert results == [(200, {"echo": p}) for p in payloads]
+        assert time.monotonic() - started_at < 1.8  # concurrent, not one after the other
+        # The whole session is one in-flight entry weighing the answer's cost.
+        await worker.wait_for_report(lambda b: b["cur_load"] == 300, since=opened_at)
+
+        end = {"session_id": session_id, "session_auth": answer}
+        async with http.post(f"{worker.url}/session/end", json=end) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["ended"] is True
+        ended_at = time.monotonic()
+        assert (await call_worker(http, answer, payloads[0], session_id=session_id))[0] == 410
+        await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=ended_at)
+
+
+async def test_in_flight_request_is_reported_in_cur_load() -> None:
+    async with started() as (emu, http, worker):
+        answer = await routed(http, emu, cost=250)
+        sent_at = time.monotonic()
+        status, _ = await call_worker(http, answer, {"cost": 250, "sleep_s": 2.0})
+        done_at = time.monotonic()
+        assert status == 200
+        during = [
+            r.body
+            for r in worker.reports()
+            if sent_at <= r.at <= done_at
+            and answer["request_idx"] in r.body["working_request_idxs"]
+        ]
+        assert during, [r.body for r in worker.reports()]
+        assert all(b["cur_load"] >= 250 and b["num_requests_working"] >= 1 for b in during)
+        await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=done_at)

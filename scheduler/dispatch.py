@@ -19,6 +19,7 @@ from scheduler.attempt import AttemptResult, attempt
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, LeaseLimits, LeasePool, ReuseMode
 from scheduler.core.batching import BatchLimits, take_batch
+from scheduler.core.calibration import Calibrator, ThroughputMeter
 from scheduler.core.health import EjectionPolicy, OutlierDetector, RetryBudget
 from scheduler.core.queue import JobQueue
 from scheduler.core.ratelimit import TokenBucket
@@ -93,6 +94,8 @@ class EndpointDispatcher:
             ReuseMode.SEQUENTIAL if config.reuse == "sequential" else ReuseMode.SESSION
         )  # fmt: skip
         self.legacy_detected = False
+        self.calibrator = Calibrator(config.cost.calibration_alpha)
+        self.meter = ThroughputMeter()
         self._jobs: dict[str, Job] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._reserved: dict[str, Batch] = {}  # job id -> the batch routing for it
@@ -197,7 +200,9 @@ class EndpointDispatcher:
         """Start a batch route call when queued jobs have no room; returns when to look again."""
         if not len(self.queue) or self.inflight >= self.config.max_concurrency or self.polling:
             return None
-        if len(self._route_tasks) >= self.config.max_route_inflight:
+        # With no lease yet nothing says a worker is ready: probe with one call, not a stampede.
+        max_inflight = self.config.max_route_inflight if len(self.pool) else 1
+        if len(self._route_tasks) >= max_inflight:
             return None
         if now < self._route_retry_at:
             return self._route_retry_at
@@ -481,6 +486,7 @@ class EndpointDispatcher:
         if succeeded:
             self.outliers.success(lease.worker_url)
             self._record_throughput(job.cost, now)
+            self._calibrate(job, lease, result)
             self._finish(job, JobStatus.SUCCEEDED)
             return
         self._apply_failure(job, lease, action, result)
@@ -542,6 +548,16 @@ class EndpointDispatcher:
             sample = cost / gap
             self.throughput_cost_per_s += THROUGHPUT_ALPHA * (sample - self.throughput_cost_per_s)
         self._last_completion = now
+
+    def _calibrate(self, job: Job, lease: Lease, result: AttemptResult) -> None:
+        """Observed cost = the worker's service time x its observed throughput."""
+        service_s = result.headers_after_s
+        if service_s is None:
+            return
+        self.meter.observe(lease.worker_url, job.cost, service_s)
+        throughput = self.meter.throughput(lease.worker_url)
+        if throughput is not None:
+            self.calibrator.observe(job.cost, service_s, throughput)
 
     def _backoff(self, errors: int) -> float:
         poll = self.config.poll

@@ -93,12 +93,17 @@ class SchedulerService:
         if not self.accepting:
             raise NotAccepting()
         ep = dispatcher.config
+        route = sub.route or ep.default_route
+        estimator = cost.select(ep.cost, ep.routes, route)
+        job_cost = cost.resolve(estimator, sub.payload, sub.cost)
+        if estimator.calibrate and sub.cost is None:
+            job_cost = cost.clamp(dispatcher.calibrator.apply(job_cost), estimator)
         job = Job(
             id=new_job_id(),
             endpoint=sub.endpoint,
-            route=sub.route or ep.default_route,
+            route=route,
             payload=sub.payload,
-            cost=cost.resolve(ep.cost, sub.payload, sub.cost),
+            cost=job_cost,
             priority=sub.priority,
             timeout_s=sub.timeout_s or ep.default_timeout_s,
             mode=mode,
@@ -154,6 +159,7 @@ class SchedulerService:
                     "polling": d.polling,
                     "eta_s": d.eta_s(),
                     "throughput_cost_per_s": d.throughput_cost_per_s,
+                    "calibration": {"ratio": d.calibrator.ratio, "samples": d.calibrator.samples},
                     "last_no_worker": None
                     if d.last_waiting is None
                     else {

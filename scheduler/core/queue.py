@@ -3,7 +3,8 @@
 Pure: no I/O, no clock. Order of service:
 
 1. Higher priority first (9 before 0), strictly.
-2. Within a priority, jobs put back with ``requeue_front`` first, FIFO among themselves.
+2. Within a priority, jobs put back with ``requeue_front`` first, the latest put back first
+   (LIFO: putting a taken batch back in reverse restores its order).
 3. Then the tenants share *cost* by weight, with start-time fair queueing (SFQ): each
    backlogged tenant has a virtual start tag; the next job is the head of the tenant with the
    smallest tag (ties: the tenant waiting longest). Serving a job of cost ``c`` moves its
@@ -72,7 +73,7 @@ def _advance(start: float, cost: float, weight: float) -> float:
 
 
 class _Level:
-    """The jobs of one priority: the requeued-at-head FIFO, then tenants by start tag."""
+    """The jobs of one priority: the requeued-at-head stack, then tenants by start tag."""
 
     __slots__ = ("backlogged", "front", "heap", "live", "seq", "tenants", "vtime")
 
@@ -90,6 +91,7 @@ class _Level:
         self.live += 1
         if entry.front:
             self.front[entry.job_id] = entry
+            self.front.move_to_end(entry.job_id, last=False)
             return
         state = self.tenants.get(entry.tenant)
         if state is None:
@@ -247,8 +249,9 @@ class JobQueue:
     ) -> None:
         """Put back a job that was taken and must run again (e.g. a worker answered 429).
 
-        Never refused for depth; it runs before every other job of its priority, whatever its
-        tenant (FIFO among requeued jobs), and is not charged to its tenant a second time.
+        Never refused for depth; it runs before every other job now queued at its priority,
+        whatever their tenant, including earlier requeued ones (LIFO: to put a batch back in
+        order, requeue it in reverse). Not charged to its tenant a second time.
         """
         self._add(_Entry(job_id, priority, tenant, cost, deadline, front=True))
 

@@ -89,3 +89,56 @@ async def wait_until(predicate: Any, timeout_s: float = 10, interval_s: float = 
     async with asyncio.timeout(timeout_s):
         while not predicate():
             await asyncio.sleep(interval_s)
+
+
+async def run_many(
+    http: aiohttp.ClientSession,
+    url: str,
+    count: int,
+    concurrency: int,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> list[int]:
+    """``count`` synchronous runs through ``url`` with at most ``concurrency`` at a time."""
+    statuses: list[int] = []
+    next_index = iter(range(count))
+
+    async def client() -> None:
+        for _ in next_index:
+            async with http.post(url, json=body or {"payload": {}}, headers=headers) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return statuses
+
+
+async def submit_many(
+    http: aiohttp.ClientSession,
+    url: str,
+    count: int,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    concurrency: int = 16,
+) -> list[str]:
+    """``count`` async jobs queued through ``url``; returns their ids in submission order."""
+    ids: list[str | None] = [None] * count
+    next_index = iter(range(count))
+
+    async def client() -> None:
+        for index in next_index:
+            async with http.post(url, json=body or {"payload": {}}, headers=headers) as resp:
+                assert resp.status == 202, await resp.text()
+                ids[index] = (await resp.json())["id"]
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return [job_id for job_id in ids if job_id is not None]
+
+
+async def wait_all_finished(daemon: Daemon, job_ids: list[str], timeout_s: float = 60) -> None:
+    """Waits (bounded) until every job has reached a terminal state, read from the service."""
+
+    def all_done() -> bool:
+        return all((job := daemon.service.get(i)) is not None and job.finished for i in job_ids)
+
+    await wait_until(all_done, timeout_s=timeout_s, interval_s=0.05)

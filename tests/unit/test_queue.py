@@ -411,8 +411,17 @@ def test_requeue_front_runs_first_within_its_priority_only() -> None:
     queue.requeue_front("r2", 5, 1.0, 10.0, tenant="C")
     queue.push_unbounded("hi", 9, 1.0, 10.0, tenant="A")
     queue.requeue_front("lo", 0, 1.0, 10.0, tenant="A")
-    # strict priority first; then requeued jobs FIFO whatever their tenant; then the fair share
-    assert drain(queue) == ["hi", "r1", "r2", "a1", "b1", "lo"]
+    # strict priority; then requeued jobs, latest first, whatever their tenant; then fair share
+    assert drain(queue) == ["hi", "r2", "r1", "a1", "b1", "lo"]
+
+
+def test_requeue_batch_in_reverse_restores_its_order() -> None:
+    queue = JobQueue(max_depth=100)
+    fill(queue, "A", 5)
+    batch = pop_n(queue, 3)
+    for job_id in reversed(batch):
+        queue.requeue_front(job_id, 5, 1.0, 1e9, tenant="A")
+    assert drain(queue) == [f"A-{i}" for i in range(5)]
 
 
 def test_requeue_front_is_not_charged_again() -> None:
@@ -586,16 +595,25 @@ def test_fairness_is_per_priority() -> None:
 
 def test_cancel_heavy_load_keeps_memory_bounded() -> None:
     queue = JobQueue(max_depth=10_000)
+    for i in range(10):
+        queue.push(f"keep{i}", i, 1.0, 1e9, tenant=f"t{i}")
     for i in range(20_000):
-        tenant = f"t{i % 997}"
-        queue.push(f"j{i}", i % 10, 1.0, float(i), tenant=tenant)
-        if i % 10 == 0:
-            queue.push(f"keep{i}", i % 10, 1.0, 1e9, tenant=tenant)
+        queue.push(f"j{i}", i % 10, 1.0, float(i), tenant=f"t{i % 997}")
         queue.remove(f"j{i}")
         assert queue._footprint() <= footprint_bound(len(queue))
-    assert len(queue) == 2_000
-    assert len(drain(queue)) == 2_000
+    assert drain(queue) == [f"keep{i}" for i in range(9, -1, -1)]
     assert queue._footprint() <= footprint_bound(0)
+
+
+def test_idle_tenants_do_not_accumulate() -> None:
+    # every job from a new tenant, the queue never empty: virtual time stands still and each
+    # served tenant keeps a finish tag ahead of it until compaction lets idle tenants go
+    queue = JobQueue(max_depth=10)
+    queue.push("j0", 5, 1.0, 1e9, tenant="t0")
+    for i in range(1, 5_000):
+        queue.push(f"j{i}", 5, 1.0, 1e9, tenant=f"t{i}")
+        assert queue.pop() == f"j{i - 1}"
+        assert queue._footprint() <= footprint_bound(len(queue))
 
 
 def test_push_pop_without_deadline_reads_keeps_memory_bounded() -> None:
@@ -633,7 +651,7 @@ class _RefLevel:
     finish: dict[str, float] = field(default_factory=dict)  # of each tenant's last served job
     start: dict[str, tuple[float, int]] = field(default_factory=dict)  # backlogged tenants
     keys: int = 0
-    fronts: list[_Job] = field(default_factory=list)  # requeued at the head, FIFO
+    fronts: list[_Job] = field(default_factory=list)  # requeued at the head, latest first
     backlogs: dict[str, list[_Job]] = field(default_factory=dict)  # per tenant, FIFO
     size: int = 0
 
@@ -677,7 +695,7 @@ class FairQueueMachine(RuleBasedStateMachine):
         level = self.levels.setdefault(job.priority, _RefLevel())
         level.size += 1
         if job.front:
-            level.fronts.append(job)
+            level.fronts.insert(0, job)
             return
         backlog = level.backlogs.setdefault(job.tenant, [])
         backlog.append(job)

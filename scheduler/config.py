@@ -181,6 +181,7 @@ class LeaseConfig(Model):
     idle_close_s: float = Field(30.0, gt=0)
     session_lifetime_s: float = Field(120.0, gt=0)
     min_budget_fraction: float = Field(0.05, gt=0, le=1)
+    sequential_rest_s: float = Field(0.1, ge=0, le=10)
 
     @model_validator(mode="after")
     def _lifetime_covers_idle(self) -> LeaseConfig:

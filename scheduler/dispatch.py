@@ -26,6 +26,7 @@ from scheduler.core.ratelimit import TokenBucket
 from scheduler.core.retry import Action, backoff_s, decide, worker_error_kind
 from scheduler.jobs import Job, JobStatus
 from scheduler.observability.metrics import EndpointGauges, Metrics
+from scheduler.pinned import PinnedSession, PinnedSessions
 from scheduler.seams import Forwarder, Router
 from scheduler.vast.types import (
     Ready,
@@ -79,7 +80,8 @@ class EndpointDispatcher:
         self.queue = JobQueue(config.queue.max_depth, config.tenant_weights)
         self.pool = LeasePool(
             LeaseLimits(config.lease.ttl_s, config.lease.idle_close_s,
-                        config.lease.min_budget_fraction)
+                        config.lease.min_budget_fraction,
+                        sequential_rest_s=config.lease.sequential_rest_s)
         )  # fmt: skip
         self.bucket = TokenBucket(config.route_rate_per_s, config.route_burst, now)
         self.outliers = OutlierDetector(
@@ -94,6 +96,7 @@ class EndpointDispatcher:
             ReuseMode.SEQUENTIAL if config.reuse == "sequential" else ReuseMode.SESSION
         )  # fmt: skip
         self.legacy_detected = False
+        self.sessions = PinnedSessions(forwarder, clock)
         self.calibrator = Calibrator(config.cost.calibration_alpha)
         self.meter = ThroughputMeter()
         self._jobs: dict[str, Job] = {}
@@ -118,6 +121,21 @@ class EndpointDispatcher:
         self._metrics.jobs_submitted.labels(self.name, job.mode).inc()
         log.info("job.queued", job_id=job.id, endpoint=self.name, cost=job.cost, mode=job.mode)
         self._wakeup.set()
+
+    def submit_pinned(self, job: Job, session_id: str) -> None:
+        """Run a job on a caller session's worker at once (the session bounds its cost)."""
+        lease = self.sessions.admit(session_id, job.cost)
+        job.pinned_session = session_id
+        self._jobs[job.id] = job
+        self._metrics.jobs_submitted.labels(self.name, job.mode).inc()
+        self._start(job, lease)
+
+    async def open_session(self, cost: float, lifetime_s: float, wait_s: float) -> PinnedSession:
+        return await self.sessions.open(self._route_with_token, cost, lifetime_s, wait_s)
+
+    async def _route_with_token(self, cost: float, request_idx: int | None) -> RouteResult:
+        await self._wait_for_token()
+        return await self._route(cost, request_idx)
 
     def cancel(self, job: Job) -> bool:
         if job.finished:
@@ -174,8 +192,10 @@ class EndpointDispatcher:
     async def _sleep(self, wake_at: float | None) -> None:
         self._wakeup.clear()
         deadline = self.queue.next_deadline()
-        lease_due = self.pool.next_collection(self._clock())
-        times = [t for t in (wake_at, deadline, lease_due) if t is not None]
+        now = self._clock()
+        lease_due = self.pool.next_collection(now)
+        rested = self.pool.next_available(now) if len(self.queue) else None
+        times = [t for t in (wake_at, deadline, lease_due, rested) if t is not None]
         timeout = max(0.0, min(times) - self._clock()) if times else None
         try:
             async with asyncio.timeout(timeout):
@@ -502,6 +522,13 @@ class EndpointDispatcher:
             error = f"worker answered {result.status}" if result.status else result.detail
             self._finish(job, JobStatus.FAILED, error)
             return
+        if job.pinned_session is not None:
+            # A pinned job has nowhere else to go: the conversation lives on that worker.
+            if action in (Action.REROUTE_GONE, Action.REROUTE_EVICT, Action.REROUTE_LEGACY):
+                self.sessions.mark_gone(lease)
+            job.error_status = 410 if lease.retired else 503
+            self._finish(job, JobStatus.FAILED, f"session worker unavailable ({kind})")
+            return
         if action is not Action.REROUTE_SHRINK:
             self.outliers.failure(lease.worker_url, now)
         if action is Action.REROUTE_GONE:
@@ -601,4 +628,5 @@ class EndpointDispatcher:
         for lease in self.pool:
             self.pool.retire(lease)
         self._close_leases(self._clock())
+        await self.sessions.close_all()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -56,6 +56,8 @@ class Job:
     webhook_url: str | None = None
     request_id: str | None = None
     tenant: str = "default"
+    pinned_session: str | None = None  # a caller session: the job runs on its worker only
+    error_status: int | None = None  # the HTTP status a failure without an answer maps to
     history: list[str] = field(default_factory=list)  # why each earlier attempt did not end it
     created_wall: float = field(default_factory=time.time)
     status: JobStatus = JobStatus.QUEUED

@@ -27,6 +27,12 @@ class UnknownEndpoint(Exception):
     pass
 
 
+class DeadlineUnmeetable(Exception):
+    def __init__(self, eta_s: float) -> None:
+        super().__init__(f"the backlog needs about {eta_s:.0f}s, past the job's deadline")
+        self.eta_s = eta_s
+
+
 class NotAccepting(Exception):
     """The daemon is draining: new jobs go elsewhere."""
 
@@ -42,6 +48,7 @@ class Submission:
     idempotency_key: str | None
     webhook_url: str | None
     tenant: str = "default"
+    session: str | None = None
 
 
 class SchedulerService:
@@ -98,6 +105,10 @@ class SchedulerService:
         job_cost = cost.resolve(estimator, sub.payload, sub.cost)
         if estimator.calibrate and sub.cost is None:
             job_cost = cost.clamp(dispatcher.calibrator.apply(job_cost), estimator)
+        timeout_s = sub.timeout_s or ep.default_timeout_s
+        eta_s = dispatcher.eta_s()
+        if ep.refuse_unmeetable_deadlines and eta_s is not None and eta_s > timeout_s:
+            raise DeadlineUnmeetable(eta_s)
         job = Job(
             id=new_job_id(),
             endpoint=sub.endpoint,
@@ -105,7 +116,7 @@ class SchedulerService:
             payload=sub.payload,
             cost=job_cost,
             priority=sub.priority,
-            timeout_s=sub.timeout_s or ep.default_timeout_s,
+            timeout_s=timeout_s,
             mode=mode,
             delivery=delivery,
             created_mono=self._clock(),
@@ -114,9 +125,15 @@ class SchedulerService:
             request_id=request_id,
             tenant=sub.tenant,
         )
-        dispatcher.submit(job)
+        if sub.session is not None:
+            dispatcher.submit_pinned(job, sub.session)
+        else:
+            dispatcher.submit(job)
         self.store.add(job)
         return job
+
+    def now(self) -> float:
+        return self._clock()
 
     def view(self, job: Job) -> dict[str, Any]:
         return job.public(self._clock())
@@ -177,6 +194,8 @@ class SchedulerService:
         while True:
             await asyncio.sleep(interval_s)
             self.store.sweep(self._clock())
+            for dispatcher in self.dispatchers.values():
+                await dispatcher.sessions.close_expired()
 
     async def drain(self, grace_s: float) -> bool:
         """Stop intake, let queued and running jobs finish for up to ``grace_s``; True if idle."""

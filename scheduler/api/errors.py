@@ -14,7 +14,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from scheduler.core.queue import QueueFull
-from scheduler.service import NotAccepting, UnknownEndpoint
+from scheduler.pinned import NoWorkerReady, SessionBusy, SessionGone, SessionNotFound
+from scheduler.service import DeadlineUnmeetable, NotAccepting, UnknownEndpoint
 
 log = structlog.get_logger("scheduler.api")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -58,21 +59,35 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid_field", f"{field}: {message}" if field else message, field)
 
 
+_SIMPLE: dict[type[Exception], Callable[[Exception], ApiError]] = {
+    UnknownEndpoint: lambda e: ApiError(404, "unknown_endpoint", f"no endpoint named {e}",
+                                        "endpoint"),
+    NotAccepting: lambda e: ApiError(503, "draining", "shutting down; retry elsewhere",
+                                     headers={"Retry-After": "1"}),
+    SessionNotFound: lambda e: ApiError(404, "unknown_session", f"no session {e}", "session"),
+    SessionGone: lambda e: ApiError(410, "session_gone", str(e), "session"),
+    SessionBusy: lambda e: ApiError(429, "session_busy", str(e), "session",
+                                    {"Retry-After": "1"}),
+    NoWorkerReady: lambda e: ApiError(503, "no_worker_ready", f"no worker ready: {e}", None,
+                                      {"Retry-After": "5"}),
+    QueueFull: lambda e: ApiError(429, "queue_full", str(e)),
+    web.HTTPRequestEntityTooLarge: lambda e: ApiError(413, "body_too_large",
+                                                      "request body is too large", "body"),
+}  # fmt: skip
+
+
 def translate(exc: Exception) -> ApiError | None:
     """The one table from domain errors to HTTP answers."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ValidationError):
         return validation_error(exc)
-    if isinstance(exc, UnknownEndpoint):
-        return ApiError(404, "unknown_endpoint", f"no endpoint named {exc}", "endpoint")
-    if isinstance(exc, NotAccepting):
-        return ApiError(503, "draining", "the daemon is shutting down; retry elsewhere",
-                        headers={"Retry-After": "1"})  # fmt: skip
-    if isinstance(exc, QueueFull):
-        return ApiError(429, "queue_full", str(exc))
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return ApiError(413, "body_too_large", "request body is too large", "body")
+    if isinstance(exc, DeadlineUnmeetable):
+        return ApiError(429, "deadline_unmeetable", str(exc), "timeout_s",
+                        {"Retry-After": str(max(1, round(exc.eta_s)))})  # fmt: skip
+    for kind, make in _SIMPLE.items():
+        if isinstance(exc, kind):
+            return make(exc)
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return ApiError(exc.status, re.sub(r"\W+", "_", exc.reason.lower()), exc.reason)
     return None

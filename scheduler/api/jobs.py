@@ -42,6 +42,7 @@ def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submissi
         idempotency_key=parsed.idempotency_key,
         webhook_url=webhook_url,
         tenant=tenant_of(request),
+        session=parsed.session,
     )
 
 
@@ -81,8 +82,14 @@ async def submit_job(request: web.Request) -> web.Response:
             )
     delivery = BufferedDelivery(request.app[CONFIG].server.max_result_bytes)
     job = admit(request, sub, "async", delivery)
+    eta_s = service.dispatcher(endpoint).eta_s()
     return web.json_response(
-        {"id": job.id, "status": str(job.status), "cost": job.cost},
+        {
+            "id": job.id,
+            "status": str(job.status),
+            "cost": job.cost,
+            "eta_s": None if eta_s is None else round(eta_s, 3),
+        },
         status=202,
         headers={"Location": f"/v1/jobs/{job.id}"},
     )

@@ -36,8 +36,17 @@ class JobRequest(BaseModel):
     timeout_s: Annotated[float, Strict()] | None = Field(None, gt=0, le=86_400, allow_inf_nan=False)
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
     webhook: WebhookSpec | None = None
+    session: str | None = Field(None, min_length=1, max_length=64)
 
     @field_validator("route")
     @classmethod
     def _route(cls, value: str | None) -> str | None:
         return None if value is None else check_worker_route(value)
+
+
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cost: Annotated[float, Strict()] = Field(gt=0, le=1e9, allow_inf_nan=False)
+    lifetime_s: Annotated[float, Strict()] = Field(120.0, gt=0, le=86_400, allow_inf_nan=False)
+    wait_s: Annotated[float, Strict()] = Field(30.0, ge=0, le=600, allow_inf_nan=False)

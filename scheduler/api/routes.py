@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, jobs, streaming
+from scheduler.api import admin, jobs, sessions, streaming
 
 ENDPOINT = r"{endpoint:[A-Za-z0-9][A-Za-z0-9._-]{0,127}}"
 
@@ -12,6 +12,11 @@ ENDPOINT = r"{endpoint:[A-Za-z0-9][A-Za-z0-9._-]{0,127}}"
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/v1/endpoints/{ENDPOINT}/jobs", jobs.submit_job, name="submit")
     app.router.add_post(f"/v1/endpoints/{ENDPOINT}/run", streaming.run_job, name="run")
+    app.router.add_post(f"/v1/endpoints/{ENDPOINT}/sessions", sessions.open_session,
+                        name="open_session")  # fmt: skip
+    session_path = f"/v1/endpoints/{ENDPOINT}/sessions/{{session_id}}"
+    app.router.add_get(session_path, sessions.get_session, name="get_session")
+    app.router.add_delete(session_path, sessions.close_session, name="close_session")
     app.router.add_get("/v1/jobs/{job_id}", jobs.get_job, name="get_job")
     app.router.add_delete("/v1/jobs/{job_id}", jobs.cancel_job, name="cancel_job")
     app.router.add_post(f"/v1/proxy/{ENDPOINT}/{{tail:.*}}", streaming.proxy, name="proxy")

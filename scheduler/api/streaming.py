@@ -91,6 +91,8 @@ def unanswered(job: Job) -> ApiError:
         return ApiError(504, "expired", message, "timeout_s", headers)
     if job.status is JobStatus.CANCELLED:
         return ApiError(409, "cancelled", message, None, headers)
+    if job.error_status is not None:
+        return ApiError(job.error_status, "session_gone", message, "session", headers)
     return ApiError(502, "job_failed", message, None, headers)
 
 

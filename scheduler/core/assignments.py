@@ -39,6 +39,7 @@ class Lease:
     inflight_jobs: int = 0
     completed: int = 0
     last_used: float = 0.0
+    available_at: float = 0.0  # a sequential answer rests after each job, see LeaseLimits
     retired: bool = False
 
     def __post_init__(self) -> None:
@@ -53,7 +54,7 @@ class Lease:
             return self.inflight_cost + cost <= self.budget + EPSILON
         if self.mode is ReuseMode.NEVER and self.completed + self.inflight_jobs > 0:
             return False
-        return self.inflight_jobs == 0
+        return self.inflight_jobs == 0 and now >= self.available_at
 
     @property
     def utilisation(self) -> float:
@@ -72,6 +73,11 @@ class LeaseLimits:
     idle_close_s: float = 30.0  # an idle lease is closed after this long
     min_budget_fraction: float = 0.05  # AIMD never shrinks a budget below this share
     increase_fraction: float = 0.1  # additive increase per success, as a share of capacity
+    # The official worker removes a request's entry (keyed by reqnum) only after it has sent
+    # the answer; reusing the answer at once can start the next request before that removal,
+    # which then deletes the new entry and the worker under-reports its load. A short rest
+    # lets the worker finish its bookkeeping first.
+    sequential_rest_s: float = 0.1
 
 
 class LeasePool:
@@ -131,6 +137,8 @@ class LeasePool:
         lease.inflight_cost = 0.0 if last else max(0.0, lease.inflight_cost - cost)
         lease.inflight_jobs = max(0, lease.inflight_jobs - 1)
         lease.last_used = now
+        if lease.mode is not ReuseMode.SESSION:
+            lease.available_at = now + self.limits.sequential_rest_s
         if succeeded:
             lease.completed += 1
             step = lease.capacity * self.limits.increase_fraction
@@ -173,6 +181,15 @@ class LeasePool:
             min(lease.expires_at, lease.last_used + self.limits.idle_close_s)
             for lease in self._leases.values()
             if lease.idle
+        ]
+        return min(times) if times else None
+
+    def next_available(self, now: float) -> float | None:
+        """When a resting sequential answer can take a job again."""
+        times = [
+            lease.available_at
+            for lease in self._leases.values()
+            if lease.idle and not lease.retired and lease.available_at > now
         ]
         return min(times) if times else None
 

@@ -142,7 +142,7 @@ def test_full_request() -> None:
         "webhook": {"url": "http://localhost:9000/hook"},
     }
     request = JobRequest.model_validate_json(json.dumps(body))
-    assert request.model_dump() == {**body, "timeout_s": 30.0}
+    assert request.model_dump() == {**body, "timeout_s": 30.0, "session": None}
 
 
 @pytest.mark.parametrize(

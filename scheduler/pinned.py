@@ -1,0 +1,147 @@
+"""Caller sessions: a conversation pinned to one worker through a Vast session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler.core.assignments import Lease, ReuseMode
+from scheduler.seams import Forwarder
+from scheduler.vast.types import Ready, RouteResult, Waiting, WorkerError
+
+RouteCall = Callable[[float, int | None], Awaitable[RouteResult]]
+WAIT_POLL_S = 0.5
+
+
+class SessionNotFound(Exception):
+    pass
+
+
+class SessionGone(Exception):
+    """The session's worker went away or the session expired: its jobs cannot run."""
+
+
+class SessionBusy(Exception):
+    """The job would put more cost in flight than the session declared to its worker."""
+
+
+class NoWorkerReady(Exception):
+    def __init__(self, status: str | None) -> None:
+        super().__init__(status or "no worker ready")
+        self.status = status
+
+
+@dataclass(eq=False, slots=True)
+class PinnedSession:
+    id: str
+    lease: Lease
+    lifetime_s: float
+    gone: bool = False
+
+    def expired(self, now: float) -> bool:
+        return now - self.lease.last_used >= self.lifetime_s
+
+    def public(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "cost": self.lease.capacity,
+            "inflight_cost": self.lease.inflight_cost,
+            "inflight_jobs": self.lease.inflight_jobs,
+            "expires_in_s": round(max(0.0, self.lifetime_s - (now - self.lease.last_used)), 3),
+            "gone": self.gone,
+        }
+
+
+class PinnedSessions:
+    """The caller sessions of one endpoint (bounded)."""
+
+    def __init__(self, forwarder: Forwarder, clock: Callable[[], float], limit: int = 1024):
+        self._forwarder = forwarder
+        self._clock = clock
+        self._limit = limit
+        self._sessions: dict[str, PinnedSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def open(
+        self, route: RouteCall, cost: float, lifetime_s: float, wait_s: float
+    ) -> PinnedSession:
+        ready = await self._route_until_ready(route, cost, wait_s)
+        session_id = await self._forwarder.create_session(ready, lifetime_s)
+        now = self._clock()
+        lease = Lease(0, ready.url, ready, ReuseMode.SESSION, ready.cost, now, float("inf"))
+        lease.session_id = session_id
+        pinned = PinnedSession("ses_" + secrets.token_urlsafe(12), lease, lifetime_s)
+        if len(self._sessions) >= self._limit:
+            raise SessionBusy(f"too many caller sessions (limit {self._limit})")
+        self._sessions[pinned.id] = pinned
+        return pinned
+
+    async def _route_until_ready(self, route: RouteCall, cost: float, wait_s: float) -> Ready:
+        request_idx: int | None = None
+        last: Waiting | None = None
+        deadline = self._clock() + wait_s
+        while True:
+            result = await route(cost, request_idx)
+            if isinstance(result, Ready):
+                return result
+            last = result
+            request_idx = result.request_idx if result.request_idx is not None else request_idx
+            if self._clock() + WAIT_POLL_S > deadline:
+                raise NoWorkerReady(last.status if last else None)
+            await asyncio.sleep(WAIT_POLL_S)
+
+    def get(self, session_id: str) -> PinnedSession:
+        pinned = self._sessions.get(session_id)
+        if pinned is None:
+            raise SessionNotFound(session_id)
+        if pinned.gone or pinned.expired(self._clock()):
+            raise SessionGone(f"session {session_id} is gone")
+        return pinned
+
+    def admit(self, session_id: str, cost: float) -> Lease:
+        """The lease a pinned job runs on; raises when the session cannot take it."""
+        pinned = self.get(session_id)
+        if not pinned.lease.has_room(cost, self._clock()):
+            raise SessionBusy(
+                f"session has {pinned.lease.capacity - pinned.lease.inflight_cost:g} "
+                f"of {pinned.lease.capacity:g} cost units free"
+            )
+        return pinned.lease
+
+    def mark_gone(self, lease: Lease) -> None:
+        for pinned in self._sessions.values():
+            if pinned.lease is lease:
+                pinned.gone = True
+                lease.retired = True
+
+    async def close(self, session_id: str) -> PinnedSession:
+        pinned = self._sessions.pop(session_id, None)
+        if pinned is None:
+            raise SessionNotFound(session_id)
+        await self._end(pinned)
+        return pinned
+
+    async def close_expired(self) -> None:
+        now = self._clock()
+        for session_id, pinned in list(self._sessions.items()):
+            if pinned.lease.idle and (pinned.gone or pinned.expired(now)):
+                del self._sessions[session_id]
+                await self._end(pinned)
+
+    async def close_all(self) -> None:
+        for session_id in list(self._sessions):
+            await self.close(session_id)
+
+    async def _end(self, pinned: PinnedSession) -> None:
+        pinned.gone = True
+        pinned.lease.retired = True
+        session_id = pinned.lease.session_id
+        if session_id is not None:
+            with contextlib.suppress(WorkerError):
+                await self._forwarder.end_session(pinned.lease.answer, session_id)

@@ -43,6 +43,7 @@ from scheduler.vast.types import (
 log = structlog.get_logger("scheduler.dispatch")
 FinishHook = Callable[[Job], None]
 THROUGHPUT_ALPHA = 0.2
+MAX_REMEMBERED_WORKERS = 4096
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 
 
@@ -109,6 +110,7 @@ class EndpointDispatcher:
         self._route_retry_at = now
         self._wakeup = asyncio.Event()
         self.known_workers: dict[str, float] = {}
+        self._sessionless_workers: set[str] = set()
         self.last_waiting: Waiting | None = None
         self.throughput_cost_per_s = 0.0
         self._last_completion: float | None = None
@@ -355,6 +357,8 @@ class EndpointDispatcher:
                          request_idx=result.request_idx, status=result.status)  # fmt: skip
             else:
                 self._route_errors = 0
+                if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
+                    self.known_workers.pop(next(iter(self.known_workers)))
                 self.known_workers[result.url] = self._clock()
                 log.debug("route.ready", endpoint=self.name, cost=cost, reqnum=result.reqnum)
             return result
@@ -409,6 +413,8 @@ class EndpointDispatcher:
     async def _open_lease(self, ready: Ready) -> Lease | None:
         mode = self.mode
         session_id = None
+        if mode is ReuseMode.SESSION and ready.url in self._sessionless_workers:
+            mode = ReuseMode.SEQUENTIAL
         if mode is ReuseMode.SESSION:
             try:
                 session_id = await self._forwarder.create_session(
@@ -416,6 +422,7 @@ class EndpointDispatcher:
                 )
             except SessionRefused:
                 mode = ReuseMode.SEQUENTIAL  # at max_sessions or no session support
+                self._remember_sessionless(ready.url)
             except WorkerError as exc:
                 self._worker_trouble(ready.url, exc.kind)
                 self.outliers.failure(ready.url, self._clock())
@@ -426,6 +433,11 @@ class EndpointDispatcher:
                  capacity=ready.cost, session=session_id is not None)  # fmt: skip
         self._wakeup.set()
         return lease
+
+    def _remember_sessionless(self, url: str) -> None:
+        if len(self._sessionless_workers) >= MAX_REMEMBERED_WORKERS:
+            self._sessionless_workers.clear()  # rare; forgetting only costs one refused create
+        self._sessionless_workers.add(url)
 
     def _close_leases(self, now: float) -> None:
         for lease in self.pool.collect(now):

@@ -17,6 +17,7 @@ from scheduler.jobs import Job, JobMode, new_job_id
 from scheduler.observability.metrics import EndpointGauges, Metrics
 from scheduler.seams import Forwarder, Router
 from scheduler.store.memory import MemoryJobStore
+from scheduler.vast.types import summarise_counts
 from scheduler.webhooks import WebhookSender
 
 log = structlog.get_logger("scheduler.service")
@@ -182,6 +183,7 @@ class SchedulerService:
                     else {
                         "status": d.last_waiting.status,
                         "worker_counts": d.last_waiting.worker_counts,
+                        "state": summarise_counts(d.last_waiting.worker_counts),
                         "request_idx": d.last_waiting.request_idx,
                     },
                 }

@@ -32,6 +32,23 @@ class Waiting:
 RouteResult = Ready | Waiting
 
 
+def summarise_counts(counts: dict[str, int]) -> str:
+    """``scaled_to_zero`` | ``loading`` | ``all_busy`` | ``unknown`` from parsed worker counts."""
+    if not counts:
+        return "unknown"
+    starting = sum(v for k, v in counts.items() if k in STARTING_STATES)
+    if counts.get("ready", 0) > 0:
+        return "all_busy"
+    if starting > 0:
+        return "loading"
+    return "scaled_to_zero"
+
+
+STARTING_STATES = frozenset(
+    {"loading", "model_loading", "creating", "starting", "rebooting", "updating"}
+)
+
+
 def parse_status_counts(status: str) -> dict[str, int]:
     """``"Loading: 2, Ready: 0"`` -> ``{"loading": 2, "ready": 0}``; unknown shapes give ``{}``."""
     return {

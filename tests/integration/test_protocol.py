@@ -85,6 +85,7 @@ async def test_waiting_then_ready_carries_request_idx(http: aiohttp.ClientSessio
     assert [c.body["request_idx"] for c in autoscaler.received] == [0, 77, 77]
     assert last["status"] == "Loading: 1, Ready: 0"
     assert last["worker_counts"] == {"loading": 1, "ready": 0}
+    assert last["state"] == "loading"
     assert len(worker.received) == 1
 
 

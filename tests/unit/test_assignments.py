@@ -99,7 +99,24 @@ def test_never_lease_is_used_once_after_failure() -> None:
     pool, lease = pool_with(ReuseMode.NEVER)
     pool.acquire(lease, 1.0, now=1.0)
     pool.release(lease, 1.0, now=2.0, succeeded=False)
-    assert pool.pick(1.0, 2.0, random.Random(0)) is None
+    assert pool.pick(1.0, 5.0, random.Random(0)) is None  # after the sequential rest
+
+
+@pytest.mark.parametrize(
+    ("mode", "rests"),
+    [(ReuseMode.SEQUENTIAL, True), (ReuseMode.SESSION, False)],
+)
+def test_a_reused_answer_rests_between_sequential_jobs(mode: ReuseMode, rests: bool) -> None:
+    """The worker drops a reqnum's entry only after answering: a sequential answer waits."""
+    pool, lease = pool_with(mode)
+    pool.acquire(lease, 1.0, now=1.0)
+    pool.release(lease, 1.0, now=2.0, succeeded=True)
+    rest = LIMITS.sequential_rest_s
+    assert lease.has_room(1.0, now=2.0) is not rests
+    assert lease.has_room(1.0, now=2.0 + rest / 2) is not rests
+    assert lease.has_room(1.0, now=2.0 + rest)
+    assert pool.next_available(2.0) == (2.0 + rest if rests else None)
+    assert pool.next_available(2.0 + rest) is None
 
 
 def test_pick_honours_excluded_workers() -> None:
@@ -238,12 +255,17 @@ class LeasePoolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.limits = LeaseLimits(
-            ttl_s=60.0, idle_close_s=15.0, min_budget_fraction=0.1, increase_fraction=0.25
+            ttl_s=60.0,
+            idle_close_s=15.0,
+            min_budget_fraction=0.1,
+            increase_fraction=0.25,
+            sequential_rest_s=0.5,
         )
         self.pool = LeasePool(self.limits)
         self.now = 0.0
         self.inflight: dict[int, list[float]] = {}  # lease_id -> costs in flight
         self.ever: dict[int, int] = {}  # lease_id -> jobs ever placed
+        self.rest_until: dict[int, float] = {}  # lease_id -> end of its sequential rest
         self.collected: set[int] = set()
 
     # model ----------------------------------------------------------------------------
@@ -255,6 +277,8 @@ class LeasePoolMachine(RuleBasedStateMachine):
         costs = self.inflight[lease.lease_id]
         if lease.mode is ReuseMode.SESSION:
             return sum(costs) + cost <= lease.budget + EPSILON
+        if self.now < self.rest_until[lease.lease_id]:
+            return False
         if lease.mode is ReuseMode.NEVER:
             if self.never_strict:
                 return self.ever[lease.lease_id] == 0
@@ -262,7 +286,7 @@ class LeasePoolMachine(RuleBasedStateMachine):
         return not costs
 
     # rules ----------------------------------------------------------------------------
-    @rule(dt=st.floats(0.0, 20.0))
+    @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0.0, 20.0))
     def advance(self, dt: float) -> None:
         self.now += dt
 
@@ -277,6 +301,7 @@ class LeasePoolMachine(RuleBasedStateMachine):
         assert lease.lease_id not in self.inflight
         self.inflight[lease.lease_id] = []
         self.ever[lease.lease_id] = 0
+        self.rest_until[lease.lease_id] = 0.0
         return lease
 
     @rule(
@@ -311,6 +336,8 @@ class LeasePoolMachine(RuleBasedStateMachine):
     def release(self, job: Job, succeeded: bool) -> None:
         self.pool.release(job.lease, job.cost, self.now, succeeded)
         self.inflight[job.lease.lease_id].remove(job.cost)
+        if job.lease.mode is not ReuseMode.SESSION:
+            self.rest_until[job.lease.lease_id] = self.now + self.limits.sequential_rest_s
 
     @rule(lease=leases)
     def shrink(self, lease: Lease) -> None:

@@ -26,6 +26,7 @@ from scheduler.vast.types import (
     RouteUnauthorized,
     Waiting,
     parse_status_counts,
+    summarise_counts,
 )
 
 
@@ -433,3 +434,18 @@ def test_parse_status_counts_total(status: str) -> None:
         assert " " not in name
         assert isinstance(count, int)
         assert count >= 0
+
+
+@pytest.mark.parametrize(
+    ("counts", "state"),
+    [
+        ({}, "unknown"),
+        ({"ready": 2, "loading": 1}, "all_busy"),
+        ({"ready": 0, "loading": 2}, "loading"),
+        ({"model_loading": 1}, "loading"),
+        ({"stopped": 3, "ready": 0}, "scaled_to_zero"),
+        ({"inactive": 1}, "scaled_to_zero"),
+    ],
+)
+def test_waiting_status_summary(counts: dict[str, int], state: str) -> None:
+    assert summarise_counts(counts) == state

@@ -121,6 +121,7 @@ class EndpointDispatcher:
         self.queue.push(job.id, job.priority, job.cost, job.deadline, job.tenant)
         self._jobs[job.id] = job
         self._metrics.jobs_submitted.labels(self.name, job.mode).inc()
+        self._metrics.job_cost.labels(self.name).observe(job.cost)
         log.info("job.queued", job_id=job.id, endpoint=self.name, cost=job.cost, mode=job.mode)
         self._wakeup.set()
 
@@ -165,9 +166,18 @@ class EndpointDispatcher:
 
     def gauges(self) -> EndpointGauges:
         return EndpointGauges(
-            self.name, len(self.queue), self.queue.queued_cost, self.inflight,
-            len(self.pool.workers()),
-        )  # fmt: skip
+            endpoint=self.name,
+            queue_depth=len(self.queue),
+            queued_cost=self.queue.queued_cost,
+            inflight_jobs=self.inflight,
+            leases=len(self.pool),
+            leased_workers=len(self.pool.workers()),
+            inflight_cost=self.pool.inflight_cost(),
+            budget_cost=self.pool.budget(),
+            polling=int(self.polling),
+            calibration_ratio=self.calibrator.ratio,
+            throughput_cost_per_second=self.throughput_cost_per_s,
+        )
 
     def eta_s(self) -> float | None:
         """Queued cost over observed throughput: roughly when a new job would start."""
@@ -216,6 +226,7 @@ class EndpointDispatcher:
                 return
             job_id = self.queue.pop()
             if job_id is not None:
+                self._metrics.lease_lookups.labels(self.name, "hit").inc()
                 self._start(self._jobs[job_id], lease)
 
     def _maybe_route(self, now: float) -> float | None:
@@ -240,6 +251,8 @@ class EndpointDispatcher:
         if not job_ids:
             return None
         batch = Batch(job_ids, cost)
+        self._metrics.lease_lookups.labels(self.name, "miss").inc(len(job_ids))
+        self._metrics.route_batch_jobs.labels(self.name).observe(len(job_ids))
         for job_id in job_ids:
             self._reserved[job_id] = batch
             self._jobs[job_id].status = JobStatus.ROUTING
@@ -351,8 +364,10 @@ class EndpointDispatcher:
         try:
             result = await self._router.route(self.name, cost, request_idx)
             outcome = "ready" if isinstance(result, Ready) else "no_worker"
+            self._metrics.route_batch_cost.labels(self.name).observe(cost)
             if isinstance(result, Waiting):
                 self.last_waiting = result
+                self._metrics.no_worker.labels(self.name).inc()
                 log.info("route.no_worker", endpoint=self.name, cost=cost,
                          request_idx=result.request_idx, status=result.status)  # fmt: skip
             else:
@@ -425,10 +440,11 @@ class EndpointDispatcher:
                 self._remember_sessionless(ready.url)
             except WorkerError as exc:
                 self._worker_trouble(ready.url, exc.kind)
-                self.outliers.failure(ready.url, self._clock())
+                self._record_failure(ready.url, self._clock())
                 return None
         lease = self.pool.new_lease(ready.url, ready, mode, ready.cost, self._clock())
         lease.session_id = session_id
+        self._metrics.leases_opened.labels(self.name, str(mode)).inc()
         log.info("lease.opened", endpoint=self.name, lease_id=lease.lease_id, mode=str(mode),
                  capacity=ready.cost, session=session_id is not None)  # fmt: skip
         self._wakeup.set()
@@ -542,7 +558,7 @@ class EndpointDispatcher:
             self._finish(job, JobStatus.FAILED, f"session worker unavailable ({kind})")
             return
         if action is not Action.REROUTE_SHRINK:
-            self.outliers.failure(lease.worker_url, now)
+            self._record_failure(lease.worker_url, now)
         if action is Action.REROUTE_GONE:
             self.pool.retire_worker(lease.worker_url)
             self.known_workers.pop(lease.worker_url, None)
@@ -555,6 +571,12 @@ class EndpointDispatcher:
         elif action is Action.REROUTE_LEGACY:
             self._switch_to_never()
         self._requeue(job, action.value)
+
+    def _record_failure(self, worker_url: str, now: float) -> None:
+        if self.outliers.failure(worker_url, now):
+            self._metrics.ejections.labels(self.name).inc()
+            self.pool.retire_worker(worker_url)
+            log.warning("worker.ejected", endpoint=self.name)
 
     def _switch_to_never(self) -> None:
         if self.mode is ReuseMode.NEVER:
@@ -595,8 +617,9 @@ class EndpointDispatcher:
             return
         self.meter.observe(lease.worker_url, job.cost, service_s)
         throughput = self.meter.throughput(lease.worker_url)
-        if throughput is not None:
+        if throughput is not None and job.cost > 0:
             self.calibrator.observe(job.cost, service_s, throughput)
+            self._metrics.cost_ratio.labels(self.name).observe(service_s * throughput / job.cost)
 
     def _backoff(self, errors: int) -> float:
         poll = self.config.poll

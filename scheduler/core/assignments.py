@@ -38,6 +38,7 @@ class Lease:
     inflight_cost: float = 0.0
     inflight_jobs: int = 0
     completed: int = 0
+    uses: int = 0  # jobs ever placed on it
     last_used: float = 0.0
     available_at: float = 0.0  # a sequential answer rests after each job, see LeaseLimits
     retired: bool = False
@@ -52,7 +53,7 @@ class Lease:
             return False
         if self.mode is ReuseMode.SESSION:
             return self.inflight_cost + cost <= self.budget + EPSILON
-        if self.mode is ReuseMode.NEVER and self.completed + self.inflight_jobs > 0:
+        if self.mode is ReuseMode.NEVER and self.uses > 0:
             return False
         return self.inflight_jobs == 0 and now >= self.available_at
 
@@ -130,6 +131,7 @@ class LeasePool:
     def acquire(lease: Lease, cost: float, now: float) -> None:
         lease.inflight_cost += cost
         lease.inflight_jobs += 1
+        lease.uses += 1
         lease.last_used = now
 
     def release(self, lease: Lease, cost: float, now: float, succeeded: bool) -> None:
@@ -168,7 +170,7 @@ class LeasePool:
                 lease.retired
                 or now >= lease.expires_at
                 or now - lease.last_used >= self.limits.idle_close_s
-                or (lease.mode is ReuseMode.NEVER and lease.completed > 0)
+                or (lease.mode is ReuseMode.NEVER and lease.uses > 0)
             )
         ]
         for lease in done:

@@ -1,11 +1,15 @@
-"""Every Prometheus metric, defined once. Labels stay bounded: endpoint, outcome, kind, reason."""
+"""Every Prometheus metric, defined once. Labels stay bounded: endpoint, outcome, kind, reason.
+
+Counters and histograms are updated on the hot path; live state (queue depth, leases,
+budgets, poller state) is read at scrape time by ``LiveStateCollector``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -14,17 +18,40 @@ DURATION_BUCKETS_S = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
 ROUTE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+COST_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000, 1_000_000)
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
 class EndpointGauges:
-    """Live per-endpoint state, read at scrape time."""
+    """Live per-endpoint state, read at scrape time. Each field is one gauge."""
 
     endpoint: str
     queue_depth: int
     queued_cost: float
-    inflight: int
-    known_workers: int
+    inflight_jobs: int
+    leases: int
+    leased_workers: int
+    inflight_cost: float
+    budget_cost: float
+    polling: int
+    calibration_ratio: float
+    throughput_cost_per_second: float
+
+
+_GAUGE_HELP = {
+    "queue_depth": "Jobs waiting in the queue",
+    "queued_cost": "Workload units waiting in the queue",
+    "inflight_jobs": "Jobs routing or running",
+    "leases": "Cached worker assignments (leases)",
+    "leased_workers": "Distinct workers holding a lease",
+    "inflight_cost": "Workload units in flight on leased workers",
+    "budget_cost": "Workload units the leases may carry (AIMD budget)",
+    "polling": "1 while the endpoint's single poller waits for a ready worker",
+    "calibration_ratio": "Observed over estimated cost (EWMA)",
+    "throughput_cost_per_second": "Completed workload units per second (EWMA)",
+}
 
 
 class LiveStateCollector(Collector):
@@ -33,19 +60,11 @@ class LiveStateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {
-            "queue_depth": GaugeMetricFamily(
-                "vast_scheduler_queue_depth", "Jobs waiting in the queue", labels=["endpoint"]
-            ),
-            "queued_cost": GaugeMetricFamily(
-                "vast_scheduler_queued_cost", "Workload units waiting", labels=["endpoint"]
-            ),
-            "inflight": GaugeMetricFamily(
-                "vast_scheduler_inflight_jobs", "Jobs routing or running", labels=["endpoint"]
-            ),
-            "known_workers": GaugeMetricFamily(
-                "vast_scheduler_known_workers", "Workers seen in route answers", labels=["endpoint"]
-            ),
-        }
+            f.name: GaugeMetricFamily(f"vast_scheduler_{f.name}", _GAUGE_HELP[f.name],
+                                      labels=["endpoint"])
+            for f in fields(EndpointGauges)
+            if f.name != "endpoint"
+        }  # fmt: skip
         for state in self._read():
             for name, family in families.items():
                 family.add_metric([state.endpoint], float(getattr(state, name)))
@@ -55,51 +74,66 @@ class LiveStateCollector(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.registry = registry
+        ProcessCollector(registry=registry)
         Info("vast_scheduler_build", "Build information", registry=registry).info(
             {"version": version}
         )
-        self.jobs_submitted = Counter(
-            "vast_scheduler_jobs_submitted", "Jobs admitted", ["endpoint", "mode"],
-            registry=registry,
-        )  # fmt: skip
-        self.jobs_rejected = Counter(
-            "vast_scheduler_jobs_rejected", "Jobs refused at intake", ["endpoint", "reason"],
-            registry=registry,
-        )  # fmt: skip
-        self.jobs_finished = Counter(
-            "vast_scheduler_jobs_finished", "Jobs ended", ["endpoint", "outcome"], registry=registry
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"vast_scheduler_{name}", doc, labels, registry=registry)
+
+        def histogram(
+            name: str, doc: str, labels: list[str], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(
+                f"vast_scheduler_{name}", doc, labels, buckets=buckets, registry=registry
+            )
+
+        ep = ["endpoint"]
+        # queue
+        self.jobs_submitted = counter("jobs_submitted", "Jobs admitted", [*ep, "mode"])
+        self.jobs_rejected = counter("jobs_rejected", "Jobs refused at intake", [*ep, "reason"])
+        self.jobs_finished = counter("jobs_finished", "Jobs ended", [*ep, "outcome"])
+        self.queue_wait = histogram(
+            "queue_wait_seconds", "Admission to the first attempt", ep, DURATION_BUCKETS_S
         )
-        self.queue_wait = Histogram(
-            "vast_scheduler_queue_wait_seconds", "Time from admission to first route call",
-            ["endpoint"], buckets=DURATION_BUCKETS_S, registry=registry,
+        self.job_duration = histogram(
+            "job_duration_seconds", "Admission to a terminal state", [*ep, "outcome"],
+            DURATION_BUCKETS_S,
         )  # fmt: skip
-        self.job_duration = Histogram(
-            "vast_scheduler_job_duration_seconds", "Admission to terminal state",
-            ["endpoint", "outcome"], buckets=DURATION_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.route_calls = Counter(
-            "vast_scheduler_route_calls", "Route calls by outcome", ["endpoint", "outcome"],
-            registry=registry,
-        )  # fmt: skip
-        self.route_latency = Histogram(
-            "vast_scheduler_route_latency_seconds", "Route call latency", ["endpoint", "outcome"],
-            buckets=ROUTE_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.worker_latency = Histogram(
-            "vast_scheduler_worker_latency_seconds", "Worker request until response headers",
-            ["endpoint"], buckets=DURATION_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.worker_errors = Counter(
-            "vast_scheduler_worker_errors", "Worker failures by kind", ["endpoint", "kind"],
-            registry=registry,
-        )  # fmt: skip
-        self.retries = Counter(
-            "vast_scheduler_retries", "Job re-routes by reason", ["endpoint", "reason"],
-            registry=registry,
-        )  # fmt: skip
-        self.http_requests = Counter(
-            "vast_scheduler_http_requests", "API requests", ["handler", "code"], registry=registry
+        # routing
+        self.route_calls = counter("route_calls", "Route calls by outcome", [*ep, "outcome"])
+        self.route_latency = histogram(
+            "route_latency_seconds", "Route call latency", [*ep, "outcome"], ROUTE_BUCKETS_S
         )
+        self.no_worker = counter("no_worker_answers", "Route answers with no worker ready", ep)
+        self.route_batch_jobs = histogram(
+            "route_batch_jobs", "Jobs carried by one route call", ep, COUNT_BUCKETS
+        )
+        self.route_batch_cost = histogram(
+            "route_batch_cost", "Cost declared by one route call", ep, COST_BUCKETS
+        )
+        # assignments
+        self.lease_lookups = counter(
+            "lease_lookups", "Placements on a cached lease (hit) or via a route call (miss)",
+            [*ep, "result"],
+        )  # fmt: skip
+        self.leases_opened = counter("leases_opened", "Leases opened by mode", [*ep, "mode"])
+        # workers
+        self.worker_latency = histogram(
+            "worker_latency_seconds", "Worker request until response headers", ep,
+            DURATION_BUCKETS_S,
+        )  # fmt: skip
+        self.worker_errors = counter("worker_errors", "Worker failures by kind", [*ep, "kind"])
+        self.retries = counter("retries", "Job re-routes and retries by reason", [*ep, "reason"])
+        self.ejections = counter("worker_ejections", "Workers ejected as outliers", ep)
+        # cost
+        self.job_cost = histogram("job_cost", "Estimated cost per job", ep, COST_BUCKETS)
+        self.cost_ratio = histogram(
+            "cost_observed_ratio", "Observed over estimated cost per job", ep, RATIO_BUCKETS
+        )
+        # API
+        self.http_requests = counter("http_requests", "API requests", ["handler", "code"])
 
     def watch(self, read: Callable[[], Iterable[EndpointGauges]]) -> None:
         self.registry.register(LiveStateCollector(read))

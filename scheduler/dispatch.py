@@ -375,7 +375,8 @@ class EndpointDispatcher:
                 if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
                     self.known_workers.pop(next(iter(self.known_workers)))
                 self.known_workers[result.url] = self._clock()
-                log.debug("route.ready", endpoint=self.name, cost=cost, reqnum=result.reqnum)
+                log.info("route.ready", endpoint=self.name, cost=cost, reqnum=result.reqnum,
+                         latency_s=round(self._clock() - started, 6))  # fmt: skip
             return result
         except RouteError as exc:
             outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
@@ -457,6 +458,8 @@ class EndpointDispatcher:
 
     def _close_leases(self, now: float) -> None:
         for lease in self.pool.collect(now):
+            log.info("lease.closed", endpoint=self.name, lease_id=lease.lease_id,
+                     completed=lease.completed, retired=lease.retired)  # fmt: skip
             if lease.session_id is not None:
                 self._spawn(self._end_session(lease), self._background, "session-end")
 
@@ -481,6 +484,8 @@ class EndpointDispatcher:
             self._metrics.queue_wait.labels(self.name).observe(now - job.created_mono)
         job.status = JobStatus.RUNNING
         job.attempts += 1
+        log.info("job.started", job_id=job.id, endpoint=self.name, attempt=job.attempts,
+                 lease_id=lease.lease_id, queued_s=round(now - job.created_mono, 6))  # fmt: skip
         self.retry_budget.record_request(now)
         result: AttemptResult | None = None
         try:
@@ -600,8 +605,9 @@ class EndpointDispatcher:
 
     def _worker_trouble(self, worker_url: str, kind: str, job: Job | None = None) -> None:
         self._metrics.worker_errors.labels(self.name, kind).inc()
-        log.warning("worker.error", endpoint=self.name, kind=kind,
-                    job_id=job.id if job else None)  # fmt: skip
+        event = "worker.gone" if kind in ("gone", "tls") else "worker.error"
+        log.warning(event, endpoint=self.name, kind=kind, job_id=job.id if job else None,
+                    attempt=job.attempts if job else None)  # fmt: skip
 
     def _record_throughput(self, cost: float, now: float) -> None:
         if self._last_completion is not None:

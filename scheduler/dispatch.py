@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +46,24 @@ FinishHook = Callable[[Job], None]
 THROUGHPUT_ALPHA = 0.2
 MAX_REMEMBERED_WORKERS = 4096
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
+RECENT_ROUTES = 20  # route answers kept for the status page
 
 
 @dataclass(slots=True)
 class Batch:
     job_ids: list[str]
     cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """One route call as the status page shows it; ``detail``: worker URL, status or error."""
+
+    at: float  # clock time the call started
+    outcome: str  # ready | no_worker | rate_limited | error
+    cost: float
+    latency_s: float
+    detail: str
 
 
 class EndpointDispatcher:
@@ -112,6 +125,9 @@ class EndpointDispatcher:
         self.known_workers: dict[str, float] = {}
         self._sessionless_workers: set[str] = set()
         self.last_waiting: Waiting | None = None
+        self.recent_routes: deque[RouteRecord] = deque(maxlen=RECENT_ROUTES)
+        self.worker_error_counts: Counter[str] = Counter()
+        self.route_error_counts: Counter[str] = Counter()
         self.throughput_cost_per_s = 0.0
         self._last_completion: float | None = None
 
@@ -361,9 +377,11 @@ class EndpointDispatcher:
     async def _route(self, cost: float, request_idx: int | None) -> RouteResult:
         started = self._clock()
         outcome = "error"
+        detail = "interrupted"  # cancelled or an unexpected exception
         try:
             result = await self._router.route(self.name, cost, request_idx)
             outcome = "ready" if isinstance(result, Ready) else "no_worker"
+            detail = result.url if isinstance(result, Ready) else result.status
             self._metrics.route_batch_cost.labels(self.name).observe(cost)
             if isinstance(result, Waiting):
                 self.last_waiting = result
@@ -380,11 +398,15 @@ class EndpointDispatcher:
             return result
         except RouteError as exc:
             outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
+            detail = exc.kind
+            self.route_error_counts[exc.kind] += 1
             log.warning("route.error", endpoint=self.name, kind=exc.kind, error=str(exc))
             raise
         finally:
+            latency_s = self._clock() - started
             self._metrics.route_calls.labels(self.name, outcome).inc()
-            self._metrics.route_latency.labels(self.name, outcome).observe(self._clock() - started)
+            self._metrics.route_latency.labels(self.name, outcome).observe(latency_s)
+            self.recent_routes.append(RouteRecord(started, outcome, cost, latency_s, detail))
 
     def _start_poller(self, request_idx: int | None) -> None:
         if not self.polling:
@@ -605,6 +627,7 @@ class EndpointDispatcher:
 
     def _worker_trouble(self, worker_url: str, kind: str, job: Job | None = None) -> None:
         self._metrics.worker_errors.labels(self.name, kind).inc()
+        self.worker_error_counts[kind] += 1
         event = "worker.gone" if kind in ("gone", "tls") else "worker.error"
         log.warning(event, endpoint=self.name, kind=kind, job_id=job.id if job else None,
                     attempt=job.attempts if job else None)  # fmt: skip

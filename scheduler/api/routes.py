@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, jobs, sessions, streaming
+from scheduler.api import admin, jobs, sessions, status_page, streaming
 
 ENDPOINT = r"{endpoint:[A-Za-z0-9][A-Za-z0-9._-]{0,127}}"
 
@@ -20,6 +20,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{job_id}", jobs.get_job, name="get_job")
     app.router.add_delete("/v1/jobs/{job_id}", jobs.cancel_job, name="cancel_job")
     app.router.add_post(f"/v1/proxy/{ENDPOINT}/{{tail:.*}}", streaming.proxy, name="proxy")
+    app.router.add_get("/", status_page.status_page, name="status_page")
     app.router.add_get("/healthz", admin.healthz, name="healthz")
     app.router.add_get("/readyz", admin.readyz, name="readyz")
     app.router.add_get("/v1/status", admin.status, name="status")

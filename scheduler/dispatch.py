@@ -495,7 +495,9 @@ class EndpointDispatcher:
 
     # one job on one lease ---------------------------------------------------------------
     def _start(self, job: Job, lease: Lease) -> None:
-        self.pool.acquire(lease, job.cost, self._clock())
+        now = self._clock()
+        self.pool.acquire(lease, job.cost, now)
+        self.outliers.dispatched(lease.worker_url, now)
         task = asyncio.create_task(self._run_job(job, lease), name=f"job-{job.id}")
         self._running[job.id] = task
 
@@ -554,7 +556,7 @@ class EndpointDispatcher:
             )
             self._finish(job, status, result.detail)
             return
-        reused = lease.completed > 0
+        reused = lease.uses > 1  # this attempt is one use: was the answer sent before it?
         action = decide(result.kind, result.status, reused, self.config.reuse == "auto")
         succeeded = action is Action.SUCCEED
         self.pool.release(lease, job.cost, now, succeeded)

@@ -35,16 +35,31 @@ class OutlierDetector:
         state = self._workers.get(worker)
         if state is None:
             if len(self._workers) >= self._max_workers:
-                self._workers.pop(next(iter(self._workers)))
+                self._forget_one()
             state = self._workers[worker] = _WorkerHealth()
         return state
 
+    def _forget_one(self) -> None:
+        """Drop the oldest entry that is not ejected (the oldest at all if every one is)."""
+        victim = next(
+            (w for w, s in self._workers.items() if s.ejections == 0),
+            next(iter(self._workers)),
+        )
+        del self._workers[victim]
+
     def available(self, worker: str, now: float) -> bool:
         state = self._workers.get(worker)
-        return state is None or now >= state.ejected_until
+        return state is None or (now >= state.ejected_until and not state.probing)
 
     def ejected(self, now: float) -> frozenset[str]:
-        return frozenset(w for w, s in self._workers.items() if now < s.ejected_until)
+        """Workers not to be given work: ejected, or past ejection with their probe in flight."""
+        return frozenset(w for w in self._workers if not self.available(w, now))
+
+    def dispatched(self, worker: str, now: float) -> None:
+        """A job went to ``worker``: after an ejection that job is the one half-open probe."""
+        state = self._workers.get(worker)
+        if state is not None and state.ejections > 0 and now >= state.ejected_until:
+            state.probing = True
 
     def success(self, worker: str) -> None:
         state = self._workers.get(worker)
@@ -64,6 +79,7 @@ class OutlierDetector:
         duration = min(self.policy.max_s, self.policy.base_s * 2 ** min(state.ejections - 1, 16))
         state.ejected_until = now + duration
         state.failures = 0
+        state.probing = False
         self.ejections_total += 1
         return True
 
@@ -91,7 +107,8 @@ class RetryBudget:
 
     def try_retry(self, now: float) -> bool:
         self._trim(now)
-        allowed = self.min_retries + self.ratio * len(self._requests)
+        # Whole retries only; the epsilon keeps 0.29 * 100 from truncating to 28.
+        allowed = self.min_retries + int(self.ratio * len(self._requests) + 1e-9)
         if len(self._retries) >= allowed:
             return False
         self._retries.append(now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+_ROUNDING = 1e-9  # refilling to exactly ready_at() may land a float step short of a token
+
 
 class TokenBucket:
     """``rate_per_s`` tokens a second, at most ``burst`` saved up; starts full."""
@@ -22,8 +24,8 @@ class TokenBucket:
         if now < self._blocked_until:
             return False
         self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _ROUNDING:
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False
 

@@ -121,11 +121,6 @@ def test_ready_at_is_the_earliest_success(rate: float, burst: int, ops: list[Op]
     assert copy.deepcopy(bucket).try_take(ready + 1e-9)  # but then (within rounding)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ready_at() computes now + (1 - tokens) / rate, and rounding can leave the "
-    "refilled tokens at 1 - 1 ulp, so a take at exactly ready_at() fails",
-)
 @given(rate=rates, burst=bursts, ops=ops_strategy)
 @example(rate=49.0, burst=1, ops=[Op(0.0, "take")])
 def test_take_at_ready_at_succeeds_exactly(rate: float, burst: int, ops: list[Op]) -> None:

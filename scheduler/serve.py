@@ -12,6 +12,7 @@ from aiohttp import web
 from scheduler.api.context import SERVICE
 from scheduler.app import create_app
 from scheduler.config import AppConfig
+from scheduler.listen import listen
 
 log = structlog.get_logger("scheduler.serve")
 # Handlers still open once the jobs have drained (rare: a stream mid-way) get this long.
@@ -50,18 +51,10 @@ async def start_runner(
     app: web.Application, host: str, port: int, access_log: bool = True
 ) -> web.AppRunner:
     """Start listening; handlers are cancelled when their caller disconnects."""
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        shutdown_timeout=HANDLER_SHUTDOWN_S,
+    runner, _ = await listen(
+        app, host, port, handler_cancellation=True, shutdown_timeout=HANDLER_SHUTDOWN_S,
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
+    )  # fmt: skip
     return runner
 
 

@@ -17,6 +17,7 @@ from scheduler.emulator.admin import AdminApi
 from scheduler.emulator.autoscaler import Autoscaler
 from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
 from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
+from scheduler.listen import listen
 
 log = structlog.get_logger(__name__)
 _READY_POLL_S = 0.02
@@ -64,16 +65,9 @@ class Emulator:
         """Start the autoscaler, then every configured worker."""
         app = web.Application()
         app.add_routes(self.autoscaler.routes() + AdminApi(self).routes())
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        self._runner, self._port = await listen(
+            app, self.config.host, self.config.port, access_log=None, shutdown_timeout=2.0
+        )
         for endpoint, settings in self.config.endpoints.items():
             for _ in range(settings.workers):
                 self._create_worker(endpoint, settings)

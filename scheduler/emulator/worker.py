@@ -32,6 +32,7 @@ from scheduler.emulator.signing import (
 from scheduler.emulator.worker_io import ClientGone, ResponseWriter
 from scheduler.emulator.worker_state import RequestEntry, WorkerCounters, WorkerMetrics
 from scheduler.emulator.workload import workload_of
+from scheduler.listen import listen
 
 log = structlog.get_logger(__name__)
 
@@ -134,18 +135,10 @@ class EmulatedWorker:
     async def _listen(self) -> None:
         app = web.Application(middlewares=[self._track])
         app.add_routes(self._routes())
-        runner = web.AppRunner(
-            app, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self._runner, self.port = await listen(
+            app, "127.0.0.1", self.port, reuse_address=True, handler_cancellation=True,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None,
+        )  # fmt: skip
 
     async def _shutdown(self, state: WorkerState) -> None:
         if self._runner is None:

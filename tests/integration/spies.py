@@ -11,6 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from scheduler.listen import listen
+
 
 @dataclass
 class Recorded:
@@ -41,10 +43,8 @@ class SpyServer:
 async def serving(spy: SpyServer, path: str) -> AsyncIterator[SpyServer]:
     app = web.Application()
     app.router.add_post(path, spy.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    spy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
+    spy.url = f"http://127.0.0.1:{port}"
     try:
         yield spy
     finally:

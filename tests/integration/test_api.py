@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from scheduler.listen import listen
 from tests.integration.harness import (
     Daemon,
     daemon_config,
@@ -232,11 +233,7 @@ async def test_webhook_is_called_once_with_a_valid_signature(
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
     try:
         body = {"payload": {"w": 1}, "webhook": {"url": f"http://127.0.0.1:{port}/hook"}}
         async with http.post(f"{daemon.url}/v1/endpoints/echo/jobs", json=body) as resp:

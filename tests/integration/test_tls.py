@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from scheduler.listen import listen
 from tests.integration.harness import daemon_config, running_daemon
 from tests.integration.spies import SpyServer, ready_answer, serving
 
@@ -77,10 +78,8 @@ async def https_worker(spy: SpyServer, cert: Path, key: Path) -> AsyncIterator[S
     context.load_cert_chain(cert, key)
     app = web.Application()
     app.router.add_post("/generate", spy.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-    spy.url = f"https://127.0.0.1:{runner.addresses[0][1]}"
+    runner, port = await listen(app, "127.0.0.1", 0, ssl_context=context, access_log=None)
+    spy.url = f"https://127.0.0.1:{port}"
     try:
         yield spy
     finally:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,19 @@ def envelope(ready: Ready, payload: Any, session_id: str | None = None) -> dict[
     return {"auth_data": ready.auth_data, "session_id": session_id, "payload": payload}
 
 
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """aiohttp's errors at the worker boundary become the protocol's typed errors."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise WorkerTimeout("worker did not answer in time") from exc
+    except aiohttp.ClientSSLError as exc:
+        raise WorkerTLSError(f"TLS with the worker failed: {type(exc).__name__}") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc
+
+
 class WorkerClient:
     """Opens a streamed response; connection failures become ``WorkerGone``/``WorkerTimeout``."""
 
@@ -50,19 +63,13 @@ class WorkerClient:
     async def post(
         self, ready: Ready, route: str, payload: Any, session_id: str | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        try:
+        with translated_errors():
             async with self._session.post(
                 f"{ready.url}{route}",
                 json=envelope(ready, payload, session_id),
                 timeout=self._timeout,
             ) as resp:
                 yield resp
-        except TimeoutError as exc:
-            raise WorkerTimeout("worker did not answer in time") from exc
-        except aiohttp.ClientSSLError as exc:
-            raise WorkerTLSError(f"TLS with the worker failed: {type(exc).__name__}") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc
 
     async def create_session(self, ready: Ready, lifetime_s: float) -> str:
         """Open a Vast session on the answer's worker, accounted by it at the answer's cost."""
@@ -80,14 +87,10 @@ class WorkerClient:
 
     async def _session_call(self, ready: Ready, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=SESSION_CALL_TIMEOUT_S)
-        try:
+        with translated_errors():
             async with self._session.post(f"{ready.url}{path}", json=body, timeout=timeout) as resp:
                 raw = await resp.content.read(64 * 1024)
-                try:
-                    return resp.status, json.loads(raw)
-                except ValueError:
-                    return resp.status, None
-        except TimeoutError as exc:
-            raise WorkerTimeout("session call timed out") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc
+        try:
+            return resp.status, json.loads(raw)
+        except ValueError:
+            return resp.status, None

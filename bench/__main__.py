@@ -1,0 +1,83 @@
+"""``python -m bench --scenario a|b|c|d|e|all [--quick] [--seed N]``
+
+Runs each scenario with every system (direct floor, official vastai client, vast-scheduler
+through ``run`` and the proxy) against its own emulator process, the daemon as its own
+process, and writes ``bench/results/<date>-<scenario>.json``, ``<date>-summary.md`` and PNG
+plots (when matplotlib is importable). All traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench import procs, report
+from bench.scenarios import SCENARIOS, Ctx
+
+
+async def main(names: list[str], quick: bool, seed: int) -> int:
+    # SIGTERM cancels the run like Ctrl-C does, so every child process is still stopped.
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    report.SUFFIX["value"] = "-quick" if quick else ""
+    machine = {**report.machine(), **procs.source_info()}
+    print(f"machine: {machine}", flush=True)
+    timeout = aiohttp.ClientTimeout(total=60)
+    with tempfile.TemporaryDirectory(prefix="vast-bench-") as root:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for name in names:
+                title, fn = SCENARIOS[name]
+                print(f"scenario {name}: {title}{' (quick)' if quick else ''}", flush=True)
+                started = time.monotonic()
+                data = await fn(Ctx(http, quick, seed, Path(root)))
+                data = {
+                    "scenario": name,
+                    "title": title,
+                    "quick": quick,
+                    "seed": seed,
+                    "date": report.today(),
+                    "machine": machine,
+                    "duration_s": round(time.monotonic() - started, 1),
+                    **data,
+                }
+                print(f"  wrote {report.write_json(name, data)}", flush=True)
+                for path in report.plots(name, data):
+                    print(f"  wrote {path}", flush=True)
+                for t in data.get("targets", []):
+                    print(f"  target {t['target']}: {t['measured']} -> met={t['met']}")
+    print(f"summary: {report.write_summary(report.today())}", flush=True)
+    return 0
+
+
+def run() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--scenario", default="all", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    runner_kwargs = {}
+    try:
+        import uvloop
+
+        runner_kwargs["loop_factory"] = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(**runner_kwargs) as runner:
+        return runner.run(main(names, args.quick, args.seed))
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,92 @@
+"""The emulator as its own process, for the benchmark.
+
+``python -m bench.emulator_proc --config FILE.json --port N --log-port M``
+
+It runs the project's emulator exactly as ``python -m scheduler emulate`` does (same
+``Emulator`` class, uvloop when present), plus a second tiny HTTP server on ``--log-port``
+that serves what ``scheduler emulate`` keeps in memory only: the autoscaler's time-stamped
+route log (``GET /route_log``) and its clock (``GET /clock``), so the bench can count route
+calls inside the cold-start window and plot them over time. The emulator's own admin API
+(kill/add workers, stats) stays on ``--port``.
+
+FILE.json: ``{"api_key": "...", "emulator": {<EmulatorConfig fields>}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from scheduler.emulator.emulator import Emulator
+from scheduler.emulator.settings import EmulatorConfig
+
+
+def _quiet_logs() -> None:
+    import structlog
+
+    logging.basicConfig(level=logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+async def _serve_log(emulator: Emulator, port: int) -> web.AppRunner:
+    started = emulator.autoscaler.stats.started_at
+
+    async def route_log(_: web.Request) -> web.Response:
+        return web.json_response({"now_s": time.monotonic() - started, "log": emulator.route_log()})
+
+    async def clock(_: web.Request) -> web.Response:
+        return web.json_response({"now_s": time.monotonic() - started})
+
+    app = web.Application()
+    app.add_routes([web.get("/route_log", route_log), web.get("/clock", clock)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def main(raw: dict[str, Any], port: int, log_port: int) -> None:
+    config = EmulatorConfig.model_validate({**raw["emulator"], "host": "127.0.0.1", "port": port})
+    emulator = Emulator(config, [raw["api_key"]])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await emulator.start()
+    log_runner = await _serve_log(emulator, log_port)
+    print(json.dumps({"event": "bench_emulator_ready", "url": emulator.autoscaler_url}), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await log_runner.cleanup()
+        await emulator.stop()
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.emulator_proc")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log-port", type=int, required=True)
+    args = parser.parse_args()
+    _quiet_logs()
+    raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    coro = main(raw, args.port, args.log_port)
+    try:
+        import uvloop
+    except ImportError:  # same fallback as the daemon's CLI
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,231 @@
+"""Figures from records; JSON, the Markdown summary and the PNG plots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import Record
+
+# BENCH_RESULTS: write elsewhere (e.g. a profiled run that must not replace the real figures).
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+MAX_STORED_LATENCIES = 20_000
+# "" for real runs; "-quick" for --quick smoke runs, so they never replace real figures.
+SUFFIX = {"value": ""}
+
+
+def today() -> str:
+    return dt.date.today().isoformat()
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem_gb = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        mem_gb = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gb": mem_gb,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = (len(sorted_values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def latency_figures(records: Sequence[Record]) -> dict[str, Any]:
+    """Percentiles (ms) over the jobs that succeeded."""
+    ok = sorted(r.latency_s * 1000 for r in records if r.ok)
+    pct = {f"p{int(q * 100)}": percentile(ok, q) for q in (0.5, 0.95, 0.99)}
+    figures = {k: None if v is None else round(v, 3) for k, v in pct.items()}
+    figures["mean"] = round(sum(ok) / len(ok), 3) if ok else None
+    figures["max"] = round(ok[-1], 3) if ok else None
+    return figures
+
+
+def stored_latencies(records: Sequence[Record]) -> list[float]:
+    ok = sorted(round(r.latency_s * 1000, 3) for r in records if r.ok)
+    if len(ok) <= MAX_STORED_LATENCIES:
+        return ok
+    step = len(ok) / MAX_STORED_LATENCIES
+    return [ok[int(i * step)] for i in range(MAX_STORED_LATENCIES)]
+
+
+def add_over_direct(runs: list[dict[str, Any]]) -> None:
+    """``added_ms`` per run: its percentiles minus the direct run's of the same variant."""
+    floors = {r["variant"]: r for r in runs if r["system"].startswith("direct")}
+    for run in runs:
+        floor = floors.get(run["variant"])
+        if floor is None or run is floor:
+            continue
+        mine, base = run.get("latency_ms") or {}, floor.get("latency_ms") or {}
+        run["added_over_direct_ms"] = {
+            k: round(mine[k] - base[k], 3)
+            for k in ("p50", "p95", "p99")
+            if mine.get(k) is not None and base.get(k) is not None
+        }
+
+
+def write_json(scenario: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{today()}-{scenario}{SUFFIX['value']}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+SUMMARY_COLUMNS = (
+    ("scenario", lambda s, r: s),
+    ("variant", lambda s, r: r["variant"]),
+    ("system", lambda s, r: r["system"]),
+    ("jobs", lambda s, r: _fmt(r["jobs"])),
+    ("failed", lambda s, r: _fmt(r["failed"])),
+    ("jobs/s", lambda s, r: _fmt(r.get("throughput_jobs_s"))),
+    ("p50 ms", lambda s, r: _fmt(r["latency_ms"].get("p50"), 2)),
+    ("p95 ms", lambda s, r: _fmt(r["latency_ms"].get("p95"), 2)),
+    ("p99 ms", lambda s, r: _fmt(r["latency_ms"].get("p99"), 2)),
+    ("+p50 ms", lambda s, r: _fmt(r.get("added_over_direct_ms", {}).get("p50"), 2)),
+    ("+p99 ms", lambda s, r: _fmt(r.get("added_over_direct_ms", {}).get("p99"), 2)),
+    ("route/job", lambda s, r: _fmt(r.get("route_calls_per_job"), 3)),
+    ("route calls", lambda s, r: _fmt(r.get("route_calls"))),
+    ("route in cold", lambda s, r: _fmt(r.get("route_calls_cold"))),
+    ("daemon CPU s/1k", lambda s, r: _fmt(r.get("daemon_cpu_s_per_1k"), 3)),
+    ("daemon peak RSS MB", lambda s, r: _fmt(r.get("daemon_peak_rss_mb"))),
+    ("client CPU s/1k", lambda s, r: _fmt(r.get("client_cpu_s_per_1k"), 3)),
+)
+
+
+def summary_markdown(date: str) -> str:
+    files = sorted(RESULTS.glob(f"{date}-[a-e]{SUFFIX['value']}.json"))
+    datas = [json.loads(f.read_text()) for f in files]
+    lines = [f"# vast-scheduler benchmark, {date}", ""]
+    if datas:
+        m = datas[0]["machine"]
+        lines += [
+            f"Machine: {m['cores']} cores, {m['cpu_model']}, {m.get('memory_gb')} GB, "
+            f"Python {m['python']}, {m['platform']}; load average at start "
+            f"{m['load_average_at_start']} (shared machine: preliminary numbers). "
+            f"Scheduler code: {m.get('scheduler_src')} (commit {m.get('commit', '?')}, "
+            f"uncommitted changes in scheduler/: {m.get('scheduler_dirty', '?')}).",
+            "",
+            "Each system ran against a fresh emulator process with the same config, seed and "
+            "job list; the daemon ran as its own process (CPU and RSS are its own); the load "
+            "generator (and the official client, which runs inside it) is the bench process. "
+            "`+p50/+p99`: latency added over the direct path in the same variant. "
+            "`client CPU`: the bench process (load generator + official client).",
+            "",
+        ]
+    header = [name for name, _ in SUMMARY_COLUMNS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for data in datas:
+        quick = " (quick)" if data.get("quick") else ""
+        for run in data["runs"]:
+            cells = [fn(data["scenario"] + quick, run) for _, fn in SUMMARY_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| scenario | target | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for data in datas:
+        for t in data.get("targets", []):
+            met = "yes" if t["met"] else ("**no**" if t["met"] is False else "-")
+            lines.append(f"| {data['scenario']} | {t['target']} | {t['measured']} | {met} |")
+    notes = [f"- {d['scenario']}: {n}" for d in datas for n in d.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(date: str) -> Path:
+    path = RESULTS / f"{date}-summary{SUFFIX['value']}.md"
+    path.write_text(summary_markdown(date), encoding="utf-8")
+    return path
+
+
+def plots(scenario: str, data: dict[str, Any]) -> list[Path]:
+    """Latency CDF per variant (one line per system); route calls over time for (c)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written: list[Path] = []
+    variants = sorted({r["variant"] for r in data["runs"] if r.get("latencies_ms")})
+    for variant in variants:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for run in data["runs"]:
+            lat = run.get("latencies_ms") or []
+            if run["variant"] != variant or not lat:
+                continue
+            ys = [(i + 1) / len(lat) for i in range(len(lat))]
+            ax.plot(lat, ys, label=run["system"])
+        ax.set_xscale("log")
+        ax.set_xlabel("end-to-end latency (ms, log)")
+        ax.set_ylabel("fraction of jobs")
+        ax.set_title(f"scenario {scenario}: {variant}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        slug = "".join(c if c.isalnum() else "-" for c in variant).strip("-")
+        path = RESULTS / f"{today()}-{scenario}-cdf-{slug}{SUFFIX['value']}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    series = [r for r in data["runs"] if r.get("route_times_s")]
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for run in series:
+            times = run["route_times_s"]
+            ax.step(times, range(1, len(times) + 1), where="post", label=run["system"])
+        cold_s = data.get("params", {}).get("cold_start_s")
+        if cold_s:
+            ax.axvline(cold_s, color="grey", linestyle="--", label="workers ready")
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("seconds since the jobs arrived")
+        ax.set_ylabel("route calls (cumulative)")
+        ax.set_title(f"scenario {scenario}: route calls over time")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = RESULTS / f"{today()}-{scenario}-route-calls{SUFFIX['value']}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -237,7 +237,7 @@ class EndpointDispatcher:
             head = self.queue.peek()
             if head is None:
                 return
-            lease = self.pool.pick(head[1], now, self._rng, excluded)
+            lease = self.pool.pick(head[1], now, self._rng, excluded, self.meter.throughput)
             if lease is None:
                 return
             job_id = self.queue.pop()

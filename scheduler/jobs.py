@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import secrets
 import time
@@ -67,7 +66,6 @@ class Job:
     result: JobResult | None = None
     error: str | None = None
     cancel_requested: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def deadline(self) -> float:
@@ -85,7 +83,7 @@ class Job:
         self.finished_mono = now
         self.error = error
         self.delivery.close()
-        self.done.set()
+        self.payload = None  # a finished job is kept for its result only: free the request
         return True
 
     def public(self, now: float) -> dict[str, Any]:

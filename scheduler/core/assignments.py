@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,9 +112,16 @@ class LeasePool:
         return lease
 
     def pick(
-        self, cost: float, now: float, rng: random.Random, excluded: frozenset[str] = frozenset()
+        self,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        excluded: frozenset[str] = frozenset(),
+        speed: Callable[[str], float | None] | None = None,
     ) -> Lease | None:
-        """Power of two choices among the leases with room, by utilisation."""
+        """Power of two choices among the leases with room: by expected finish time when both
+        workers' observed speed is known (cost in flight over cost per second), else by
+        utilisation, so faster workers carry more of the load."""
         candidates = [
             lease
             for lease in self._leases.values()
@@ -125,6 +132,11 @@ class LeasePool:
         if len(candidates) == 1:
             return candidates[0]
         first, second = rng.sample(candidates, 2)
+        speeds = (speed(first.worker_url), speed(second.worker_url)) if speed else (None, None)
+        if speeds[0] and speeds[1]:
+            first_finish = (first.inflight_cost + cost) / speeds[0]
+            second_finish = (second.inflight_cost + cost) / speeds[1]
+            return first if first_finish <= second_finish else second
         return first if first.utilisation <= second.utilisation else second
 
     @staticmethod

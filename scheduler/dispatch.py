@@ -90,6 +90,7 @@ class EndpointDispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_task_done = on_task_done
+        metrics.start_endpoint(name)
         now = clock()
         self.queue = JobQueue(config.queue.max_depth, config.tenant_weights)
         self.pool = LeasePool(

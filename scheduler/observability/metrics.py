@@ -20,6 +20,10 @@ DURATION_BUCKETS_S = (
 ROUTE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 COST_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000, 1_000_000)
+KNOWN_WORKER_ERRORS = (
+    "gone", "tls", "timeout", "unauthorized", "session_gone", "overloaded", "server_error",
+    "client_error", "bad_envelope", "session_refused",
+)  # fmt: skip
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0)
 
 
@@ -134,6 +138,20 @@ class Metrics:
         )
         # API
         self.http_requests = counter("http_requests", "API requests", ["handler", "code"])
+
+    def start_endpoint(self, endpoint: str) -> None:
+        """Create an endpoint's known series at 0, so ``rate()`` sees their first event too."""
+        for counter, label_values in (
+            (self.route_calls, ("ready", "no_worker", "error", "rate_limited")),
+            (self.jobs_finished, ("succeeded", "failed", "expired", "cancelled")),
+            (self.jobs_rejected, ("queue_full", "draining")),
+            (self.lease_lookups, ("hit", "miss")),
+            (self.worker_errors, KNOWN_WORKER_ERRORS),
+        ):
+            for value in label_values:
+                counter.labels(endpoint, value)
+        self.no_worker.labels(endpoint)
+        self.ejections.labels(endpoint)
 
     def watch(self, read: Callable[[], Iterable[EndpointGauges]]) -> None:
         self.registry.register(LiveStateCollector(read))

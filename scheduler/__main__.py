@@ -48,6 +48,7 @@ def setup_logging(config: AppConfig) -> None:
     secrets = [config.vast.api_key.get_secret_value()]
     if config.server.webhook.secret is not None:
         secrets.append(config.server.webhook.secret.get_secret_value())
+    secrets += [t.token.get_secret_value() for t in config.auth.tokens if t.token is not None]
     configure_logging(config.logging.level, config.logging.format, Redactor(secrets))
 
 
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config is None:
             return 1
         print(f"{args.file}: ok ({len(config.endpoints)} endpoints)")
+        for warning in config.auth.warnings():
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     config = load_or_report(args.config) if args.config else AppConfig()
     if config is None:

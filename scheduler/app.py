@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from scheduler.api.context import CONFIG, METRICS, SERVICE
 from scheduler.api.errors import METRICS_HOOK, api_middleware
 from scheduler.api.routes import add_routes
+from scheduler.auth import auth_middleware
 from scheduler.config import AppConfig
 from scheduler.emulator.emulator import Emulator
 from scheduler.observability.metrics import Metrics
@@ -39,7 +40,8 @@ def package_version() -> str:
 
 def create_app(config: AppConfig, clock: Callable[[], float] = time.monotonic) -> web.Application:
     app = web.Application(
-        middlewares=[api_middleware], client_max_size=config.server.max_body_bytes
+        middlewares=[api_middleware, auth_middleware(config.auth)],
+        client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     metrics = Metrics(CollectorRegistry(), package_version())

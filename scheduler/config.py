@@ -62,6 +62,7 @@ class ServerConfig(Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1_048_576, gt=0)
+    max_json_depth: int = Field(64, gt=0, le=1_000)  # deeper request bodies get 400
     max_result_bytes: int = Field(16 * 1_048_576, gt=0)
     grace_period_s: float = Field(30.0, ge=0)
     job_retention_s: float = Field(600.0, gt=0)
@@ -108,6 +109,8 @@ class VastConfig(Model):
 
 class QueueConfig(Model):
     max_depth: int = Field(10_000, gt=0)
+    # Queued cost (workload units) beyond which new jobs get 429; None: no limit but depth.
+    max_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class CostConfig(Model):
@@ -252,8 +255,83 @@ class MetricsConfig(Model):
     enabled: bool = True
 
 
+AUTH_OPENABLE_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/status")
+TOKEN_MIN_CHARS = 16
+TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class TokenConfig(Model):
+    """One caller: its tenant name, its bearer token, what it may use and how much it may queue.
+
+    An empty ``token`` (an unset ``${VAR:-}``) turns the entry off: that tenant gets 401.
+    """
+
+    name: str  # the tenant its jobs count against
+    token: SecretStr | None
+    endpoints: Literal["*"] | tuple[str, ...] = "*"
+    max_queued_jobs: int | None = Field(None, gt=0)
+    max_queued_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _tenant_name(cls, value: str) -> str:
+        if not TENANT_NAME.fullmatch(value):
+            raise ValueError("letters, digits, . _ - (1-64 characters)")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = "" if value is None else value.get_secret_value()
+        if not secret:
+            return None
+        if len(secret) < TOKEN_MIN_CHARS:
+            raise ValueError(f"must be at least {TOKEN_MIN_CHARS} characters")
+        if any(c.isspace() or not c.isprintable() for c in secret):
+            raise ValueError("must be printable, with no whitespace")
+        return value
+
+
+class AuthConfig(Model):
+    """Bearer tokens. On unless ``enabled: false`` is written; on with no token denies all."""
+
+    enabled: bool = True
+    open_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
+    tokens: tuple[TokenConfig, ...] = ()
+
+    @field_validator("open_paths")
+    @classmethod
+    def _known_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(AUTH_OPENABLE_PATHS))
+        if unknown:
+            raise ValueError(f"{unknown} cannot be open; choose from {list(AUTH_OPENABLE_PATHS)}")
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique(cls, value: tuple[TokenConfig, ...]) -> tuple[TokenConfig, ...]:
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
+            raise ValueError("token names (tenants) must be unique")
+        secrets = [t.token.get_secret_value() for t in value if t.token is not None]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two entries share one token")
+        return value
+
+    def warnings(self) -> list[str]:
+        """What an operator should hear at start: auth off, or callers locked out."""
+        if not self.enabled:
+            return ["auth.enabled is false: every caller is trusted and X-Tenant names tenants"]
+        unset = [f"auth.tokens.{i}.token is empty: tenant {t.name} is off"
+                 for i, t in enumerate(self.tokens) if t.token is None]  # fmt: skip
+        if len(unset) == len(self.tokens):
+            unset.append("auth is on with no token set: every protected path answers 401")
+        return unset
+
+
 class AppConfig(Model):
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
     vast: VastConfig = VastConfig()
     emulator: EmulatorConfig = EmulatorConfig()
     endpoint_defaults: EndpointConfig = EndpointConfig()
@@ -269,6 +347,16 @@ class AppConfig(Model):
             if not ENDPOINT_NAME.fullmatch(name):
                 raise ValueError(f"bad endpoint name {name!r}: use letters, digits, . _ -")
         return value
+
+    @model_validator(mode="after")
+    def _token_endpoints_exist(self) -> AppConfig:
+        for index, token in enumerate(self.auth.tokens):
+            unknown = (
+                [] if token.endpoints == "*" else sorted(set(token.endpoints) - {*self.endpoints})
+            )
+            if unknown:
+                raise ValueError(f"auth.tokens.{index}.endpoints: not configured: {unknown}")
+        return self
 
     @property
     def embedded(self) -> bool:
@@ -324,6 +412,9 @@ _MESSAGES = {
 }
 
 
+_PATH_PREFIXED = re.compile(r"[A-Za-z0-9_.-]+: ")
+
+
 def format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
@@ -332,6 +423,9 @@ def format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
         ctx = error.get("ctx") or {}
         message = template.format(**ctx) if template else str(error["msg"])
         message = message.removeprefix("Value error, ")
+        if not path and _PATH_PREFIXED.match(message):  # a cross-section check names its path
+            problems.append(message)
+            continue
         problems.append(f"{join_path(prefix, path) or '<root>'}: {message}")
     return problems
 

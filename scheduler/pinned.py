@@ -41,6 +41,7 @@ class PinnedSession:
     lease: Lease
     lifetime_s: float
     gone: bool = False
+    owner: str | None = None  # the tenant that opened it while auth is on; None: anyone
 
     def expired(self, now: float) -> bool:
         return now - self.lease.last_used >= self.lifetime_s
@@ -95,6 +96,10 @@ class PinnedSessions:
             if self._clock() + WAIT_POLL_S > deadline:
                 raise NoWorkerReady(last.status if last else None)
             await asyncio.sleep(WAIT_POLL_S)
+
+    def find(self, session_id: str) -> PinnedSession | None:
+        """The session by id, live or not."""
+        return self._sessions.get(session_id)
 
     def get(self, session_id: str) -> PinnedSession:
         pinned = self._sessions.get(session_id)

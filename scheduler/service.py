@@ -13,9 +13,11 @@ import structlog
 from scheduler.config import AppConfig
 from scheduler.core import cost
 from scheduler.core.assignments import Lease
+from scheduler.core.queue import QueueFull
 from scheduler.dispatch import EndpointDispatcher, RouteRecord
 from scheduler.jobs import Job, JobMode, new_job_id
 from scheduler.observability.metrics import EndpointGauges, Metrics
+from scheduler.pinned import SessionNotFound
 from scheduler.seams import Forwarder, Router
 from scheduler.store.memory import MemoryJobStore
 from scheduler.vast.types import summarise_counts
@@ -39,6 +41,27 @@ class NotAccepting(Exception):
     """The daemon is draining: new jobs go elsewhere."""
 
 
+class Overloaded(Exception):
+    """Admission refused for now (queue depth or cost, a tenant's quota): 429, retry later."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.reason = reason  # also the jobs_rejected label: a bounded set of names
+        self.retry_after_s = retry_after_s
+
+
+class TooCostly(Exception):
+    """A job that could never be admitted: its cost alone is over a limit (422, field cost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """How much one tenant may have queued, over all endpoints; None: unlimited."""
+
+    max_jobs: int | None = None
+    max_cost: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     endpoint: str
@@ -51,6 +74,7 @@ class Submission:
     webhook_url: str | None
     tenant: str = "default"
     session: str | None = None
+    quota: Quota | None = None
 
 
 class SchedulerService:
@@ -97,7 +121,8 @@ class SchedulerService:
         return found
 
     def submit(self, sub: Submission, mode: JobMode, delivery: Any, request_id: str | None) -> Job:
-        """Admit a job or raise (``UnknownEndpoint``, ``NotAccepting``, ``QueueFull``)."""
+        """Admit a job or raise (``UnknownEndpoint``, ``NotAccepting``, ``Overloaded``,
+        ``TooCostly``, ``DeadlineUnmeetable``, the pinned-session errors)."""
         dispatcher = self.dispatcher(sub.endpoint)
         if not self.accepting:
             raise NotAccepting()
@@ -128,11 +153,51 @@ class SchedulerService:
             tenant=sub.tenant,
         )
         if sub.session is not None:
+            pinned = dispatcher.sessions.find(sub.session)
+            if pinned is not None and pinned.owner not in (None, sub.tenant):
+                raise SessionNotFound(sub.session)
             dispatcher.submit_pinned(job, sub.session)
         else:
-            dispatcher.submit(job)
+            self._check_room(dispatcher, job, sub.quota)
+            try:
+                dispatcher.submit(job)
+            except QueueFull as exc:
+                raise Overloaded("queue_full", str(exc), dispatcher.retry_after_s()) from exc
         self.store.add(job)
         return job
+
+    def _check_room(self, dispatcher: EndpointDispatcher, job: Job, quota: Quota | None) -> None:
+        """Refuse a job over the endpoint's queued-cost limit or its tenant's quota."""
+        quota = quota or Quota()
+        limits: list[tuple[str, str, float | None, Callable[[], float]]] = [
+            ("queue_cost_full", "the endpoint", dispatcher.config.queue.max_cost,
+             lambda: dispatcher.queue.queued_cost),
+            ("tenant_cost_quota", f"tenant {job.tenant}", quota.max_cost,
+             lambda: self.queued_by(job.tenant)[1]),
+        ]  # fmt: skip
+        for reason, whose, limit, queued_now in limits:
+            if limit is None:
+                continue
+            if job.cost > limit:
+                raise TooCostly(f"cost {job.cost:g} is over {whose}'s queued-cost limit {limit:g}")
+            queued = queued_now()
+            if queued + job.cost > limit:
+                raise Overloaded(reason, f"{whose} has {queued:g} of {limit:g} cost units queued",
+                                 dispatcher.retry_after_s())  # fmt: skip
+        if quota.max_jobs is not None:
+            jobs = self.queued_by(job.tenant)[0]
+            if jobs >= quota.max_jobs:
+                raise Overloaded("tenant_jobs_quota",
+                                 f"tenant {job.tenant} has {jobs} of {quota.max_jobs} jobs queued",
+                                 dispatcher.retry_after_s())  # fmt: skip
+
+    def queued_by(self, tenant: str) -> tuple[int, float]:
+        """A tenant's queued jobs and queued cost, over every endpoint."""
+        jobs, total = 0, 0.0
+        for d in self.dispatchers.values():
+            jobs += d.queue.depth_by_tenant().get(tenant, 0)
+            total += d.queue.cost_by_tenant().get(tenant, 0.0)
+        return jobs, total
 
     def now(self) -> float:
         return self._clock()

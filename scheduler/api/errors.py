@@ -13,15 +13,25 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from scheduler.api.context import CONFIG
 from scheduler.core.queue import QueueFull
 from scheduler.pinned import NoWorkerReady, SessionBusy, SessionGone, SessionNotFound
-from scheduler.service import DeadlineUnmeetable, NotAccepting, UnknownEndpoint
+from scheduler.service import (
+    DeadlineUnmeetable,
+    NotAccepting,
+    Overloaded,
+    TooCostly,
+    UnknownEndpoint,
+)
+from scheduler.vast.types import RouteError, RouteRateLimited, SessionRefused, VastError
 
 log = structlog.get_logger("scheduler.api")
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+DEFAULT_MAX_JSON_DEPTH = 64
+SESSION_REFUSED_RETRY_S = 5
 
 
 class ApiError(Exception):
@@ -71,6 +81,7 @@ _SIMPLE: dict[type[Exception], Callable[[Exception], ApiError]] = {
     NoWorkerReady: lambda e: ApiError(503, "no_worker_ready", f"no worker ready: {e}", None,
                                       {"Retry-After": "5"}),
     QueueFull: lambda e: ApiError(429, "queue_full", str(e)),
+    TooCostly: lambda e: ApiError(422, "invalid_field", f"cost: {e}", "cost"),
     web.HTTPRequestEntityTooLarge: lambda e: ApiError(413, "body_too_large",
                                                       "request body is too large", "body"),
 }  # fmt: skip
@@ -85,25 +96,69 @@ def translate(exc: Exception) -> ApiError | None:
     if isinstance(exc, DeadlineUnmeetable):
         return ApiError(429, "deadline_unmeetable", str(exc), "timeout_s",
                         {"Retry-After": str(max(1, round(exc.eta_s)))})  # fmt: skip
+    if isinstance(exc, VastError):
+        return upstream_error(exc)
+    if isinstance(exc, Overloaded):
+        return ApiError(429, exc.reason, str(exc), None,
+                        {"Retry-After": str(exc.retry_after_s)})  # fmt: skip
     for kind, make in _SIMPLE.items():
         if isinstance(exc, kind):
             return make(exc)
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
-        return ApiError(exc.status, re.sub(r"\W+", "_", exc.reason.lower()), exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
+        return ApiError(exc.status, re.sub(r"\W+", "_", exc.reason.lower()), exc.reason,
+                        headers=kept)  # fmt: skip
     return None
 
 
+def upstream_error(exc: VastError) -> ApiError:
+    """Vast or a worker failed a call made for this request (opening a caller session)."""
+    if isinstance(exc, RouteRateLimited):
+        retry_after = max(1, round(exc.retry_after_s or 1))
+        return ApiError(503, "upstream_rate_limited", "Vast is rate limiting route calls",
+                        headers={"Retry-After": str(retry_after)})  # fmt: skip
+    if isinstance(exc, SessionRefused) and exc.status == 429:
+        return ApiError(429, "session_refused", "the worker is at its session limit",
+                        headers={"Retry-After": str(SESSION_REFUSED_RETRY_S)})  # fmt: skip
+    where = "route call" if isinstance(exc, RouteError) else "worker"
+    return ApiError(502, "upstream_error", f"{where} failed: {exc.kind}")
+
+
+# Headers of aiohttp's own errors that carry meaning (405 names the allowed methods).
+_KEPT_HEADERS = frozenset({"allow"})
+
+
+def too_deep(value: Any, max_depth: int) -> bool:
+    """Whether JSON ``value`` nests objects and arrays more than ``max_depth`` levels."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 async def read_json(request: web.Request) -> Any:
+    """The body as JSON: UTF-8 only, at most ``server.max_json_depth`` levels deep; else 400
+    naming ``body`` (413 past ``server.max_body_bytes``)."""
+    config = request.app.get(CONFIG)
+    max_depth = DEFAULT_MAX_JSON_DEPTH if config is None else config.server.max_json_depth
+    raw = await request.read()
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_json", "body is not valid UTF-8", "body") from exc
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = json.loads(text)
+    except ValueError as exc:
         raise ApiError(400, "invalid_json", "body is not valid JSON", "body") from exc
     except RecursionError as exc:
         raise ApiError(400, "invalid_json", "body is nested too deeply", "body") from exc
+    if too_deep(value, max_depth):
+        raise ApiError(400, "invalid_json", f"body nests deeper than {max_depth} levels", "body")
+    return value
 
 
 @web.middleware

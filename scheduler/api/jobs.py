@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -10,14 +9,15 @@ from aiohttp import web
 from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, ApiError, read_json
 from scheduler.api.models import JobRequest
-from scheduler.core.queue import QueueFull
+from scheduler.auth import caller
+from scheduler.config import TENANT_NAME
+from scheduler.core.queue import DEFAULT_TENANT
 from scheduler.delivery import BufferedDelivery, Delivery
 from scheduler.jobs import Job, JobMode
-from scheduler.service import NotAccepting, Submission
+from scheduler.service import NotAccepting, Overloaded, Quota, Submission
 from scheduler.webhooks import check_webhook_url
 
 TENANT_HEADER = "X-Tenant"
-TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submission:
@@ -43,27 +43,42 @@ def parse_submission(request: web.Request, endpoint: str, body: Any) -> Submissi
         webhook_url=webhook_url,
         tenant=tenant_of(request),
         session=parsed.session,
+        quota=quota_of(request),
     )
 
 
 def tenant_of(request: web.Request) -> str:
-    """The tenant whose share of the queue a job counts against (a header while auth is off)."""
-    tenant = request.headers.get(TENANT_HEADER, "default")
+    """The tenant whose share of the queue a job counts against: the token's name while auth
+    is on (an ``X-Tenant`` naming another tenant is refused), the ``X-Tenant`` header if off."""
+    header = request.headers.get(TENANT_HEADER)
+    principal = caller(request)
+    if principal is not None:
+        if header is not None and header != principal.name:
+            raise ApiError(403, "forbidden", f"{TENANT_HEADER}: this token's tenant is "
+                           f"{principal.name}", TENANT_HEADER)  # fmt: skip
+        return principal.name
+    tenant = DEFAULT_TENANT if header is None else header  # present but empty: refused
     if not TENANT_NAME.fullmatch(tenant):
         raise ApiError(422, "invalid_field", f"{TENANT_HEADER}: letters, digits, . _ - (1-64)",
                        TENANT_HEADER)  # fmt: skip
     return tenant
 
 
+def quota_of(request: web.Request) -> Quota | None:
+    principal = caller(request)
+    if principal is None or (principal.max_queued_jobs is None and
+                             principal.max_queued_cost is None):  # fmt: skip
+        return None
+    return Quota(principal.max_queued_jobs, principal.max_queued_cost)
+
+
 def admit(request: web.Request, sub: Submission, mode: JobMode, delivery: Delivery) -> Job:
     service = request.app[SERVICE]
     try:
         return service.submit(sub, mode, delivery, request.get(REQUEST_ID))
-    except QueueFull as exc:
-        service.metrics.jobs_rejected.labels(sub.endpoint, "queue_full").inc()
-        retry_after = service.dispatcher(sub.endpoint).retry_after_s()
-        raise ApiError(429, "queue_full", str(exc),
-                       headers={"Retry-After": str(retry_after)}) from exc  # fmt: skip
+    except Overloaded as exc:
+        service.metrics.jobs_rejected.labels(sub.endpoint, exc.reason).inc()
+        raise
     except NotAccepting:
         service.metrics.jobs_rejected.labels(sub.endpoint, "draining").inc()
         raise
@@ -75,7 +90,7 @@ async def submit_job(request: web.Request) -> web.Response:
     service.dispatcher(endpoint)
     sub = parse_submission(request, endpoint, await read_json(request))
     if sub.idempotency_key is not None:
-        existing = service.store.by_idempotency_key(endpoint, sub.idempotency_key)
+        existing = service.store.by_idempotency_key(endpoint, sub.idempotency_key, sub.tenant)
         if existing is not None:
             return web.json_response(
                 service.view(existing), status=200, headers={"Idempotent-Replayed": "true"}
@@ -96,8 +111,10 @@ async def submit_job(request: web.Request) -> web.Response:
 
 
 def find_job(request: web.Request) -> Job:
+    """The job named in the URL; another tenant's job is as unknown as a missing one."""
     job = request.app[SERVICE].get(request.match_info["job_id"])
-    if job is None:
+    principal = caller(request)
+    if job is None or (principal is not None and job.tenant != principal.name):
         raise ApiError(404, "unknown_job", "no such job (or it was forgotten)", "job_id")
     return job
 

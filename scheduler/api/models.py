@@ -5,19 +5,37 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 
-# No '%': a percent-encoded '..' would be decoded by the URL library and climb out of the path.
-_ROUTE_CHARS = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+MAX_ROUTE_CHARS = 512
+# A worker route is a path only. Characters: RFC 3986 pchar minus '%' (a percent-encoded '..'
+# would be decoded by the URL library and climb out of the path). Segments: never '.' or '..';
+# the first is not empty ('//host' would name a host) unless the route is just '/'. Written so
+# that it matches in linear time and can be published as is in the OpenAPI schema.
+_CHAR = r"\-A-Za-z0-9_~!$&'()*+,;=:@"
+_SEGMENT = rf"(?:[{_CHAR}][{_CHAR}.]*|\.[{_CHAR}][{_CHAR}.]*|\.\.[{_CHAR}.]+)"
+ROUTE_PATTERN = rf"^/(?:{_SEGMENT}(?:/{_SEGMENT}?)*)?$"
+PROXY_TAIL_PATTERN = rf"^(?:{_SEGMENT}(?:/{_SEGMENT}?)*)?$"  # the route less its leading '/'
+_ROUTE = re.compile(ROUTE_PATTERN)
+_ROUTE_CHARS = re.compile(rf"/[{_CHAR}./]*")
 
 
 def check_worker_route(route: str) -> str:
     """A path only: a leading '/', no '//' prefix, no '..' segment, no scheme, host, controls."""
-    if not _ROUTE_CHARS.fullmatch(route) or route.startswith("//"):
-        raise ValueError("must be a path such as /v1/completions")
-    if {".", ".."} & set(route.split("/")):
+    if len(route) > MAX_ROUTE_CHARS:
+        raise ValueError(f"must be at most {MAX_ROUTE_CHARS} characters")
+    if _ROUTE.fullmatch(route):
+        return route
+    if _ROUTE_CHARS.fullmatch(route) and not route.startswith("//"):
         raise ValueError("must not contain '.' or '..' segments")
-    return route
+    raise ValueError("must be a path such as /v1/completions")
+
+
+WorkerRoute = Annotated[
+    str,
+    AfterValidator(check_worker_route),
+    WithJsonSchema({"type": "string", "maxLength": MAX_ROUTE_CHARS, "pattern": ROUTE_PATTERN}),
+]
 
 
 class WebhookSpec(BaseModel):
@@ -28,7 +46,7 @@ class WebhookSpec(BaseModel):
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    route: str | None = Field(None, max_length=512)
+    route: WorkerRoute | None = None
     payload: dict[str, Any]
     # Strict: "5" or true are mistakes, not numbers.
     cost: Annotated[float, Strict()] | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
@@ -37,11 +55,6 @@ class JobRequest(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
     webhook: WebhookSpec | None = None
     session: str | None = Field(None, min_length=1, max_length=64)
-
-    @field_validator("route")
-    @classmethod
-    def _route(cls, value: str | None) -> str | None:
-        return None if value is None else check_worker_route(value)
 
 
 class SessionRequest(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, jobs, sessions, status_page, streaming
+from scheduler.api import admin, jobs, openapi, sessions, status_page, streaming
 
 ENDPOINT = r"{endpoint:[A-Za-z0-9][A-Za-z0-9._-]{0,127}}"
 
@@ -19,9 +19,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete(session_path, sessions.close_session, name="close_session")
     app.router.add_get("/v1/jobs/{job_id}", jobs.get_job, name="get_job")
     app.router.add_delete("/v1/jobs/{job_id}", jobs.cancel_job, name="cancel_job")
-    app.router.add_post(f"/v1/proxy/{ENDPOINT}/{{tail:.*}}", streaming.proxy, name="proxy")
+    # [\s\S]: a route with a line break must reach validation (422 naming route), not 404.
+    app.router.add_post(f"/v1/proxy/{ENDPOINT}/{{tail:[\\s\\S]*}}", streaming.proxy, name="proxy")
     app.router.add_get("/", status_page.status_page, name="status_page")
     app.router.add_get("/healthz", admin.healthz, name="healthz")
     app.router.add_get("/readyz", admin.readyz, name="readyz")
     app.router.add_get("/v1/status", admin.status, name="status")
     app.router.add_get("/metrics", admin.metrics, name="metrics")
+    app.router.add_get("/openapi.json", openapi.openapi_json, name="openapi")

@@ -14,7 +14,7 @@ class MemoryJobStore:
         self._retention_s = retention_s
         self._max_retained = max_retained
         self._jobs: dict[str, Job] = {}
-        self._idempotency: dict[tuple[str, str], str] = {}
+        self._idempotency: dict[tuple[str, str, str], str] = {}  # (endpoint, tenant, key)
         self._finished: deque[tuple[float, str]] = deque()
 
     def __len__(self) -> int:
@@ -23,13 +23,18 @@ class MemoryJobStore:
     def add(self, job: Job) -> None:
         self._jobs[job.id] = job
         if job.idempotency_key is not None:
-            self._idempotency[(job.endpoint, job.idempotency_key)] = job.id
+            self._idempotency[(job.endpoint, job.tenant, job.idempotency_key)] = job.id
+
+    def ids(self) -> list[str]:
+        """Every job held, finished or not."""
+        return list(self._jobs)
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def by_idempotency_key(self, endpoint: str, key: str) -> Job | None:
-        job_id = self._idempotency.get((endpoint, key))
+    def by_idempotency_key(self, endpoint: str, key: str, tenant: str = "default") -> Job | None:
+        """A tenant's job by its key: keys of different tenants never collide."""
+        job_id = self._idempotency.get((endpoint, tenant, key))
         return None if job_id is None else self._jobs.get(job_id)
 
     def mark_finished(self, job: Job, now: float) -> None:
@@ -47,4 +52,4 @@ class MemoryJobStore:
     def _forget(self, job_id: str) -> None:
         job = self._jobs.pop(job_id, None)
         if job is not None and job.idempotency_key is not None:
-            self._idempotency.pop((job.endpoint, job.idempotency_key), None)
+            self._idempotency.pop((job.endpoint, job.tenant, job.idempotency_key), None)

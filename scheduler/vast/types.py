@@ -114,6 +114,10 @@ class SessionRefused(WorkerError):
 
     kind = "session_refused"
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # 429: at its limit for now; 404, 405: never
+
 
 class WorkerTLSError(WorkerGone):
     """The worker's certificate did not verify (is vast.ca_bundle set to Vast's root CA?)."""

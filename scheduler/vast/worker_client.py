@@ -78,7 +78,7 @@ class WorkerClient:
         if status == 201 and isinstance(answer, dict) and isinstance(answer.get("session_id"), str):
             return str(answer["session_id"])
         if status in (404, 405, 429):
-            raise SessionRefused(f"worker refused a session ({status})")
+            raise SessionRefused(f"worker refused a session ({status})", status)
         raise WorkerError(f"session create answered {status}")
 
     async def end_session(self, ready: Ready, session_id: str) -> None:

@@ -56,6 +56,7 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, timeout_s: float =
 
 SLOW_CONFIG = """
 server: {{host: 127.0.0.1, port: {port}, grace_period_s: 10}}
+auth: {{enabled: false}}
 vast: {{autoscaler_url: embedded}}
 logging: {{format: json, level: info}}
 emulator:

@@ -24,6 +24,7 @@ server:
   grace_period_s: 2
   webhook: {{secret: "${{HOOK_SECRET}}", allowed_hosts: [127.0.0.1], max_attempts: 2,
             backoff_initial_s: 0.05}}
+auth: {{enabled: false}}
 vast:
   autoscaler_url: {autoscaler}
   api_key: "${{TEST_VAST_KEY}}"

@@ -97,11 +97,12 @@ async def scheduler_context(
     rng = random.Random()
     router = RouteClient(
         route_session, app[AUTOSCALER_URL], vast.api_key, vast.route_timeout_s,
-        vast.replay_timeout_s,
+        vast.replay_timeout_s, vast.connect_timeout_s,
     )  # fmt: skip
     webhooks = WebhookSender(webhook_session, config.server.webhook, rng)
     service = SchedulerService(
-        config, router, WorkerClient(worker_session, vast.worker_read_timeout_s),
+        config, router,
+        WorkerClient(worker_session, vast.worker_read_timeout_s, vast.connect_timeout_s),
         app[METRICS], webhooks, clock, rng,
     )  # fmt: skip
     app[SERVICE] = service

@@ -73,6 +73,7 @@ class ServerConfig(Model):
 class VastConfig(Model):
     autoscaler_url: str = EMBEDDED
     api_key: SecretStr = SecretStr(EMULATOR_KEY)
+    api_key_file: Path | None = None  # read once at start (e.g. a mounted secret), instead
     ca_bundle: Path | None = None
     route_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -80,6 +81,20 @@ class VastConfig(Model):
     replay_timeout_s: float = Field(60.0, gt=0)
     max_connections: int = Field(256, gt=0)
     max_connections_per_worker: int = Field(64, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("api_key_file"):
+            return data
+        if "api_key" in data:
+            raise ValueError("set api_key or api_key_file, not both")
+        path = Path(str(data["api_key_file"]))
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"api_key_file: cannot read {path}: {exc.strerror}") from exc
+        return {**data, "api_key": key}
 
     @field_validator("autoscaler_url")
     @classmethod

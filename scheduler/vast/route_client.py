@@ -38,11 +38,14 @@ class RouteClient:
         api_key: SecretStr,
         timeout_s: float,
         replay_timeout_s: float,
+        connect_timeout_s: float = 5.0,
     ) -> None:
         self._session = session
         self._url = f"{autoscaler_url.rstrip('/')}/route/"
         self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 5.0))
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=min(timeout_s, connect_timeout_s)
+        )
         self._replay_timeout_s = replay_timeout_s
 
     async def route(

@@ -53,10 +53,12 @@ def translated_errors() -> Iterator[None]:
 class WorkerClient:
     """Opens a streamed response; connection failures become ``WorkerGone``/``WorkerTimeout``."""
 
-    def __init__(self, session: aiohttp.ClientSession, read_timeout_s: float) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, read_timeout_s: float, connect_timeout_s: float = 10.0
+    ) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10.0, sock_read=read_timeout_s
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
 
     @asynccontextmanager

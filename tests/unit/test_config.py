@@ -392,3 +392,26 @@ def test_shipped_config_parses_with_all_variables(path: Path) -> None:
     for name, endpoint in config.endpoints.items():
         assert endpoint.cost.min <= endpoint.cost.max, name
         assert endpoint.default_timeout_s <= endpoint.max_timeout_s, name
+
+
+def test_api_key_from_a_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "vast.key"
+    key_file.write_text("file-key-0123456789\n")
+    config = parse_config(
+        f"vast: {{autoscaler_url: 'https://run.vast.ai', api_key_file: '{key_file}'}}", env={}
+    )
+    assert config.vast.api_key.get_secret_value() == "file-key-0123456789"
+    assert "file-key-0123456789" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("vast", "message"),
+    [
+        ("{api_key_file: '/nonexistent/key'}", "api_key_file: cannot read /nonexistent/key"),
+        ("{api_key_file: '/etc/hostname', api_key: x}", "set api_key or api_key_file, not both"),
+    ],
+)
+def test_api_key_file_problems(vast: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(f"vast: {vast}", env={})
+    assert any(message in problem for problem in raised.value.problems), raised.value.problems

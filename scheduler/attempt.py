@@ -36,7 +36,7 @@ async def attempt(
     started = clock()
     try:
         async with asyncio.timeout(max(0.0, remaining_s)) as deadline:
-            post = forwarder.post(lease.answer, job.route, job.payload, lease.session_id)
+            post = forwarder.post(lease.answer, job.route, job.payload or b"{}", lease.session_id)
             async with post as resp:
                 waited = clock() - started
                 if resp.status in _REROUTE_STATUSES:

@@ -44,7 +44,7 @@ class Job:
     id: str
     endpoint: str
     route: str
-    payload: Any = field(repr=False)
+    payload: bytes | None = field(repr=False)  # the JSON-encoded payload; None once finished
     cost: float
     priority: int
     timeout_s: float

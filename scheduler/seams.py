@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
@@ -18,7 +18,7 @@ class Router(Protocol):
 
 class Forwarder(Protocol):
     def post(
-        self, ready: Ready, route: str, payload: Any, session_id: str | None = None
+        self, ready: Ready, route: str, payload_json: bytes, session_id: str | None = None
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]: ...
 
     async def create_session(self, ready: Ready, lifetime_s: float) -> str: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ class SchedulerService:
             id=new_job_id(),
             endpoint=sub.endpoint,
             route=route,
-            payload=sub.payload,
+            payload=json.dumps(sub.payload, separators=(",", ":"), ensure_ascii=False).encode(),
             cost=job_cost,
             priority=sub.priority,
             timeout_s=timeout_s,

@@ -31,10 +31,16 @@ def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
-def envelope(ready: Ready, payload: Any, session_id: str | None = None) -> dict[str, Any]:
+def envelope(ready: Ready, payload_json: bytes, session_id: str | None = None) -> bytes:
+    """``{"auth_data", "session_id", "payload"}`` as JSON bytes, the payload spliced in as
+    it was encoded at admission (a queued job keeps bytes, not a parsed tree)."""
     # The route answer goes verbatim: the worker checks the signature over its url and keys
     # its bookkeeping by reqnum, so nothing in it may be rewritten.
-    return {"auth_data": ready.auth_data, "session_id": session_id, "payload": payload}
+    head = json.dumps({"auth_data": ready.auth_data, "session_id": session_id})
+    return head[:-1].encode() + b', "payload": ' + payload_json + b"}"
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
@@ -63,12 +69,13 @@ class WorkerClient:
 
     @asynccontextmanager
     async def post(
-        self, ready: Ready, route: str, payload: Any, session_id: str | None = None
+        self, ready: Ready, route: str, payload_json: bytes, session_id: str | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         with translated_errors():
             async with self._session.post(
                 f"{ready.url}{route}",
-                json=envelope(ready, payload, session_id),
+                data=envelope(ready, payload_json, session_id),
+                headers=JSON_HEADERS,
                 timeout=self._timeout,
             ) as resp:
                 yield resp

@@ -141,7 +141,9 @@ class SchedulerService:
             id=new_job_id(),
             endpoint=sub.endpoint,
             route=route,
-            payload=json.dumps(sub.payload, separators=(",", ":"), ensure_ascii=False).encode(),
+            payload=json.dumps(
+                sub.payload, separators=(",", ":")
+            ).encode(),  # ASCII: lone surrogates too
             cost=job_cost,
             priority=sub.priority,
             timeout_s=timeout_s,

@@ -131,6 +131,8 @@ class EndpointDispatcher:
         self.route_error_counts: Counter[str] = Counter()
         self.throughput_cost_per_s = 0.0
         self._last_completion: float | None = None
+        self._gap_ewma_s: float | None = None
+        self._cost_ewma = 0.0
 
     # intake -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -636,10 +638,19 @@ class EndpointDispatcher:
                     attempt=job.attempts if job else None)  # fmt: skip
 
     def _record_throughput(self, cost: float, now: float) -> None:
-        if self._last_completion is not None:
-            gap = max(now - self._last_completion, 1e-3)
-            sample = cost / gap
-            self.throughput_cost_per_s += THROUGHPUT_ALPHA * (sample - self.throughput_cost_per_s)
+        """Completed cost per second: EWMAs of cost and of the gap between completions, divided.
+        (An EWMA of cost/gap samples overshoots when completions come in bursts.)"""
+        if self._last_completion is None:
+            self._cost_ewma = cost
+        else:
+            gap = now - self._last_completion
+            previous = self._gap_ewma_s
+            self._gap_ewma_s = (
+                gap if previous is None else previous + THROUGHPUT_ALPHA * (gap - previous)
+            )
+            self._cost_ewma += THROUGHPUT_ALPHA * (cost - self._cost_ewma)
+            if self._gap_ewma_s > 0:
+                self.throughput_cost_per_s = self._cost_ewma / self._gap_ewma_s
         self._last_completion = now
 
     def _calibrate(self, job: Job, lease: Lease, result: AttemptResult) -> None:

@@ -7,13 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler.core.assignments import Lease
+from scheduler.core.retry import Outcome, classify_status
 from scheduler.delivery import CallerGone, ResultTooLarge, StreamBroken
 from scheduler.jobs import Job, JobResult
 from scheduler.seams import Forwarder
 from scheduler.vast.types import WorkerError
-
-# Answers that never reach the caller: the job goes to another worker instead.
-_REROUTE_STATUSES = frozenset({401, 410, 429})
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +37,8 @@ async def attempt(
             post = forwarder.post(lease.answer, job.route, job.payload or b"{}", lease.session_id)
             async with post as resp:
                 waited = clock() - started
-                if resp.status in _REROUTE_STATUSES:
+                # Answers that never reach the caller: the job goes to another worker instead.
+                if classify_status(resp.status) is Outcome.RETRY_ELSEWHERE:
                     return AttemptResult("answered", resp.status, headers_after_s=waited)
                 if resp.status >= 500 and may_retry_5xx():
                     return AttemptResult("retryable_5xx", resp.status, headers_after_s=waited)

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from scheduler.serve import serve
 
-        run_loop(serve(config))
+        run_loop(serve(config, config_path=args.config))
         return 0
     from scheduler.emulator.cli import run_emulator
 

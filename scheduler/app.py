@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import aiohttp
@@ -18,9 +22,11 @@ from scheduler.api.errors import METRICS_HOOK, api_middleware
 from scheduler.api.routes import add_routes
 from scheduler.auth import auth_middleware
 from scheduler.config import AppConfig
+from scheduler.delivery import BufferedDelivery
 from scheduler.emulator.emulator import Emulator
 from scheduler.observability.metrics import Metrics
 from scheduler.service import SchedulerService
+from scheduler.store.base import FleetPolling, JobStore
 from scheduler.vast.route_client import RouteClient
 from scheduler.vast.worker_client import WorkerClient, make_ssl_context
 from scheduler.webhooks import WebhookSender
@@ -28,7 +34,6 @@ from scheduler.webhooks import WebhookSender
 log = structlog.get_logger("scheduler.app")
 AUTOSCALER_URL: web.AppKey[str] = web.AppKey("autoscaler_url", str)
 EMULATOR: web.AppKey[Emulator] = web.AppKey("emulator", Emulator)
-TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("tasks", set)
 
 
 def package_version() -> str:
@@ -46,7 +51,6 @@ def create_app(config: AppConfig, clock: Callable[[], float] = time.monotonic) -
     app[CONFIG] = config
     metrics = Metrics(CollectorRegistry(), package_version())
     app[METRICS] = metrics
-    app[TASKS] = set()
     app[METRICS_HOOK] = lambda request, code, _: count_request(metrics, request, code)
     add_routes(app)
     app.cleanup_ctx.append(embedded_emulator)
@@ -100,27 +104,58 @@ async def scheduler_context(
         vast.replay_timeout_s, vast.connect_timeout_s,
     )  # fmt: skip
     webhooks = WebhookSender(webhook_session, config.server.webhook, rng)
-    service = SchedulerService(
-        config, router,
-        WorkerClient(worker_session, vast.worker_read_timeout_s, vast.connect_timeout_s),
-        app[METRICS], webhooks, clock, rng,
+    async with shared_store(config, app[METRICS], clock) as (store, fleet):
+        service = SchedulerService(
+            config, router,
+            WorkerClient(worker_session, vast.worker_read_timeout_s, vast.connect_timeout_s),
+            app[METRICS], webhooks, clock, rng, store, fleet,
+        )  # fmt: skip
+        app[SERVICE] = service
+        await service.start()
+        try:
+            yield
+        finally:
+            service.accepting = False
+            await service.abort_remaining()
+            await service.close()
+            await cancel_all(webhooks.tasks)
+            for session in (route_session, worker_session, webhook_session):
+                await session.close()
+
+
+@asynccontextmanager
+async def shared_store(
+    config: AppConfig, metrics: Metrics, clock: Callable[[], float]
+) -> AsyncIterator[tuple[JobStore | None, FleetPolling | None]]:
+    """The Redis store and fleet poll lease when configured; (None, None): memory."""
+    if config.store.backend != "redis":
+        yield None, None
+        return
+    # Imported here: a memory-only daemon never loads the Redis client.
+    from scheduler.store.redis import RedisJobStore, connect
+    from scheduler.store.redis_fleet import RedisFleetPolling
+
+    settings = config.store.redis
+    replica = config.store.replica_id or default_replica_id()
+    client = connect(settings)
+    max_result_bytes = config.server.max_result_bytes
+
+    def count_error(op: str) -> None:
+        metrics.store_errors.labels(op).inc()
+
+    store = RedisJobStore(
+        client, settings.key_prefix, replica, config.server.job_retention_s,
+        lambda _mode: BufferedDelivery(max_result_bytes), clock, on_error=count_error,
     )  # fmt: skip
-    app[SERVICE] = service
-    tasks = app[TASKS]
-    for name, dispatcher in service.dispatchers.items():
-        tasks.add(asyncio.create_task(dispatcher.run(), name=f"dispatch-{name}"))
-    tasks.add(asyncio.create_task(service.sweep_forever(), name="sweeper"))
+    log.info("store.redis", key_prefix=settings.key_prefix, replica=replica)
     try:
-        yield
+        yield store, RedisFleetPolling(client, settings.key_prefix, replica, count_error)
     finally:
-        service.accepting = False
-        await service.abort_remaining()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await cancel_all(webhooks.tasks)
-        for session in (route_session, worker_session, webhook_session):
-            await session.close()
+        await client.aclose()
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:

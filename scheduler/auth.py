@@ -33,6 +33,7 @@ class Principal:
     endpoints: frozenset[str] | None
     max_queued_jobs: int | None = None
     max_queued_cost: float | None = None
+    admin: bool = False  # may use /v1/admin/* (config reload)
 
     def may_use(self, endpoint: str) -> bool:
         return self.endpoints is None or endpoint in self.endpoints
@@ -76,7 +77,8 @@ class TokenTable:
 
 def principal_of(token: TokenConfig) -> Principal:
     endpoints = None if token.endpoints == "*" else frozenset(token.endpoints)
-    return Principal(token.name, endpoints, token.max_queued_jobs, token.max_queued_cost)
+    return Principal(token.name, endpoints, token.max_queued_jobs, token.max_queued_cost,
+                     token.admin)  # fmt: skip
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -101,6 +103,10 @@ class Authenticator:
         self.enabled = config.enabled
         self.open_paths = frozenset(config.open_paths)
         self.table = TokenTable(config.tokens)
+
+    def replace_tokens(self, tokens: Sequence[TokenConfig]) -> None:
+        """Live reload: the next request is checked against ``tokens`` only."""
+        self.table = TokenTable(tokens)
 
     def check(self, request: web.Request) -> Principal | None:
         """The caller of a protected request, or raise 401/403; None for open paths.
@@ -133,12 +139,28 @@ def auth_middleware(config: AuthConfig) -> Middleware:
         if not len(authenticator.table):
             log.error("auth.no_tokens", detail="every protected path answers 401")
 
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if authenticator.enabled:
-            principal = authenticator.check(request)
+    return AuthMiddleware(authenticator)
+
+
+class AuthMiddleware:
+    """The aiohttp middleware; an object, so a live reload can reach its ``authenticator``."""
+
+    __middleware_version__ = 1  # what ``@web.middleware`` marks: a new-style middleware
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.authenticator.enabled:
+            principal = self.authenticator.check(request)
             if principal is not None:
                 request[PRINCIPAL] = principal
         return await handler(request)
 
-    return authenticate
+
+def authenticator_of(app: web.Application) -> Authenticator | None:
+    """The authenticator of ``app``'s auth middleware, if it has one."""
+    for middleware in app.middlewares:
+        if isinstance(middleware, AuthMiddleware):
+            return middleware.authenticator
+    return None

@@ -81,6 +81,22 @@ class VastConfig(Model):
     replay_timeout_s: float = Field(60.0, gt=0)
     max_connections: int = Field(256, gt=0)
     max_connections_per_worker: int = Field(64, gt=0)
+    # Where route answers may send jobs: CIDRs (IPv4/IPv6; a bare IP is /32 or /128) or exact
+    # host names, never resolved (scheduler.vast.networks). None, the default: any host. An
+    # answer naming a worker outside is a route error (backed off, routed again), never used.
+    worker_networks: tuple[str, ...] | None = None
+
+    @field_validator("worker_networks")
+    @classmethod
+    def _networks_parse(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        # Imported here so that this edit stays inside VastConfig; the module is pure.
+        from scheduler.vast.networks import WorkerNetworks
+
+        if value is not None and not value:
+            raise ValueError("list at least one network, or leave it unset to allow any host")
+        if value is not None:
+            WorkerNetworks.parse(value)  # ValueError names the bad entry and why
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -256,8 +272,24 @@ class EndpointConfig(Model):
         return value
 
 
+class RedisConfig(Model):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # may carry a password: a secret
+    key_prefix: str = Field("vast-scheduler", pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    # A claimed job not touched for this long is taken over by another replica (XAUTOCLAIM).
+    visibility_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    socket_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(64, gt=1)
+    retries: int = Field(5, ge=0)  # per command, with exponential back-off, before giving up
+
+
 class StoreConfig(Model):
-    backend: Literal["memory"] = "memory"
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisConfig = RedisConfig()
+    # This replica's consumer name in Redis; default: host name, process id and a random tag.
+    replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    # Jobs a replica claims ahead of what it runs (redis); more: fewer claims, less sharing.
+    prefetch: int = Field(32, gt=0)
 
 
 class LoggingConfig(Model):
@@ -286,6 +318,7 @@ class TokenConfig(Model):
     endpoints: Literal["*"] | tuple[str, ...] = "*"
     max_queued_jobs: int | None = Field(None, gt=0)
     max_queued_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
+    admin: bool = False  # may use /v1/admin/* (config reload)
 
     @field_validator("name")
     @classmethod

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from scheduler.jobs import Job, JobStatus
 from scheduler.observability.metrics import EndpointGauges, Metrics
 from scheduler.pinned import PinnedSession, PinnedSessions
 from scheduler.seams import Forwarder, Router
+from scheduler.store.base import FleetPolling, LocalPolling
 from scheduler.vast.types import (
     Ready,
     RouteBadRequest,
@@ -47,6 +48,7 @@ THROUGHPUT_ALPHA = 0.2
 MAX_REMEMBERED_WORKERS = 4096
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
+FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
 
 
 @dataclass(slots=True)
@@ -80,8 +82,13 @@ class EndpointDispatcher:
         clock: Callable[[], float],
         rng: random.Random | None = None,
         on_task_done: Callable[[], None] = lambda: None,
+        fleet: FleetPolling | None = None,
+        backlog: Callable[[str], Awaitable[tuple[int, float]]] | None = None,
     ) -> None:
         self.name = name
+        self._fleet = fleet or LocalPolling()
+        self._fleet_backlog = backlog
+        self._room = asyncio.Event()
         self.config = config
         self._router = router
         self._forwarder = forwarder
@@ -136,20 +143,51 @@ class EndpointDispatcher:
 
     # intake -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        """Queue a job; raises ``QueueFull`` when the endpoint is at ``max_depth``."""
+        """Queue a job kept out of the store; raises ``QueueFull`` at ``max_depth``."""
         self.queue.push(job.id, job.priority, job.cost, job.deadline, job.tenant)
+        self._queued(job)
+
+    def accept(self, job: Job, redelivered: bool = False) -> None:
+        """Queue a job claimed from the store (admitted there: never refused here). A job
+        taken back while its first run is still here (this replica stalled past the
+        visibility timeout) is not run a second time here."""
+        if job.id in self._jobs:
+            return
+        self.queue.push_unbounded(job.id, job.priority, job.cost, job.deadline, job.tenant)
+        if redelivered:
+            self._metrics.jobs_redelivered.labels(self.name).inc()
+        self._queued(job)
+
+    def _queued(self, job: Job) -> None:
+        job.status = JobStatus.QUEUED
         self._jobs[job.id] = job
-        self._metrics.jobs_submitted.labels(self.name, job.mode).inc()
-        self._metrics.job_cost.labels(self.name).observe(job.cost)
         log.info("job.queued", job_id=job.id, endpoint=self.name, cost=job.cost, mode=job.mode)
         self._wakeup.set()
+
+    def take_queued(self) -> list[str]:
+        """Drain with a shared store: every queued job leaves, oldest claim first."""
+        taken = []
+        while (job_id := self.queue.pop()) is not None:
+            taken.append(job_id)
+            self._jobs.pop(job_id, None)
+        self._wakeup.set()
+        return taken
+
+    def wake_feeder(self) -> None:
+        self._room.set()
+
+    async def wait_for_room(self, timeout_s: float) -> None:
+        """Until the queue may have shrunk (the loop went round), at most ``timeout_s``."""
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._room.wait()
 
     def submit_pinned(self, job: Job, session_id: str) -> None:
         """Run a job on a caller session's worker at once (the session bounds its cost)."""
         lease = self.sessions.admit(session_id, job.cost)
         job.pinned_session = session_id
         self._jobs[job.id] = job
-        self._metrics.jobs_submitted.labels(self.name, job.mode).inc()
         self._start(job, lease)
 
     async def open_session(self, cost: float, lifetime_s: float, wait_s: float) -> PinnedSession:
@@ -170,10 +208,43 @@ class EndpointDispatcher:
         self._wakeup.set()
         return True
 
+    def cancel_by_id(self, job_id: str) -> bool:
+        """Cancel a job of this endpoint held here; False if it is not here."""
+        job = self._jobs.get(job_id)
+        return job is not None and self.cancel(job)
+
+    def reconfigure(self, config: EndpointConfig) -> None:
+        """Live reload: the new limits apply from the next turn of the loop. Queued and running
+        jobs, leases, the poller and what was learnt (health, calibration) are kept."""
+        self.queue.set_tenant_weights(config.tenant_weights)  # first: it may refuse a weight
+        self.config = config
+        self.queue.max_depth = config.queue.max_depth
+        lc = config.lease
+        self.pool.limits = LeaseLimits(lc.ttl_s, lc.idle_close_s, lc.min_budget_fraction,
+                                       sequential_rest_s=lc.sequential_rest_s)  # fmt: skip
+        self.bucket.ready_at(self._clock())  # tokens earned so far at the old rate
+        self.bucket.rate_per_s, self.bucket.burst = config.route_rate_per_s, config.route_burst
+        ej, rb = config.ejection, config.retry_budget
+        self.outliers.policy = EjectionPolicy(ej.consecutive_failures, ej.base_s, ej.max_s)
+        self.retry_budget.ratio, self.retry_budget.min_retries = rb.ratio, rb.min_retries
+        self.retry_budget.window_s = rb.window_s
+        self.calibrator.alpha = config.cost.calibration_alpha
+        mode = {"never": ReuseMode.NEVER, "sequential": ReuseMode.SEQUENTIAL}.get(
+            config.reuse, ReuseMode.SESSION
+        )
+        if mode is not self.mode and not (self.legacy_detected and config.reuse == "auto"):
+            self.mode = mode
+            for lease in self.pool:  # they finish what they run, then close
+                self.pool.retire(lease)
+        self._wakeup.set()  # a raised max_concurrency is used at once
+
     # state ------------------------------------------------------------------------------
     @property
     def inflight(self) -> int:
         return len(self._running) + len(self._reserved)
+
+    def inflight_cost(self) -> float:
+        return sum(self._jobs[j].cost for j in (*self._running, *self._reserved) if j in self._jobs)
 
     @property
     def idle(self) -> bool:
@@ -213,12 +284,19 @@ class EndpointDispatcher:
     # the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
-            now = self._clock()
-            self._expire_queued(now)
-            self._close_leases(now)
-            self._place(now)
-            wake_at = self._maybe_route(now)
+            try:
+                wake_at = self._step(self._clock())
+            except Exception:  # a bug must not stop the endpoint for good: log it, go on
+                log.exception("dispatch.step_failed", endpoint=self.name)
+                wake_at = self._clock() + 0.1
+            self._room.set()
             await self._sleep(wake_at)
+
+    def _step(self, now: float) -> float | None:
+        self._expire_queued(now)
+        self._close_leases(now)
+        self._place(now)
+        return self._maybe_route(now)
 
     async def _sleep(self, wake_at: float | None) -> None:
         self._wakeup.clear()
@@ -298,6 +376,10 @@ class EndpointDispatcher:
 
     # routing ----------------------------------------------------------------------------
     async def _route_batch(self, batch: Batch) -> None:
+        if not len(self.pool) and not await self._fleet.may_route(self.name, self._poll_ttl_s()):
+            self._release_batch(batch)  # cold, and another replica is the fleet's poller
+            self._start_poller(None)
+            return
         try:
             result = await self._route(batch.cost, None)
         except RouteError as exc:
@@ -387,11 +469,14 @@ class EndpointDispatcher:
             detail = result.url if isinstance(result, Ready) else result.status
             self._metrics.route_batch_cost.labels(self.name).observe(cost)
             if isinstance(result, Waiting):
+                await self._fleet.no_worker(self.name)
                 self.last_waiting = result
                 self._metrics.no_worker.labels(self.name).inc()
                 log.info("route.no_worker", endpoint=self.name, cost=cost,
                          request_idx=result.request_idx, status=result.status)  # fmt: skip
             else:
+                if not len(self.pool):
+                    await self._fleet.got_worker(self.name, self.config.lease.ttl_s)
                 self._route_errors = 0
                 if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
                     self.known_workers.pop(next(iter(self.known_workers)))
@@ -421,13 +506,17 @@ class EndpointDispatcher:
         and declares the whole backlog's cost (capped) so the autoscaler scales for all of it."""
         poll = self.config.poll
         waits = 0
+        following = False
         while len(self.queue) and not self._room_for_head():
             waits += 1
-            await asyncio.sleep(
-                backoff_s(waits, poll.initial_s, poll.max_s, poll.multiplier, self._rng.random())
-            )
+            delay = backoff_s(waits, poll.initial_s, poll.max_s, poll.multiplier,
+                              self._rng.random())  # fmt: skip
+            await asyncio.sleep(min(delay, FOLLOWER_CHECK_S) if following else delay)
+            following = not await self._fleet.may_route(self.name, self._poll_ttl_s())
+            if following:
+                continue  # another replica polls for the fleet: wait for its worker
             await self._wait_for_token()
-            cost = min(max(self.queue.queued_cost, 1.0), poll.max_cost)
+            cost = min(max(await self._backlog_cost(), 1.0), poll.max_cost)
             try:
                 result = await self._route(cost, request_idx)
             except RouteError as exc:
@@ -438,6 +527,18 @@ class EndpointDispatcher:
                 continue
             await self._open_lease(result)
             return
+        await self._fleet.release(self.name)  # the backlog is gone or has room: nothing to poll for
+
+    def _poll_ttl_s(self) -> float:
+        """The fleet's poll lease outlives the longest wait between two polls."""
+        return 3 * self.config.poll.max_s + 5.0
+
+    async def _backlog_cost(self) -> float:
+        """What the autoscaler should scale for: every replica's unfinished jobs if shared."""
+        fleet_cost = (
+            0.0 if self._fleet_backlog is None else (await self._fleet_backlog(self.name))[1]
+        )
+        return max(self.queue.queued_cost, fleet_cost)
 
     async def _wait_for_token(self) -> None:
         for _ in range(MAX_TOKEN_WAITS):
@@ -677,7 +778,8 @@ class EndpointDispatcher:
         now = self._clock()
         if not job.finish(status, now, error):
             return
-        self._jobs.pop(job.id, None)
+        if self._jobs.get(job.id) is job:
+            del self._jobs[job.id]
         outcome = str(status)
         self._metrics.jobs_finished.labels(self.name, outcome).inc()
         self._metrics.job_duration.labels(self.name, outcome).observe(now - job.created_mono)

@@ -1,10 +1,12 @@
-"""Running the daemon: listen, wait for SIGTERM/SIGINT, drain within the grace period, exit."""
+"""Running the daemon: listen, reload the config on SIGHUP, wait for SIGTERM/SIGINT, drain
+within the grace period, exit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -13,30 +15,54 @@ from scheduler.api.context import SERVICE
 from scheduler.app import create_app
 from scheduler.config import AppConfig
 from scheduler.listen import listen
+from scheduler.reload import CONFIG_PATH, reload_on_signal
 
 log = structlog.get_logger("scheduler.serve")
 # Handlers still open once the jobs have drained (rare: a stream mid-way) get this long.
 HANDLER_SHUTDOWN_S = 2.0
 
 
-async def serve(config: AppConfig, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: AppConfig, stop: asyncio.Event | None = None, config_path: str | Path | None = None
+) -> None:
+    """``config_path``: the file ``config`` came from, read again on SIGHUP (see ``reload``)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(config)
+    if config_path is not None:
+        app[CONFIG_PATH] = Path(config_path)
     runner = await start_runner(app, config.server.host, config.server.port,
                                 access_log=config.logging.access_log)  # fmt: skip
+    reloads: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGHUP, start_reload, app, reloads)
     try:
         log.info("daemon.started", addresses=[f"http://{h}:{p}" for h, p in bound(runner)],
                  endpoints=sorted(config.endpoints))  # fmt: skip
         await stop.wait()
         log.info("daemon.stopping")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        await cancel_all(reloads)
         await shutdown(app, runner, config.server.grace_period_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("daemon.stopped")
+
+
+def start_reload(app: web.Application, reloads: set[asyncio.Task[None]]) -> None:
+    """SIGHUP: reload the config file in a task kept in ``reloads``."""
+    task = asyncio.create_task(reload_on_signal(app), name="config-reload")
+    reloads.add(task)
+    task.add_done_callback(reloads.discard)
+
+
+async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def shutdown(app: web.Application, runner: web.AppRunner, grace_s: float) -> None:

@@ -5,27 +5,38 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from scheduler.config import AppConfig
+from scheduler.config import AppConfig, EndpointConfig
 from scheduler.core import cost
 from scheduler.core.assignments import Lease
 from scheduler.core.queue import QueueFull
 from scheduler.dispatch import EndpointDispatcher, RouteRecord
+from scheduler.feeder import CLAIM_BLOCK_S, StoreFeeder
 from scheduler.jobs import Job, JobMode, new_job_id
 from scheduler.observability.metrics import EndpointGauges, Metrics
 from scheduler.pinned import SessionNotFound
 from scheduler.seams import Forwarder, Router
+from scheduler.store.base import (
+    Admission,
+    CancelOutcome,
+    Enqueued,
+    FleetPolling,
+    JobStore,
+    StoreFull,
+    StoreUnavailable,
+)
 from scheduler.store.memory import MemoryJobStore
 from scheduler.vast.types import summarise_counts
 from scheduler.webhooks import WebhookSender
 
 log = structlog.get_logger("scheduler.service")
 SWEEP_INTERVAL_S = 5.0
+SHUTDOWN_REASON = "daemon shut down before the job finished"
 
 
 class UnknownEndpoint(Exception):
@@ -88,29 +99,87 @@ class SchedulerService:
         webhooks: WebhookSender | None,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        store: JobStore | None = None,
+        fleet: FleetPolling | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.store = MemoryJobStore(config.server.job_retention_s, config.server.max_jobs_retained)
+        # Jobs that never enter a shared store (caller sessions, streamed answers) live here;
+        # with the memory backend this is the store itself.
+        self.local = MemoryJobStore(config.server.job_retention_s, config.server.max_jobs_retained,
+                                    clock)  # fmt: skip
+        self.store: JobStore = store or self.local
         self.accepting = True
         self._activity = asyncio.Event()
         self._clock = clock
         self._webhooks = webhooks
-        self.dispatchers = {
-            name: EndpointDispatcher(
-                name,
-                ep,
-                router,
-                forwarder,
-                metrics,
-                self._job_finished,
-                clock,
-                rng,
-                on_task_done=self._activity.set,
-            )
-            for name, ep in config.endpoints.items()
-        }
+        self._router = router
+        self._forwarder = forwarder
+        self._rng = rng
+        self._fleet = fleet
+        self._local_only: set[str] = set()  # job ids kept out of a shared store
+        self._writes: set[asyncio.Task[None]] = set()  # results on their way to the store
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._abandoning = False
+        self.dispatchers: dict[str, EndpointDispatcher] = {}
+        self.feeders: dict[str, StoreFeeder] = {}
+        for name, ep in config.endpoints.items():
+            self._add_endpoint(name, ep)
         metrics.watch(self.gauges)
+
+    def _add_endpoint(self, name: str, ep: EndpointConfig) -> EndpointDispatcher:
+        shared = self.store.shared
+        dispatcher = EndpointDispatcher(
+            name, ep, self._router, self._forwarder, self.metrics, self._job_finished,
+            self._clock, self._rng, on_task_done=self._activity.set, fleet=self._fleet,
+            backlog=self.store.backlog if shared else None,
+        )  # fmt: skip
+        self.dispatchers[name] = dispatcher
+        settings = self.config.store
+        visibility_s = settings.redis.visibility_timeout_s
+        self.feeders[name] = StoreFeeder(self.store, dispatcher, settings.prefetch, visibility_s,
+                                         self._clock)  # fmt: skip
+        return dispatcher
+
+    async def start(self) -> None:
+        """Connect the store and start every endpoint's loops and the sweeper."""
+        await self.store.start(self._cancel_signalled)
+        for name in self.dispatchers:
+            self._start_endpoint(name)
+        self._spawn(self.sweep_forever(), "sweeper")
+
+    def add_endpoint(self, name: str, ep: EndpointConfig) -> EndpointDispatcher:
+        """A new endpoint while running (live reload): its loops start at once."""
+        dispatcher = self._add_endpoint(name, ep)
+        self._start_endpoint(name)
+        return dispatcher
+
+    def _start_endpoint(self, name: str) -> None:
+        self._spawn(self.dispatchers[name].run(), f"dispatch-{name}")
+        self._spawn(self.feeders[name].run(), f"feed-{name}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_crash)
+
+    async def close(self) -> None:
+        """After ``abort_remaining``: stop every loop, let result writes end, close the store."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._writes, return_exceptions=True)
+        await self.store.close()
+
+    def reconfigure(self, config: AppConfig) -> None:
+        """Live reload, checked by ``scheduler.reload``: new settings for the endpoints there
+        are (their jobs stay), loops for the new ones."""
+        self.config = config
+        for name, ep in config.endpoints.items():
+            if name not in self.dispatchers:
+                self.add_endpoint(name, ep)
+            elif self.dispatchers[name].config != ep:
+                self.dispatchers[name].reconfigure(ep)
 
     def gauges(self) -> list[EndpointGauges]:
         return [d.gauges() for d in self.dispatchers.values()]
@@ -121,10 +190,67 @@ class SchedulerService:
             raise UnknownEndpoint(endpoint)
         return found
 
-    def submit(self, sub: Submission, mode: JobMode, delivery: Any, request_id: str | None) -> Job:
+    async def submit(
+        self,
+        sub: Submission,
+        mode: JobMode,
+        delivery: Any,
+        request_id: str | None,
+        stream: bool = False,
+    ) -> Enqueued:
         """Admit a job or raise (``UnknownEndpoint``, ``NotAccepting``, ``Overloaded``,
-        ``TooCostly``, ``DeadlineUnmeetable``, the pinned-session errors)."""
+        ``TooCostly``, ``DeadlineUnmeetable``, ``StoreUnavailable``, the pinned-session errors).
+        ``stream``: the caller reads the answer as it comes, so the job runs on this replica."""
         dispatcher = self.dispatcher(sub.endpoint)
+        job = self._new_job(dispatcher, sub, mode, delivery, request_id)
+        if sub.session is not None:
+            pinned = dispatcher.sessions.find(sub.session)
+            if pinned is not None and pinned.owner not in (None, sub.tenant):
+                raise SessionNotFound(sub.session)
+            dispatcher.submit_pinned(job, sub.session)
+            self._keep_local(job)
+        else:
+            self._check_cost(dispatcher, job, sub.quota)
+            if stream and self.store.shared:
+                self._submit_local(dispatcher, job)
+            else:
+                try:
+                    enqueued = await self.store.enqueue(job, self._admission(dispatcher, sub.quota))
+                except StoreFull as exc:
+                    raise Overloaded(exc.reason, str(exc), dispatcher.retry_after_s()) from exc
+                if not enqueued.created:
+                    return enqueued
+        self.metrics.jobs_submitted.labels(sub.endpoint, mode).inc()
+        self.metrics.job_cost.labels(sub.endpoint).observe(job.cost)
+        return Enqueued(job, created=True)
+
+    def _keep_local(self, job: Job) -> None:
+        self.local.add(job)
+        if self.store.shared:
+            self._local_only.add(job.id)
+
+    def _submit_local(self, dispatcher: EndpointDispatcher, job: Job) -> None:
+        try:
+            dispatcher.submit(job)
+        except QueueFull as exc:
+            raise Overloaded("queue_full", str(exc), dispatcher.retry_after_s()) from exc
+        self._keep_local(job)
+
+    @staticmethod
+    def _admission(dispatcher: EndpointDispatcher, quota: Quota | None) -> Admission:
+        """The store counts unfinished jobs; the endpoint's limits are on waiting ones, so the
+        jobs running here are allowed on top (other replicas' are not known: with Redis the
+        limit is a little stricter while the fleet is busy)."""
+        queue = dispatcher.config.queue
+        quota = quota or Quota()
+        max_cost = None if queue.max_cost is None else queue.max_cost + dispatcher.inflight_cost()
+        return Admission(queue.max_depth + dispatcher.inflight, max_cost, quota.max_jobs,
+                         quota.max_cost)  # fmt: skip
+
+    def _new_job(
+        self, dispatcher: EndpointDispatcher, sub: Submission, mode: JobMode, delivery: Any,
+        request_id: str | None,
+    ) -> Job:  # fmt: skip
         if not self.accepting:
             raise NotAccepting()
         ep = dispatcher.config
@@ -137,7 +263,7 @@ class SchedulerService:
         eta_s = dispatcher.eta_s()
         if ep.refuse_unmeetable_deadlines and eta_s is not None and eta_s > timeout_s:
             raise DeadlineUnmeetable(eta_s)
-        job = Job(
+        return Job(
             id=new_job_id(),
             endpoint=sub.endpoint,
             route=route,
@@ -155,52 +281,14 @@ class SchedulerService:
             request_id=request_id,
             tenant=sub.tenant,
         )
-        if sub.session is not None:
-            pinned = dispatcher.sessions.find(sub.session)
-            if pinned is not None and pinned.owner not in (None, sub.tenant):
-                raise SessionNotFound(sub.session)
-            dispatcher.submit_pinned(job, sub.session)
-        else:
-            self._check_room(dispatcher, job, sub.quota)
-            try:
-                dispatcher.submit(job)
-            except QueueFull as exc:
-                raise Overloaded("queue_full", str(exc), dispatcher.retry_after_s()) from exc
-        self.store.add(job)
-        return job
 
-    def _check_room(self, dispatcher: EndpointDispatcher, job: Job, quota: Quota | None) -> None:
-        """Refuse a job over the endpoint's queued-cost limit or its tenant's quota."""
-        quota = quota or Quota()
-        limits: list[tuple[str, str, float | None, Callable[[], float]]] = [
-            ("queue_cost_full", "the endpoint", dispatcher.config.queue.max_cost,
-             lambda: dispatcher.queue.queued_cost),
-            ("tenant_cost_quota", f"tenant {job.tenant}", quota.max_cost,
-             lambda: self.queued_by(job.tenant)[1]),
-        ]  # fmt: skip
-        for reason, whose, limit, queued_now in limits:
-            if limit is None:
-                continue
-            if job.cost > limit:
+    @staticmethod
+    def _check_cost(dispatcher: EndpointDispatcher, job: Job, quota: Quota | None) -> None:
+        """Refuse a job whose cost alone is over the endpoint's or its tenant's cost limit."""
+        for whose, limit in (("the endpoint", dispatcher.config.queue.max_cost),
+                             (f"tenant {job.tenant}", (quota or Quota()).max_cost)):  # fmt: skip
+            if limit is not None and job.cost > limit:
                 raise TooCostly(f"cost {job.cost:g} is over {whose}'s queued-cost limit {limit:g}")
-            queued = queued_now()
-            if queued + job.cost > limit:
-                raise Overloaded(reason, f"{whose} has {queued:g} of {limit:g} cost units queued",
-                                 dispatcher.retry_after_s())  # fmt: skip
-        if quota.max_jobs is not None:
-            jobs = self.queued_by(job.tenant)[0]
-            if jobs >= quota.max_jobs:
-                raise Overloaded("tenant_jobs_quota",
-                                 f"tenant {job.tenant} has {jobs} of {quota.max_jobs} jobs queued",
-                                 dispatcher.retry_after_s())  # fmt: skip
-
-    def queued_by(self, tenant: str) -> tuple[int, float]:
-        """A tenant's queued jobs and queued cost, over every endpoint."""
-        jobs, total = 0, 0.0
-        for d in self.dispatchers.values():
-            jobs += d.queue.depth_by_tenant().get(tenant, 0)
-            total += d.queue.cost_by_tenant().get(tenant, 0.0)
-        return jobs, total
 
     def now(self) -> float:
         return self._clock()
@@ -209,27 +297,73 @@ class SchedulerService:
         return job.public(self._clock())
 
     def get(self, job_id: str) -> Job | None:
-        self.store.sweep(self._clock())  # cheap: pops only what is due
-        return self.store.get(job_id)
+        """A job this replica holds (with the memory store: every job)."""
+        return self.local.peek(job_id)
 
-    def cancel(self, job: Job) -> bool:
-        return self.dispatcher(job.endpoint).cancel(job)
+    async def lookup(self, job_id: str) -> Job | None:
+        """A job wherever it is: this replica, or the shared store (a snapshot)."""
+        job = self.local.peek(job_id)
+        if job is None and self.store.shared:
+            return await self.store.get(job_id)
+        return job
+
+    async def cancel(self, job: Job) -> bool:
+        """False if the job had already ended."""
+        if job.id in self._local_only:
+            return self.dispatcher(job.endpoint).cancel(job)
+        outcome = await self.store.cancel(job.id)
+        return outcome in (CancelOutcome.CANCELLED, CancelOutcome.SIGNALLED)
+
+    def _cancel_signalled(self, job_id: str) -> None:
+        """The store says a claimed job was cancelled: stop it if it is here."""
+        for dispatcher in self.dispatchers.values():
+            if dispatcher.cancel_by_id(job_id):
+                return
 
     def _job_finished(self, job: Job) -> None:
         now = self._clock()
-        self.store.mark_finished(job, now)
+        if not self.store.shared or job.id in self._local_only:
+            self._local_only.discard(job.id)
+            self.local.finish_now(job)
+        elif self._abandoning and job.error == SHUTDOWN_REASON:
+            log.info("job.left_for_others", job_id=job.id)  # its claim lapses: taken over
+            return
+        else:
+            self._record(job)
         if job.webhook_url is not None and self._webhooks is not None:
             task = self._webhooks.send(job.id, job.webhook_url, job.public(now))
             task.add_done_callback(lambda _: self._activity.set())
 
+    def _record(self, job: Job) -> None:
+        task = asyncio.create_task(self._write_result(job), name=f"result-{job.id}")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(lambda _: self._activity.set())
+
+    async def _write_result(self, job: Job) -> None:
+        try:
+            first = await self.store.finish(job)
+        except StoreUnavailable:
+            # Its claim stays pending: another replica takes it over and runs it again.
+            log.error("store.result_lost", job_id=job.id, endpoint=job.endpoint)
+            return
+        if not first:
+            log.warning("job.duplicate_result", job_id=job.id, endpoint=job.endpoint)
+
     def idle(self) -> bool:
         webhooks_pending = self._webhooks is not None and bool(self._webhooks.tasks)
-        return not webhooks_pending and all(d.idle for d in self.dispatchers.values())
+        return (
+            not webhooks_pending
+            and not self._writes
+            and all(d.idle for d in self.dispatchers.values())
+            and (self.store.shared or not self.local.unfinished)
+        )
 
     def status(self) -> dict[str, Any]:
         now = self._clock()
         return {
             "accepting": self.accepting,
+            "store": {"backend": self.config.store.backend, "healthy": self.store.healthy()},
             "endpoints": {name: endpoint_status(d, now) for name, d in self.dispatchers.items()},
         }
 
@@ -237,7 +371,7 @@ class SchedulerService:
         interval_s = min(SWEEP_INTERVAL_S, self.config.server.job_retention_s)
         while True:
             await asyncio.sleep(interval_s)
-            self.store.sweep(self._clock())
+            self.local.sweep(self._clock())
             for dispatcher in self.dispatchers.values():
                 await dispatcher.sessions.close_expired()
 
@@ -245,6 +379,8 @@ class SchedulerService:
         """Stop intake, let queued and running jobs finish for up to ``grace_s``; True if idle."""
         self.accepting = False
         log.info("daemon.draining", grace_period_s=grace_s)
+        if self.store.shared:
+            await self._give_back()
         try:
             async with asyncio.timeout(grace_s):
                 await self._until_idle()
@@ -257,9 +393,31 @@ class SchedulerService:
             self._activity.clear()
             await self._activity.wait()
 
+    async def _give_back(self) -> None:
+        """Shared store: stop claiming and return what is queued here to the other replicas."""
+        for feeder in self.feeders.values():
+            feeder.stop_claiming()
+        # A claim cut off mid-read would leave its jobs pending until taken over: let it end.
+        feeders = [t for t in self._tasks if t.get_name().startswith("feed-")]
+        _, late = await asyncio.wait(feeders, timeout=CLAIM_BLOCK_S + 1.0) if feeders else ((), ())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*feeders, return_exceptions=True)
+        for feeder in self.feeders.values():
+            await feeder.give_back()
+
     async def abort_remaining(self) -> None:
+        """After the grace period. With a shared store what did not finish is not failed but
+        left to lapse, so another replica takes it over."""
+        self._abandoning = self.store.shared
         for d in self.dispatchers.values():
-            await d.abort("daemon shut down before the job finished")
+            await d.abort(SHUTDOWN_REASON)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A background loop must never end by itself: say loudly why one did."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("task.crashed", task=task.get_name(), exc_info=error)
 
 
 def endpoint_status(d: EndpointDispatcher, now: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Health, readiness, status and metrics."""
+"""Health, readiness, status, metrics and config reload."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler.api.context import METRICS, SERVICE
+from scheduler.reload import reload, reload_answer, require_admin
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -16,6 +17,8 @@ async def readyz(request: web.Request) -> web.Response:
     service = request.app.get(SERVICE)
     if service is None or not service.accepting:
         return web.json_response({"status": "draining"}, status=503)
+    if not service.store.healthy():
+        return web.json_response({"status": "store_unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -26,3 +29,9 @@ async def status(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """``POST /v1/admin/reload``: an admin token only; the answer says what changed or why not."""
+    require_admin(request)
+    return reload_answer(request, await reload(request.app, "http"))

@@ -23,6 +23,7 @@ from scheduler.service import (
     TooCostly,
     UnknownEndpoint,
 )
+from scheduler.store.base import StoreUnavailable
 from scheduler.vast.types import RouteError, RouteRateLimited, SessionRefused, VastError
 
 log = structlog.get_logger("scheduler.api")
@@ -81,6 +82,9 @@ _SIMPLE: dict[type[Exception], Callable[[Exception], ApiError]] = {
     NoWorkerReady: lambda e: ApiError(503, "no_worker_ready", f"no worker ready: {e}", None,
                                       {"Retry-After": "5"}),
     QueueFull: lambda e: ApiError(429, "queue_full", str(e)),
+    StoreUnavailable: lambda e: ApiError(503, "store_unavailable",
+                                         "the job store cannot be reached; retry", None,
+                                         {"Retry-After": "1"}),
     TooCostly: lambda e: ApiError(422, "invalid_field", f"cost: {e}", "cost"),
     web.HTTPRequestEntityTooLarge: lambda e: ApiError(413, "body_too_large",
                                                       "request body is too large", "body"),

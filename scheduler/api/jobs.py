@@ -15,6 +15,7 @@ from scheduler.core.queue import DEFAULT_TENANT
 from scheduler.delivery import BufferedDelivery, Delivery
 from scheduler.jobs import Job, JobMode
 from scheduler.service import NotAccepting, Overloaded, Quota, Submission
+from scheduler.store.base import Enqueued
 from scheduler.webhooks import check_webhook_url
 
 TENANT_HEADER = "X-Tenant"
@@ -72,10 +73,12 @@ def quota_of(request: web.Request) -> Quota | None:
     return Quota(principal.max_queued_jobs, principal.max_queued_cost)
 
 
-def admit(request: web.Request, sub: Submission, mode: JobMode, delivery: Delivery) -> Job:
+async def admit(
+    request: web.Request, sub: Submission, mode: JobMode, delivery: Delivery, stream: bool = False
+) -> Enqueued:
     service = request.app[SERVICE]
     try:
-        return service.submit(sub, mode, delivery, request.get(REQUEST_ID))
+        return await service.submit(sub, mode, delivery, request.get(REQUEST_ID), stream)
     except Overloaded as exc:
         service.metrics.jobs_rejected.labels(sub.endpoint, exc.reason).inc()
         raise
@@ -89,14 +92,13 @@ async def submit_job(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     service.dispatcher(endpoint)
     sub = parse_submission(request, endpoint, await read_json(request))
-    if sub.idempotency_key is not None:
-        existing = service.store.by_idempotency_key(endpoint, sub.idempotency_key, sub.tenant)
-        if existing is not None:
-            return web.json_response(
-                service.view(existing), status=200, headers={"Idempotent-Replayed": "true"}
-            )
     delivery = BufferedDelivery(request.app[CONFIG].server.max_result_bytes)
-    job = admit(request, sub, "async", delivery)
+    enqueued = await admit(request, sub, "async", delivery)
+    job = enqueued.job
+    if not enqueued.created:  # the idempotency key names an earlier job: that one, not a new one
+        return web.json_response(
+            service.view(job), status=200, headers={"Idempotent-Replayed": "true"}
+        )
     eta_s = service.dispatcher(endpoint).eta_s()
     return web.json_response(
         {
@@ -110,9 +112,9 @@ async def submit_job(request: web.Request) -> web.Response:
     )
 
 
-def find_job(request: web.Request) -> Job:
+async def find_job(request: web.Request) -> Job:
     """The job named in the URL; another tenant's job is as unknown as a missing one."""
-    job = request.app[SERVICE].get(request.match_info["job_id"])
+    job = await request.app[SERVICE].lookup(request.match_info["job_id"])
     principal = caller(request)
     if job is None or (principal is not None and job.tenant != principal.name):
         raise ApiError(404, "unknown_job", "no such job (or it was forgotten)", "job_id")
@@ -120,12 +122,12 @@ def find_job(request: web.Request) -> Job:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SERVICE].view(find_job(request)))
+    return web.json_response(request.app[SERVICE].view(await find_job(request)))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    job = find_job(request)
-    if not service.cancel(job):
+    job = await find_job(request)
+    if not await service.cancel(job):
         raise ApiError(409, "already_finished", f"job is already {job.status}", "job_id")
     return web.json_response(service.view(job), status=202)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from scheduler.api.context import CONFIG
+from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID_HEADER
 from scheduler.api.models import (
     MAX_ROUTE_CHARS,
@@ -138,6 +138,13 @@ def response_schemas() -> dict[str, Schema]:
             "eta_s": NULLABLE_NUMBER, "throughput_cost_per_s": NUMBER,
             "polling": {"type": "boolean"},
         }, ["queue_depth", "queued_cost", "inflight", "max_depth"]),
+        "Reloaded": obj({
+            "status": {"type": "string", "enum": ["reloaded"]},
+            "changes": {"type": "array", "items": STRING,
+                        "description": "One `path: old -> new` per setting changed"},
+            "added_endpoints": {"type": "array", "items": STRING},
+            "updated_endpoints": {"type": "array", "items": STRING},
+        }, ["status", "changes", "added_endpoints", "updated_endpoints"]),
     }  # fmt: skip
 
 
@@ -339,9 +346,34 @@ def operations_paths(b: SpecBuilder) -> None:
     })  # fmt: skip
 
 
+ADMIN_ERRORS = {
+    403: "Not an admin token (`admin: true` in `auth.tokens`); always while auth is off",
+    409: "Changes that need a restart (`problems` names each path), or no config file to "
+         "read; nothing was applied",
+    422: "The file is invalid: `problems` lists each error with its YAML path; the running "
+         "config is kept",
+}  # fmt: skip
+
+
+def admin_operations(b: SpecBuilder) -> None:
+    errors = {
+        str(code): answer(text, json_body(ref("Error"))) for code, text in ADMIN_ERRORS.items()
+    }
+    b.add("post", "/v1/admin/reload", {
+        "operationId": "admin_reload", "tags": ["admin"],
+        "summary": "Reload the config file (as SIGHUP does)",
+        "description": "New endpoints, limits, estimators and tokens apply without dropping "
+                       "a job. A refusal's `Error` body adds `problems`: "
+                       "`[{\"field\": YAML path, \"message\"}]`.",
+        "responses": {"200": answer("Applied", json_body(ref("Reloaded"))), **errors},
+    })  # fmt: skip
+
+
 def build_spec(config: AppConfig) -> Schema:
     builder = SpecBuilder(config)
-    for add in (job_operations, session_operations, proxy_operation, operations_paths):
+    operations = (job_operations, session_operations, proxy_operation, operations_paths,
+                  admin_operations)  # fmt: skip
+    for add in operations:
         add(builder)
     components: Schema = {"schemas": {**model_schemas(), **response_schemas()}}
     spec: Schema = {
@@ -374,4 +406,5 @@ def package_version() -> str:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(build_spec(request.app[CONFIG]))
+    service = request.app.get(SERVICE)  # its config is the live one, after a reload too
+    return web.json_response(build_spec(request.app[CONFIG] if service is None else service.config))

@@ -27,3 +27,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/status", admin.status, name="status")
     app.router.add_get("/metrics", admin.metrics, name="metrics")
     app.router.add_get("/openapi.json", openapi.openapi_json, name="openapi")
+    app.router.add_post("/v1/admin/reload", admin.reload_config, name="admin_reload")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from scheduler.api.context import SERVICE
+from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, read_json
 from scheduler.api.jobs import admit, parse_submission
 from scheduler.api.models import check_worker_route
-from scheduler.delivery import CallerGone, StreamBroken, StreamDelivery
-from scheduler.jobs import Job, JobMode, JobStatus
+from scheduler.delivery import BufferedDelivery, CallerGone, StreamBroken, StreamDelivery
+from scheduler.jobs import Job, JobMode, JobResult, JobStatus
 from scheduler.service import Submission
 
 # Hop-by-hop or re-computed headers never copied from the worker to the caller.
@@ -21,6 +22,7 @@ _DROPPED_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
      "proxy-authenticate", "proxy-connection", "te", "trailer", "upgrade"}
 )  # fmt: skip
+RESULT_WAIT_MARGIN_S = 5.0  # past the job's own timeout: its replica reports the expiry first
 _JOB_HEADER_FIELDS = {
     "X-Job-Priority": "priority",
     "X-Job-Cost": "cost",
@@ -59,17 +61,50 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_job(request: web.Request, sub: Submission, mode: JobMode) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    streamed = isinstance(sub.payload, dict) and sub.payload.get("stream") is True
+    if service.store.shared and not streamed and sub.session is None:
+        return await answer_from_store(request, sub, mode)
     delivery = StreamDelivery()
-    job = admit(request, sub, mode, delivery)
+    job = (await admit(request, sub, mode, delivery, stream=True)).job
     try:
         upstream = await delivery.response
     except asyncio.CancelledError:
         # The caller went away (handler cancellation): nobody wants this answer any more.
-        request.app[SERVICE].cancel(job)
+        await service.cancel(job)
         raise
     if upstream is None:
         raise unanswered(job)
     return await pipe(request, job, upstream, delivery)
+
+
+async def answer_from_store(request: web.Request, sub: Submission, mode: JobMode) -> web.Response:
+    """Shared store: the job may run on any replica; its stored answer comes back here."""
+    service = request.app[SERVICE]
+    delivery = BufferedDelivery(request.app[CONFIG].server.max_result_bytes)
+    job = (await admit(request, sub, mode, delivery)).job
+    try:
+        ended = await service.store.wait_finished(job.id, job.timeout_s + RESULT_WAIT_MARGIN_S)
+    except asyncio.CancelledError:
+        await service.cancel(job)
+        raise
+    if ended is None or not ended.finished:
+        raise ApiError(504, "expired", "no result within the job's timeout", "timeout_s",
+                       {"X-Job-Id": job.id})  # fmt: skip
+    if ended.result is None:
+        raise unanswered(ended)
+    return stored_response(request, ended, ended.result)
+
+
+def stored_response(request: web.Request, job: Job, result: JobResult) -> web.Response:
+    body = result.body
+    if result.content_type == "application/json":
+        raw = json.dumps(body, separators=(",", ":")).encode()
+    else:
+        raw = b"" if body is None else str(body).encode()
+    headers = {"X-Job-Id": job.id, REQUEST_ID_HEADER: request[REQUEST_ID]}
+    return web.Response(status=result.status_code, body=raw, headers=headers,
+                        content_type=result.content_type or "application/octet-stream")  # fmt: skip
 
 
 def header_number(value: str) -> Any:

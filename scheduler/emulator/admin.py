@@ -14,6 +14,10 @@ It needs **no API key**: the emulator is a local test tool and binds 127.0.0.1 b
 - ``GET  /admin/stats``                                 Emulator.stats()
 - ``POST /admin/faults``                                ``{"route_error_rate", "route_delay_ms",
   "route_min_interval_ms"}`` (any subset); answers the current values
+- ``POST /admin/outage``                                ``{"duration_s": 10, "mode": "refuse"}``:
+  the autoscaler goes down, then comes back by itself (``Emulator.outage``). ``refuse``
+  closes its port, admin API included; ``hang`` accepts but answers nothing but the admin
+  API (``{"duration_s": 0}`` ends it early). 202 before it starts
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from scheduler.emulator.worker import EmulatedWorker
 
 DEFAULT_TRICKLE_BYTE_DELAY_MS = 50.0
+DEFAULT_OUTAGE_S = 10.0
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -57,6 +62,7 @@ class AdminApi:
             web.post("/admin/workers/{worker_id}/{action}", self.worker_action),
             web.get("/admin/stats", self.stats),
             web.post("/admin/faults", self.faults),
+            web.post("/admin/outage", self.outage),
         ]
 
     async def list_workers(self, request: web.Request) -> web.Response:
@@ -80,6 +86,16 @@ class AdminApi:
         except (ValueError, TypeError) as exc:
             return _bad(str(exc))
         return web.json_response({f"route_{k}": v for k, v in asdict(faults).items()})
+
+    async def outage(self, request: web.Request) -> web.Response:
+        try:
+            body = await _body(request)
+            duration_s = float(body.get("duration_s", DEFAULT_OUTAGE_S))
+            mode = body.get("mode", "refuse")
+            await self._emulator.outage(duration_s, mode)
+        except (ValueError, TypeError) as exc:
+            return _bad(str(exc))
+        return web.json_response({"duration_s": duration_s, "mode": mode}, status=202)
 
     async def worker_action(self, request: web.Request) -> web.Response:
         worker = self._emulator.worker_by_id(_int(request.match_info["worker_id"]))

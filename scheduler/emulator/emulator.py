@@ -5,25 +5,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from aiohttp import web
 
 from scheduler.emulator.admin import AdminApi
 from scheduler.emulator.autoscaler import Autoscaler
+from scheduler.emulator.listener import Listener
 from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
 from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
-from scheduler.listen import listen
 
 log = structlog.get_logger(__name__)
 _READY_POLL_S = 0.02
 # The official worker reports on change, else about every 11 s (and retries a failed
 # report 3 times, 2 s apart): a longer silence than this means it is gone.
 EXTERNAL_STALE_AFTER_S = 30.0
+MAX_OUTAGE_S = 600.0
+_AUTOSCALER_SHUTDOWN_TIMEOUT_S = 2.0
+OutageMode = Literal["refuse", "hang"]
 
 
 class Emulator:
@@ -40,8 +43,14 @@ class Emulator:
         self.autoscaler = Autoscaler(config, api_keys)
         self._workers: dict[str, list[EmulatedWorker]] = {}
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener()
         self._port = 0
+        self._started = False
+        self.outage_mode: OutageMode | None = None  # the autoscaler is down (outage())
+        self._up = asyncio.Event()  # set while the autoscaler is up: hung requests wait on it
+        self._up.set()
+        self._outage_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None  # a refuse outage closing the port
 
     async def __aenter__(self) -> Emulator:
         await self.start()
@@ -57,17 +66,14 @@ class Emulator:
 
     @property
     def autoscaler_url(self) -> str:
-        if self._runner is None:
+        if not self._started:
             raise RuntimeError("emulator not started")
         return f"http://{self.config.host}:{self._port}"
 
     async def start(self) -> None:
         """Start the autoscaler, then every configured worker."""
-        app = web.Application()
-        app.add_routes(self.autoscaler.routes() + AdminApi(self).routes())
-        self._runner, self._port = await listen(
-            app, self.config.host, self.config.port, access_log=None, shutdown_timeout=2.0
-        )
+        await self._serve(self.config.port)
+        self._started = True
         for endpoint, settings in self.config.endpoints.items():
             for _ in range(settings.workers):
                 self._create_worker(endpoint, settings)
@@ -76,10 +82,85 @@ class Emulator:
 
     async def stop(self) -> None:
         """Stop every worker, then the autoscaler."""
+        await self._cancel_outage()
+        self._started = False
         await asyncio.gather(*(w.stop() for w in self.all_workers()), return_exceptions=True)
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await self._listener.close(abort=False)
+
+    async def _serve(self, port: int) -> None:
+        """(Re)open the autoscaler and admin API; a fresh app each time, same port after."""
+        app = web.Application(middlewares=[self._outage_gate])
+        app.add_routes(self.autoscaler.routes() + AdminApi(self).routes())
+        self._port = await self._listener.start(
+            app, self.config.host, port, access_log=None,
+            shutdown_timeout=_AUTOSCALER_SHUTDOWN_TIMEOUT_S,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ autoscaler outage
+    async def outage(self, duration_s: float, mode: OutageMode = "refuse") -> None:
+        """Take the autoscaler down for ``duration_s`` (0: end an outage now); returns at once.
+
+        ``refuse``: its port closes (connections refused; admin API included), then reopens
+        on the same port. ``hang``: connections are accepted but ``/route/`` and the workers'
+        reports get no answer until the end (the admin API keeps answering). Workers keep
+        serving; their reports fail meanwhile, as against the real autoscaler.
+        """
+        if not 0 <= duration_s <= MAX_OUTAGE_S or mode not in ("refuse", "hang"):
+            raise ValueError(f"duration_s must be in [0, {MAX_OUTAGE_S}], mode refuse or hang")
+        if not self._started:
+            raise RuntimeError("emulator not started")
+        await self._end_outage()
+        if duration_s > 0:
+            self.outage_mode = mode
+            self._up.clear()
+            self._outage_task = asyncio.create_task(
+                self._outage(duration_s, mode), name="emulator-autoscaler-outage"
+            )
+
+    async def _outage(self, duration_s: float, mode: OutageMode) -> None:
+        log.info("emulator.autoscaler_down", mode=mode, duration_s=duration_s)
+        if mode == "refuse":
+            await asyncio.sleep(0)  # let the admin answer that started this go out first
+            # Shielded: a cancelled outage waits for the close to end (_cancel_outage), never
+            # leaves a half-closed server behind.
+            self._closing = asyncio.create_task(self._listener.close(abort=False))
+            await asyncio.shield(self._closing)
+        await asyncio.sleep(duration_s)
+        await self._come_back()
+
+    async def _come_back(self) -> None:
+        self.outage_mode = None
+        if not self._listener.open and self._started:
+            await self._serve(self._port)
+        self._up.set()
+        log.info("emulator.autoscaler_up", url=self.autoscaler_url)
+
+    async def _cancel_outage(self) -> None:
+        task, self._outage_task = self._outage_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        closing, self._closing = self._closing, None
+        if closing is not None:
+            await closing
+        self.outage_mode = None
+        self._up.set()  # hung requests go on (and meet a closing server on stop)
+
+    async def _end_outage(self) -> None:
+        """Back up now if down (a no-op otherwise)."""
+        if self._outage_task is None or self._outage_task.done():
+            self._outage_task = None
+            return
+        await self._cancel_outage()
+        await self._come_back()
+
+    @web.middleware
+    async def _outage_gate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.outage_mode == "hang" and not request.path.startswith("/admin/"):
+            await self._up.wait()  # bounded: every outage ends (or stop() sets the event)
+        return await handler(request)
 
     def workers(self, endpoint: str) -> list[EmulatedWorker]:
         return list(self._workers.get(endpoint, []))
@@ -95,7 +176,7 @@ class Emulator:
         base = self.config.endpoints.get(endpoint, EmulatedEndpoint())
         settings = base.with_overrides({"workers": 1, **overrides})
         worker = self._create_worker(endpoint, settings)
-        if self._runner is not None:
+        if self._started:
             await worker.start()
         return worker
 
@@ -176,4 +257,5 @@ class Emulator:
         }
         faults = {f"route_{k}": v for k, v in asdict(self.autoscaler.faults).items()}
         route = self.autoscaler.stats.snapshot()
-        return {"route": route, "faults": faults, "endpoints": endpoints}
+        outage = {"autoscaler_down": self.outage_mode}
+        return {"route": route, "faults": faults | outage, "endpoints": endpoints}

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from scheduler.emulator.envelope import Envelope, EnvelopeError, ReplayGuard, parse_envelope
+from scheduler.emulator.listener import Listener
 from scheduler.emulator.processor import Processor
 from scheduler.emulator.responses import Kind
 from scheduler.emulator.sessions import Session, SessionHandlers, SessionTable
@@ -32,7 +33,6 @@ from scheduler.emulator.signing import (
 from scheduler.emulator.worker_io import ClientGone, ResponseWriter
 from scheduler.emulator.worker_state import RequestEntry, WorkerCounters, WorkerMetrics
 from scheduler.emulator.workload import workload_of
-from scheduler.listen import listen
 
 log = structlog.get_logger(__name__)
 
@@ -62,10 +62,9 @@ class EmulatedWorker:
         self.state: WorkerState = "created"
         self.port = 0
         self._rng = random.Random(spec.seed)
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener()
         self._http: ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight: set[asyncio.Transport] = set()
         self._key: Any = None
         self.writer = ResponseWriter(worker_id=spec.worker_id)
         self._fresh_state()
@@ -116,9 +115,7 @@ class EmulatedWorker:
         await self._shutdown("stopped")
 
     async def kill(self) -> None:
-        """Abrupt: reset every open connection at once, then stop listening."""
-        for transport in list(self._inflight):
-            transport.abort()
+        """Abrupt: stop listening, reset every open connection (in flight or idle) at once."""
         await self._shutdown("killed")
 
     async def restore(self) -> None:
@@ -133,23 +130,23 @@ class EmulatedWorker:
         self.processor.set_slow_factor(factor)
 
     async def _listen(self) -> None:
-        app = web.Application(middlewares=[self._track])
+        app = web.Application()
         app.add_routes(self._routes())
-        self._runner, self.port = await listen(
-            app, "127.0.0.1", self.port, reuse_address=True, handler_cancellation=True,
+        self.port = await self._listener.start(
+            app, "127.0.0.1", self.port, handler_cancellation=True,
             shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None,
         )  # fmt: skip
 
     async def _shutdown(self, state: WorkerState) -> None:
-        if self._runner is None:
+        if not self._listener.open:
             self.state = state
             return
-        runner, self._runner = self._runner, None
+        # Stop accepting (and, killed, reset connections) before anything else yields.
+        await self._listener.close(abort=state == "killed")
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
         await self.processor.close()
         if self._http is not None:
             await self._http.close()
@@ -249,17 +246,6 @@ class EmulatedWorker:
             log.debug("emulator.on_close_failed", worker_id=self.id, error=repr(exc))
 
     # ------------------------------------------------------------------ requests
-    @web.middleware
-    async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        transport = request.transport
-        if isinstance(transport, asyncio.Transport):
-            self._inflight.add(transport)
-        try:
-            return await handler(request)
-        finally:
-            if isinstance(transport, asyncio.Transport):
-                self._inflight.discard(transport)
-
     def _route_handler(self, kind: Kind) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             status = 499

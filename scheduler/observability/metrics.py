@@ -96,6 +96,9 @@ class Metrics:
         ep = ["endpoint"]
         # queue
         self.jobs_submitted = counter("jobs_submitted", "Jobs admitted", [*ep, "mode"])
+        self.jobs_redelivered = counter(
+            "jobs_redelivered", "Jobs taken over from a replica that stopped renewing its claim", ep
+        )
         self.jobs_rejected = counter("jobs_rejected", "Jobs refused at intake", [*ep, "reason"])
         self.jobs_finished = counter("jobs_finished", "Jobs ended", [*ep, "outcome"])
         self.queue_wait = histogram(
@@ -138,6 +141,9 @@ class Metrics:
         )
         # API
         self.http_requests = counter("http_requests", "API requests", ["handler", "code"])
+        # shared store (Redis); op: enqueue, claim, finish, requeue, touch, reclaim, cancel,
+        # get, backlog, listen
+        self.store_errors = counter("store_errors", "Failed shared job store operations", ["op"])
 
     def start_endpoint(self, endpoint: str) -> None:
         """Create an endpoint's known series at 0, so ``rate()`` sees their first event too."""
@@ -152,6 +158,7 @@ class Metrics:
                 counter.labels(endpoint, value)
         self.no_worker.labels(endpoint)
         self.ejections.labels(endpoint)
+        self.jobs_redelivered.labels(endpoint)
 
     def watch(self, read: Callable[[], Iterable[EndpointGauges]]) -> None:
         self.registry.register(LiveStateCollector(read))

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import SecretStr
 
+from scheduler.vast.networks import WorkerNetworks, describe_host
 from scheduler.vast.types import (
     Ready,
     RouteBadRequest,
@@ -20,6 +21,7 @@ from scheduler.vast.types import (
     RouteTimeout,
     RouteUnauthorized,
     RouteUnavailable,
+    RouteWorkerNotAllowed,
     Waiting,
     parse_status_counts,
 )
@@ -39,6 +41,8 @@ class RouteClient:
         timeout_s: float,
         replay_timeout_s: float,
         connect_timeout_s: float = 5.0,
+        *,
+        worker_networks: WorkerNetworks | None = None,
     ) -> None:
         self._session = session
         self._url = f"{autoscaler_url.rstrip('/')}/route/"
@@ -47,6 +51,7 @@ class RouteClient:
             total=timeout_s, sock_connect=min(timeout_s, connect_timeout_s)
         )
         self._replay_timeout_s = replay_timeout_s
+        self._networks = worker_networks  # None: a READY answer may name any host
 
     async def route(
         self, endpoint: str, cost: float, request_idx: int | None = None
@@ -67,14 +72,16 @@ class RouteClient:
                 self._url, json=body, headers=headers, timeout=self._timeout
             ) as resp:
                 raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
-                return parse_route_answer(resp.status, resp.headers, raw)
+                return parse_route_answer(resp.status, resp.headers, raw, self._networks)
         except TimeoutError as exc:
             raise RouteTimeout("route call timed out") from exc
         except aiohttp.ClientError as exc:
             raise RouteUnavailable(f"route call failed: {type(exc).__name__}") from exc
 
 
-def parse_route_answer(status: int, headers: Any, raw: bytes) -> RouteResult:
+def parse_route_answer(
+    status: int, headers: Any, raw: bytes, networks: WorkerNetworks | None = None
+) -> RouteResult:
     if status == 429:
         raise RouteRateLimited("route call rate-limited", parse_retry_after(headers))
     if status in (401, 403):
@@ -91,10 +98,10 @@ def parse_route_answer(status: int, headers: Any, raw: bytes) -> RouteResult:
         raise RouteMalformed("route answer is not JSON") from exc
     if not isinstance(answer, dict):
         raise RouteMalformed("route answer is not an object")
-    return answer_to_result(answer)
+    return answer_to_result(answer, networks)
 
 
-def answer_to_result(answer: dict[str, Any]) -> RouteResult:
+def answer_to_result(answer: dict[str, Any], networks: WorkerNetworks | None = None) -> RouteResult:
     request_idx = answer.get("request_idx")
     if request_idx is not None and not is_int(request_idx):
         raise RouteMalformed("route answer request_idx is not an integer")
@@ -104,6 +111,7 @@ def answer_to_result(answer: dict[str, Any]) -> RouteResult:
         return Waiting(status, request_idx, parse_status_counts(status))
     if not isinstance(url, str) or not is_worker_url(url):
         raise RouteMalformed("route answer url must be http(s) without user info")
+    check_worker_host(url, networks)
     cost, reqnum = answer.get("cost"), answer.get("reqnum")
     if not isinstance(answer.get("signature"), str) or not is_int(reqnum):
         raise RouteMalformed("route answer lacks signature or reqnum")
@@ -123,6 +131,18 @@ def is_worker_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(hostname) and parts.username is None
+
+
+def check_worker_host(url: str, networks: WorkerNetworks | None) -> None:
+    """Raise RouteWorkerNotAllowed unless ``url``'s host is within ``networks`` (None: any).
+
+    ``url`` has passed ``is_worker_url``. The message names the host, never the answer's
+    signature or anything else from it."""
+    host = urlsplit(url).hostname or ""
+    if networks is not None and not networks.allows(host):
+        raise RouteWorkerNotAllowed(
+            f"route answer worker host {describe_host(host)} is outside vast.worker_networks"
+        )
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -145,4 +165,4 @@ def error_text(raw: bytes) -> str:
     return str(message)[:MAX_ERROR_CHARS]
 
 
-__all__ = ["RouteClient", "answer_to_result", "parse_route_answer"]
+__all__ = ["RouteClient", "answer_to_result", "check_worker_host", "parse_route_answer"]

@@ -99,6 +99,16 @@ class RouteMalformed(RouteError):
     kind = "malformed"
 
 
+class RouteWorkerNotAllowed(RouteError):
+    """A READY answer's worker is outside ``vast.worker_networks``: no job goes there.
+
+    A plain ``RouteError`` (not ``RouteBadRequest``): the dispatcher backs off and routes
+    again, since the autoscaler may pick an allowed worker next time; jobs that never get
+    one end by their deadline or attempts."""
+
+    kind = "worker_not_allowed"
+
+
 class WorkerError(VastError):
     kind = "worker_error"
 

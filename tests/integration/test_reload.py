@@ -1,0 +1,395 @@
+"""Live reload: SIGHUP to a real daemon process (a raised limit applies under load, a broken
+file is refused with every path, a new endpoint takes jobs), and ``POST /v1/admin/reload``
+in-process with auth on (401 / 403 / 200, 422 and 409 answers, token rotation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from scheduler.app import create_app
+from scheduler.config import load_config
+from scheduler.reload import CONFIG_PATH
+from scheduler.serve import bound, shutdown, start_runner
+from tests.integration.harness import API_KEY, Daemon, running_emulator, wait_until
+from tests.integration.test_lifecycle import ROOT, SECRET_VARS, free_port, wait_healthy
+
+SLOW: dict[str, Any] = {"workers": 2, "perf": 400}  # cost 100: 0.25 s a job alone
+
+
+def process_config(port: int, endpoints: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "grace_period_s": 10},
+        "auth": {"enabled": False},
+        "vast": {"autoscaler_url": "embedded"},
+        "logging": {"format": "json", "level": "info", "access_log": False},
+        "emulator": {"status_interval_s": 0.2, "endpoints": {"slow": SLOW, "extra": SLOW}},
+        "endpoint_defaults": {"poll": {"initial_s": 0.05, "max_s": 0.2}},
+        "endpoints": endpoints,
+    }
+
+
+def write(path: Path, raw: dict[str, Any] | str) -> None:
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+
+
+class Process:
+    """A daemon process (``python -m scheduler run``) whose JSON log goes to a file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path, url: str) -> None:
+        self.proc, self.log, self.url = proc, log, url
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == name:
+                found.append(event)
+        return found
+
+    async def sighup_and_wait(self, event: str) -> dict[str, Any]:
+        before = len(self.events(event))
+        self.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: len(self.events(event)) > before, timeout_s=10)
+        return self.events(event)[-1]
+
+
+@asynccontextmanager
+async def daemon_process(
+    tmp_path: Path, http: aiohttp.ClientSession, endpoints: dict[str, Any]
+) -> AsyncIterator[tuple[Process, Path]]:
+    port = free_port()
+    config, log = tmp_path / "daemon.yaml", tmp_path / "daemon.log"
+    write(config, process_config(port, endpoints))
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scheduler", "run", "--config", str(config), cwd=ROOT,
+            env={**env, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=sink,
+        )  # fmt: skip
+    process = Process(proc, log, f"http://127.0.0.1:{port}")
+    try:
+        await wait_healthy(http, process.url)
+        yield process, config
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def endpoint_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(f"{url}/v1/status") as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body["endpoints"]
+
+
+async def submit(http: aiohttp.ClientSession, url: str, endpoint: str, count: int) -> list[str]:
+    ids = []
+    for index in range(count):
+        body = {"payload": {"n": index}}
+        async with http.post(f"{url}/v1/endpoints/{endpoint}/jobs", json=body) as resp:
+            assert resp.status == 202, await resp.text()
+            ids.append((await resp.json())["id"])
+    return ids
+
+
+async def statuses(http: aiohttp.ClientSession, url: str, ids: list[str]) -> list[str]:
+    found = []
+    for job_id in ids:
+        async with http.get(f"{url}/v1/jobs/{job_id}") as resp:
+            found.append((await resp.json())["status"])
+    return found
+
+
+FINAL = {"succeeded", "failed", "cancelled", "expired"}
+
+
+async def all_succeed(http: aiohttp.ClientSession, url: str, ids: list[str]) -> None:
+    async with asyncio.timeout(30):
+        found = await statuses(http, url, ids)
+        while not FINAL.issuperset(found):
+            await asyncio.sleep(0.1)
+            found = await statuses(http, url, ids)
+    assert found == ["succeeded"] * len(ids)
+
+
+async def test_sighup_raises_a_limit_under_load_and_loses_no_job(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with daemon_process(tmp_path, http, {"slow": {"max_concurrency": 2}}) as (daemon, path):
+        ids = await submit(http, daemon.url, "slow", 24)
+        status = (await endpoint_status(http, daemon.url))["slow"]
+        assert status["max_concurrency"] == 2
+        assert status["inflight"] <= 2
+        assert status["queue_depth"] > 0  # jobs are queued and running while it reloads
+        raw = yaml.safe_load(path.read_text())
+        raw["endpoints"]["slow"]["max_concurrency"] = 5
+        write(path, raw)
+        event = await daemon.sighup_and_wait("config.reloaded")
+        assert event["changes"] == ["endpoints.slow.max_concurrency: 2 -> 5"]
+        assert (event["path"], event["source"]) == (str(path), "sighup")
+        status = (await endpoint_status(http, daemon.url))["slow"]
+        assert status["max_concurrency"] == 5
+        peak = 0
+        async with asyncio.timeout(20):  # the raised limit is used, not only shown
+            while peak <= 2 and status["queue_depth"]:
+                status = (await endpoint_status(http, daemon.url))["slow"]
+                peak = max(peak, status["inflight"])
+                await asyncio.sleep(0.02)
+        assert 2 < peak <= 5
+        await all_succeed(http, daemon.url, ids)
+
+
+BROKEN = """
+server: {{host: 127.0.0.1, port: {port}}}
+auth: {{enabled: false}}
+endpoints:
+  slow:
+    max_concurrency: 0
+    queue: {{max_depth: -1}}
+"""
+
+
+async def test_sighup_with_a_broken_file_keeps_the_old_config_and_logs_each_path(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with daemon_process(tmp_path, http, {"slow": {"max_concurrency": 2}}) as (daemon, path):
+        before = await endpoint_status(http, daemon.url)
+        write(path, BROKEN.format(port=daemon.url.rsplit(":", 1)[1]))
+        event = await daemon.sighup_and_wait("config.reload_refused")
+        assert event["code"] == "invalid_config"
+        assert sorted(event["errors"]) == [
+            "endpoints.slow.max_concurrency: must be > 0",
+            "endpoints.slow.queue.max_depth: must be > 0",
+        ]
+        assert set(event["fields"]) == {
+            "endpoints.slow.queue.max_depth", "endpoints.slow.max_concurrency"
+        }  # fmt: skip
+        after = await endpoint_status(http, daemon.url)
+        assert after["slow"]["max_concurrency"] == before["slow"]["max_concurrency"] == 2
+        assert after["slow"]["max_depth"] == before["slow"]["max_depth"]
+        # A valid file with a restart-only change is refused too, by path.
+        raw = process_config(free_port(), {"slow": {"max_concurrency": 3}})
+        write(path, raw)
+        event = await daemon.sighup_and_wait("config.reload_refused")
+        assert event["errors"] == ["server.port: changing it needs a restart"]
+        assert (await endpoint_status(http, daemon.url))["slow"]["max_concurrency"] == 2
+        ids = await submit(http, daemon.url, "slow", 2)  # still serving
+        await all_succeed(http, daemon.url, ids)
+
+
+async def test_sighup_adds_an_endpoint_that_takes_jobs(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with daemon_process(tmp_path, http, {"slow": {}}) as (daemon, path):
+        async with http.post(f"{daemon.url}/v1/endpoints/extra/jobs", json={"payload": {}}) as r:
+            assert r.status == 404
+        running = await submit(http, daemon.url, "slow", 4)
+        raw = yaml.safe_load(path.read_text())
+        raw["endpoints"]["extra"] = {"max_concurrency": 3}
+        write(path, raw)
+        event = await daemon.sighup_and_wait("config.reloaded")
+        assert event["added_endpoints"] == ["extra"]
+        assert (await endpoint_status(http, daemon.url))["extra"]["max_concurrency"] == 3
+        ids = await submit(http, daemon.url, "extra", 3)
+        await all_succeed(http, daemon.url, ids + running)
+        async with http.get(f"{daemon.url}/openapi.json") as resp:
+            spec = await resp.json()
+        enum = spec["paths"]["/v1/endpoints/{endpoint}/jobs"]["post"]["parameters"][0]
+        assert enum["schema"]["enum"] == ["extra", "slow"]
+
+
+# POST /v1/admin/reload, in-process ---------------------------------------------------------
+ADMIN = "admin-token-0123456789abcdef"
+USER = "user-token-0123456789abcdef"
+ROTATED = "rotated-token-0123456789abcdef"
+
+
+def admin_file(autoscaler_url: str, tokens: list[dict[str, Any]], **echo: Any) -> dict[str, Any]:
+    return {
+        "auth": {"tokens": tokens},
+        "vast": {"autoscaler_url": autoscaler_url, "api_key": API_KEY},
+        "endpoint_defaults": {"poll": {"initial_s": 0.05, "max_s": 0.2}},
+        "endpoints": {"echo": echo},
+    }
+
+
+TOKENS = [{"name": "ops", "token": ADMIN, "admin": True}, {"name": "team", "token": USER}]
+
+
+@asynccontextmanager
+async def daemon_with_file(
+    path: Path, attach: bool = True, grace_s: float = 5
+) -> AsyncIterator[Daemon]:
+    """What ``serve`` does: the app knows the file it came from (unless not ``attach``)."""
+    config = load_config(path)
+    app = create_app(config)
+    if attach:
+        app[CONFIG_PATH] = path
+    runner = await start_runner(app, "127.0.0.1", 0, access_log=False)
+    host, port = bound(runner)[0]
+    try:
+        yield Daemon(f"http://{host}:{port}", app, runner, config)
+    finally:
+        await shutdown(app, runner, grace_s=grace_s)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def post_reload(
+    http: aiohttp.ClientSession, daemon: Daemon, token: str | None
+) -> tuple[int, dict[str, Any]]:
+    headers = bearer(token) if token else {}
+    async with http.post(f"{daemon.url}/v1/admin/reload", headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_admin_reload_needs_an_admin_token_and_answers_what_changed(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"echo": {"workers": 1}}) as emulator:
+        write(path, admin_file(emulator.autoscaler_url, TOKENS, max_concurrency=2))
+        async with daemon_with_file(path) as daemon:
+            assert (await post_reload(http, daemon, None))[0] == 401
+            assert (await post_reload(http, daemon, "not-a-token-0123456789"))[0] == 401
+            code, body = await post_reload(http, daemon, USER)
+            assert (code, body["error"]["code"]) == (403, "forbidden")
+            write(path, admin_file(emulator.autoscaler_url, TOKENS, max_concurrency=4))
+            code, body = await post_reload(http, daemon, ADMIN)
+            assert code == 200, body
+            assert body["changes"] == ["endpoints.echo.max_concurrency: 2 -> 4"]
+            assert body["updated_endpoints"] == ["echo"]
+            async with http.get(f"{daemon.url}/v1/status", headers=bearer(USER)) as resp:
+                assert (await resp.json())["endpoints"]["echo"]["max_concurrency"] == 4
+
+
+async def test_admin_reload_refusals_keep_the_config(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"echo": {"workers": 1}}) as emulator:
+        good = admin_file(emulator.autoscaler_url, TOKENS, max_concurrency=2)
+        write(path, good)
+        async with daemon_with_file(path) as daemon:
+            broken = admin_file(emulator.autoscaler_url, TOKENS, max_concurrency=0, bogus=1)
+            write(path, broken)
+            code, body = await post_reload(http, daemon, ADMIN)
+            assert (code, body["error"]["code"]) == (422, "invalid_config")
+            assert {p["field"] for p in body["problems"]} == {
+                "endpoints.echo.max_concurrency", "endpoints.echo.bogus"
+            }  # fmt: skip
+            write(path, {**good, "server": {"port": 1}})
+            code, body = await post_reload(http, daemon, ADMIN)
+            assert (code, body["error"]["code"]) == (409, "restart_required")
+            assert body["problems"] == [
+                {"field": "server.port", "message": "changing it needs a restart"}
+            ]
+            write(path, {**good, "endpoints": {}})
+            code, body = await post_reload(http, daemon, ADMIN)
+            assert (code, body["problems"][0]["field"]) == (409, "endpoints.echo")
+            assert daemon.service.config == daemon.config
+            assert daemon.service.dispatchers["echo"].config.max_concurrency == 2
+
+
+async def test_admin_reload_rotates_tokens(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"echo": {"workers": 1}}) as emulator:
+        write(path, admin_file(emulator.autoscaler_url, TOKENS))
+        async with daemon_with_file(path) as daemon:
+            rotated = [TOKENS[0], {"name": "team", "token": ROTATED}]
+            write(path, admin_file(emulator.autoscaler_url, rotated))
+            code, body = await post_reload(http, daemon, ADMIN)
+            assert (code, body["changes"]) == (200, ["auth.tokens: changed"])
+            url = f"{daemon.url}/v1/endpoints/echo/jobs"
+            async with http.post(url, json={"payload": {}}, headers=bearer(USER)) as resp:
+                assert resp.status == 401
+            async with http.post(url, json={"payload": {}}, headers=bearer(ROTATED)) as resp:
+                assert resp.status == 202
+
+
+@pytest.mark.parametrize("with_path", [True, False], ids=["auth-off", "no-file"])
+async def test_admin_reload_is_refused_without_auth_or_without_a_file(
+    tmp_path: Path, http: aiohttp.ClientSession, with_path: bool
+) -> None:
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"echo": {"workers": 1}}) as emulator:
+        raw = admin_file(emulator.autoscaler_url, TOKENS)
+        if with_path:
+            raw["auth"] = {"enabled": False}
+        write(path, raw)
+        async with daemon_with_file(path, attach=with_path) as daemon:
+            if with_path:
+                code, body = await post_reload(http, daemon, None)
+                assert (code, body["error"]["code"]) == (403, "admin_requires_auth")
+            else:
+                code, body = await post_reload(http, daemon, ADMIN)
+                assert (code, body["error"]["code"]) == (409, "reload_unavailable")
+
+
+async def test_reconfigure_adjusts_every_component_and_keeps_queued_jobs(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"echo": {"workers": 0}}) as emulator:  # cold: jobs stay queued
+        write(path, admin_file(emulator.autoscaler_url, TOKENS))
+        async with daemon_with_file(path, grace_s=0.1) as daemon:  # its jobs never run
+            ids = await submit_as(http, daemon, 5)
+            dispatcher = daemon.service.dispatchers["echo"]
+            await wait_until(lambda: len(dispatcher.queue) == 5)
+            changed = {
+                "max_concurrency": 9, "queue": {"max_depth": 50}, "route_rate_per_s": 3.0,
+                "route_burst": 4, "tenant_weights": {"team": 2.0}, "reuse": "sequential",
+                "retry_budget": {"ratio": 0.5, "min_retries": 1, "window_s": 2.0},
+                "ejection": {"consecutive_failures": 2, "base_s": 1.0, "max_s": 2.0},
+                "lease": {"ttl_s": 10.0, "idle_close_s": 1.0, "session_lifetime_s": 5.0},
+                "cost": {"calibration_alpha": 0.5},
+            }  # fmt: skip
+            write(path, admin_file(emulator.autoscaler_url, TOKENS, **changed))
+            code, body = await post_reload(http, daemon, ADMIN)
+            assert code == 200, body
+            assert dispatcher is daemon.service.dispatchers["echo"]
+            assert len(dispatcher.queue) == 5  # nothing dropped
+            assert dispatcher.queue.max_depth == 50
+            assert dispatcher.queue.weight_of("team") == 2.0
+            assert (dispatcher.bucket.rate_per_s, dispatcher.bucket.burst) == (3.0, 4)
+            assert str(dispatcher.mode) == "sequential"
+            budget = dispatcher.retry_budget
+            assert (budget.ratio, budget.min_retries, budget.window_s) == (0.5, 1, 2.0)
+            assert dispatcher.outliers.policy.consecutive_failures == 2
+            assert (dispatcher.pool.limits.ttl_s, dispatcher.pool.limits.idle_close_s) == (10, 1)
+            assert dispatcher.calibrator.alpha == 0.5
+            for job_id in ids:
+                job = daemon.service.get(job_id)
+                assert job is not None
+                assert str(job.status) == "queued"
+
+
+async def submit_as(http: aiohttp.ClientSession, daemon: Daemon, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        url = f"{daemon.url}/v1/endpoints/echo/jobs"
+        async with http.post(url, json={"payload": {}}, headers=bearer(USER)) as resp:
+            assert resp.status == 202, await resp.text()
+            ids.append((await resp.json())["id"])
+    return ids

@@ -27,6 +27,7 @@ from scheduler.emulator.emulator import Emulator
 from scheduler.observability.metrics import Metrics
 from scheduler.service import SchedulerService
 from scheduler.store.base import FleetPolling, JobStore
+from scheduler.vast.networks import worker_networks_of
 from scheduler.vast.route_client import RouteClient
 from scheduler.vast.worker_client import WorkerClient, make_ssl_context
 from scheduler.webhooks import WebhookSender
@@ -102,6 +103,7 @@ async def scheduler_context(
     router = RouteClient(
         route_session, app[AUTOSCALER_URL], vast.api_key, vast.route_timeout_s,
         vast.replay_timeout_s, vast.connect_timeout_s,
+        worker_networks=worker_networks_of(vast.worker_networks),
     )  # fmt: skip
     webhooks = WebhookSender(webhook_session, config.server.webhook, rng)
     async with shared_store(config, app[METRICS], clock) as (store, fleet):

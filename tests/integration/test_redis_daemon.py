@@ -51,56 +51,63 @@ async def job_view(http: aiohttp.ClientSession, daemon: Daemon, job_id: str) -> 
 
 
 async def test_job_submitted_on_one_replica_is_seen_and_cancelled_on_the_other(
-    http: aiohttp.ClientSession, redis_prefix: str  # noqa: F811
+    http: aiohttp.ClientSession,
+    redis_prefix: str,  # noqa: F811
 ) -> None:
-    async with running_emulator({"never": {"workers": 1, "cold_start_s": 60}}) as emulator:
-        async with two_replicas(emulator.autoscaler_url, redis_prefix, {"never": {}}) as (a, b):
-            body = {"payload": {"n": 1}, "idempotency_key": "k-1"}
-            async with http.post(f"{a.url}/v1/endpoints/never/jobs", json=body) as resp:
-                assert resp.status == 202
-                job_id = (await resp.json())["id"]
-            # The same key on the other replica: the same job, not a second one.
-            async with http.post(f"{b.url}/v1/endpoints/never/jobs", json=body) as resp:
-                assert resp.status == 200
-                assert resp.headers["Idempotent-Replayed"] == "true"
-                assert (await resp.json())["id"] == job_id
-            assert (await job_view(http, b, job_id))["status"] in ("queued", "running")
-            async with http.delete(f"{b.url}/v1/jobs/{job_id}") as resp:
-                assert resp.status == 202
+    cold = {"never": {"workers": 1, "cold_start_s": 60}}
+    async with (
+        running_emulator(cold) as emulator,
+        two_replicas(emulator.autoscaler_url, redis_prefix, {"never": {}}) as (a, b),
+    ):
+        body = {"payload": {"n": 1}, "idempotency_key": "k-1"}
+        async with http.post(f"{a.url}/v1/endpoints/never/jobs", json=body) as resp:
+            assert resp.status == 202
+            job_id = (await resp.json())["id"]
+        # The same key on the other replica: the same job, not a second one.
+        async with http.post(f"{b.url}/v1/endpoints/never/jobs", json=body) as resp:
+            assert resp.status == 200
+            assert resp.headers["Idempotent-Replayed"] == "true"
+            assert (await resp.json())["id"] == job_id
+        assert (await job_view(http, b, job_id))["status"] in ("queued", "running")
+        async with http.delete(f"{b.url}/v1/jobs/{job_id}") as resp:
+            assert resp.status == 202
 
-            async def cancelled() -> bool:
-                return (await job_view(http, a, job_id))["status"] == "cancelled"
+        async def cancelled() -> bool:
+            return (await job_view(http, a, job_id))["status"] == "cancelled"
 
-            for _ in range(100):  # bounded: the replica running it hears within a few polls
-                if await cancelled():
-                    break
-                await asyncio.sleep(0.05)
-            assert await cancelled()
-            async with http.delete(f"{a.url}/v1/jobs/{job_id}") as resp:
-                assert resp.status == 409
+        for _ in range(100):  # bounded: the replica running it hears within a few polls
+            if await cancelled():
+                break
+            await asyncio.sleep(0.05)
+        assert await cancelled()
+        async with http.delete(f"{a.url}/v1/jobs/{job_id}") as resp:
+            assert resp.status == 409
 
 
 async def test_sync_run_on_one_replica_answered_from_another(
-    http: aiohttp.ClientSession, redis_prefix: str  # noqa: F811
+    http: aiohttp.ClientSession,
+    redis_prefix: str,  # noqa: F811
 ) -> None:
-    async with running_emulator({"echo": {"workers": 2}}) as emulator:
-        async with two_replicas(emulator.autoscaler_url, redis_prefix, {"echo": {}}) as (a, b):
-            # Every request goes to a, which claims nothing: b runs them, a answers.
-            for feeder in a.service.feeders.values():
-                feeder.stop_claiming()
-            await asyncio.sleep(CLAIM_BLOCK_S + 0.5)  # its last blocking claim returns empty
-            results = await asyncio.gather(*(
-                http.post(f"{a.url}/v1/endpoints/echo/run", json={"payload": {"i": i}})
-                for i in range(40)
-            ))  # fmt: skip
-            for i, resp in enumerate(results):
-                async with resp:
-                    assert resp.status == 200, await resp.text()
-                    assert (await resp.json())["echo"] == {"i": i}
-                    assert resp.headers["X-Job-Id"].startswith("job_")
-            ran = [d.service.metrics.jobs_finished.labels("echo", "succeeded")._value.get()
-                   for d in (a, b)]  # fmt: skip
-            assert ran == [0, 40]
+    async with (
+        running_emulator({"echo": {"workers": 2}}) as emulator,
+        two_replicas(emulator.autoscaler_url, redis_prefix, {"echo": {}}) as (a, b),
+    ):
+        # Every request goes to a, which claims nothing: b runs them, a answers.
+        for feeder in a.service.feeders.values():
+            feeder.stop_claiming()
+        await asyncio.sleep(CLAIM_BLOCK_S + 0.5)  # its last blocking claim returns empty
+        results = await asyncio.gather(*(
+            http.post(f"{a.url}/v1/endpoints/echo/run", json={"payload": {"i": i}})
+            for i in range(40)
+        ))  # fmt: skip
+        for i, resp in enumerate(results):
+            async with resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["echo"] == {"i": i}
+                assert resp.headers["X-Job-Id"].startswith("job_")
+        ran = [d.service.metrics.jobs_finished.labels("echo", "succeeded")._value.get()
+               for d in (a, b)]  # fmt: skip
+        assert ran == [0, 40]
 
 
 async def test_unreachable_redis_is_a_503_not_a_crash(http: aiohttp.ClientSession) -> None:

@@ -3,16 +3,10 @@ networks is never used (no job reaches that worker); inside, jobs run as usual."
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import aiohttp
-import pytest
 
-import scheduler.app
-from scheduler.config import AppConfig
-from scheduler.vast.networks import worker_networks_of
-from scheduler.vast.route_client import RouteClient
 from tests.integration.harness import (
     daemon_config,
     running_daemon,
@@ -22,26 +16,11 @@ from tests.integration.harness import (
 from tests.integration.test_failover import submit
 
 
-def wire_networks(monkeypatch: pytest.MonkeyPatch, config: AppConfig) -> None:
-    """Hands ``config.vast.worker_networks`` to the daemon's route client.
-
-    scheduler/app.py builds the RouteClient and does not pass ``worker_networks`` yet (that
-    file is being refactored elsewhere). Once it passes
-    ``worker_networks=worker_networks_of(vast.worker_networks)``, its keyword overrides this
-    one with the same value and this patch can go."""
-    networks = worker_networks_of(config.vast.worker_networks)
-    monkeypatch.setattr(
-        scheduler.app, "RouteClient", functools.partial(RouteClient, worker_networks=networks)
-    )
-
-
 def worker_requests(emulator: Any) -> int:
     return sum(sum(w.counters.by_status.values()) for w in emulator.all_workers())
 
 
-async def test_workers_outside_the_networks_never_get_jobs(
-    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_workers_outside_the_networks_never_get_jobs(http: aiohttp.ClientSession) -> None:
     async with running_emulator({"echo": {"workers": 2}}) as emulator:
         await emulator.wait_ready("echo", 2)
         config = daemon_config(
@@ -49,7 +28,6 @@ async def test_workers_outside_the_networks_never_get_jobs(
             {"echo": {"max_attempts": 2}},
             vast={"worker_networks": ["10.0.0.0/8", "fd00::/8", "workers.internal"]},
         )
-        wire_networks(monkeypatch, config)
         async with running_daemon(config) as daemon:
             job_ids = [await submit(http, daemon.url, "echo", timeout_s=1.5) for _ in range(3)]
             jobs = [
@@ -65,16 +43,13 @@ async def test_workers_outside_the_networks_never_get_jobs(
     assert '"worker_not_allowed"' in status  # counted by kind on /v1/status
 
 
-async def test_workers_inside_the_networks_get_jobs(
-    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_workers_inside_the_networks_get_jobs(http: aiohttp.ClientSession) -> None:
     async with running_emulator({"echo": {"workers": 1}}) as emulator:
         config = daemon_config(
             emulator.autoscaler_url,
             {"echo": {}},
             vast={"worker_networks": ["10.0.0.0/8", "127.0.0.0/8", "::1/128"]},
         )
-        wire_networks(monkeypatch, config)
         async with running_daemon(config) as daemon:
             job_id = await submit(http, daemon.url, "echo", timeout_s=10)
             job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed", "expired"})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler.api.context import METRICS, SERVICE
 from scheduler.reload import reload, reload_answer, require_admin
+from scheduler.store.base import StoreUnavailable
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -23,7 +26,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SERVICE].status())
+    service = request.app[SERVICE]
+    body = service.status()
+    if service.store.shared:  # what the whole fleet still owes, beside this replica's view
+        with contextlib.suppress(StoreUnavailable):
+            for name, endpoint in body["endpoints"].items():
+                jobs, cost = await service.store.backlog(name)
+                endpoint["fleet"] = {"unfinished_jobs": jobs, "unfinished_cost": cost}
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -69,6 +69,10 @@ async def test_job_submitted_on_one_replica_is_seen_and_cancelled_on_the_other(
             assert resp.headers["Idempotent-Replayed"] == "true"
             assert (await resp.json())["id"] == job_id
         assert (await job_view(http, b, job_id))["status"] in ("queued", "running")
+        async with http.get(f"{b.url}/v1/status") as resp:
+            status = await resp.json()
+        assert status["store"] == {"backend": "redis", "healthy": True}
+        assert status["endpoints"]["never"]["fleet"]["unfinished_jobs"] == 1
         async with http.delete(f"{b.url}/v1/jobs/{job_id}") as resp:
             assert resp.status == 202
 

@@ -277,7 +277,13 @@ def hostile_status() -> dict[str, Any]:
     return {"accepting": True, "endpoints": {"evil": endpoint}}
 
 
+class StubStore:
+    shared = False  # the handler asks the store for fleet totals only when it is shared
+
+
 class StubService:
+    store = StubStore()
+
     def status(self) -> dict[str, Any]:
         return hostile_status()
 
@@ -285,7 +291,7 @@ class StubService:
 @pytest.mark.timeout(90)
 async def test_status_page_escapes_hostile_strings(tmp_path: Path) -> None:
     app = web.Application()
-    app[SERVICE] = StubService()  # type: ignore[assignment]  # only status() is read
+    app[SERVICE] = StubService()  # type: ignore[assignment]  # only status() and store are read
     app.router.add_get("/", status_page.status_page)
     app.router.add_get("/v1/status", admin.status)
     runner = await start_runner(app, "127.0.0.1", 0, access_log=False)

@@ -37,6 +37,7 @@ async def main(names: list[str], quick: bool, seed: int) -> int:
                 title, fn = SCENARIOS[name]
                 print(f"scenario {name}: {title}{' (quick)' if quick else ''}", flush=True)
                 started = time.monotonic()
+                started_at, load_before = report.now_utc(), report.load_average()
                 data = await fn(Ctx(http, quick, seed, Path(root)))
                 data = {
                     "scenario": name,
@@ -46,6 +47,8 @@ async def main(names: list[str], quick: bool, seed: int) -> int:
                     "date": report.today(),
                     "machine": machine,
                     "duration_s": round(time.monotonic() - started, 1),
+                    "started_at": started_at,
+                    "load_average": {"start": load_before, "end": report.load_average()},
                     **data,
                 }
                 print(f"  wrote {report.write_json(name, data)}", flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -70,6 +71,9 @@ async def main(raw: dict[str, Any], port: int, log_port: int) -> None:
         await emulator.stop()
 
 
+GC_GEN0_THRESHOLD = 50_000
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.emulator_proc")
     parser.add_argument("--config", required=True)
@@ -78,6 +82,13 @@ def run() -> None:
     args = parser.parse_args()
     _quiet_logs()
     raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    # The daemon's collector settings (``scheduler.__main__.tune_gc``) here too, written out so
+    # an older scheduler copy (BENCH_SCHEDULER_SRC) still runs: the emulator serves every
+    # system alike, and its full collections (50-80 ms at default settings) were latency spikes
+    # common to all of them, noise in the latency added over direct.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     coro = main(raw, args.port, args.log_port)
     try:
         import uvloop

@@ -126,6 +126,14 @@ SUMMARY_COLUMNS = (
 )
 
 
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 def summary_markdown(date: str) -> str:
     files = sorted(RESULTS.glob(f"{date}-[a-e]{SUFFIX['value']}.json"))
     datas = [json.loads(f.read_text()) for f in files]
@@ -164,6 +172,16 @@ def summary_markdown(date: str) -> str:
         for t in data.get("targets", []):
             met = "yes" if t["met"] else ("**no**" if t["met"] is False else "-")
             lines.append(f"| {data['scenario']} | {t['target']} | {t['measured']} | {met} |")
+    runs_at = [
+        f"- {d['scenario']}: started {d['started_at']}, load average (1/5/15 min) "
+        f"{d['load_average']['start']} at start, {d['load_average']['end']} at end, commit "
+        f"{d['machine'].get('commit', '?')} (uncommitted scheduler/ changes: "
+        f"{d['machine'].get('scheduler_dirty', '?')})"
+        for d in datas
+        if "load_average" in d
+    ]
+    if runs_at:
+        lines += ["", "## When each scenario ran", "", *runs_at]
     notes = [f"- {d['scenario']}: {n}" for d in datas for n in d.get("notes", [])]
     if notes:
         lines += ["", "## Notes", "", *notes]

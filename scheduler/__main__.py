@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -44,6 +46,25 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+# The collector's youngest generation is collected every GC_GEN0_THRESHOLD net allocations of
+# tracked objects (CPython's default: 700). A job allocates a few hundred (aiohttp request and
+# response, tasks, futures), so the default collects several times per job.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Freeze what start-up built (modules, config, schemas: never garbage) so no full
+    collection walks it again, and collect the young generation less often. Both cut the
+    collector's share of the CPU and the length of its pauses (latency tails) under load.
+    ``VAST_SCHEDULER_GC=default`` keeps CPython's settings."""
+    if os.environ.get("VAST_SCHEDULER_GC") == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def setup_logging(config: AppConfig) -> None:
     secrets = [config.vast.api_key.get_secret_value()]
     if config.server.webhook.secret is not None:
@@ -69,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from scheduler.serve import serve
 
+        tune_gc()
         run_loop(serve(config, config_path=args.config))
         return 0
     from scheduler.emulator.cli import run_emulator

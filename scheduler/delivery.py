@@ -59,6 +59,21 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     return raw.decode("utf-8", "replace")
 
 
+class ClosedDelivery:
+    """What a finished job keeps instead of its delivery: the live one holds the worker's
+    response and its connection graph, which a retained job must not keep alive (memory, and
+    every full collection of the garbage collector would walk it)."""
+
+    async def deliver(self, resp: aiohttp.ClientResponse) -> Any:
+        raise CallerGone("the job has ended")
+
+    def close(self) -> None:
+        return None
+
+
+CLOSED = ClosedDelivery()
+
+
 class StreamDelivery:
     """Sync and proxy callers: hand the open response to the waiting handler, which streams it."""
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scheduler.delivery import Delivery
+from scheduler.delivery import CLOSED, Delivery
 
 JobMode = Literal["async", "sync", "proxy"]
 
@@ -83,6 +83,7 @@ class Job:
         self.finished_mono = now
         self.error = error
         self.delivery.close()
+        self.delivery = CLOSED  # the live one holds the worker's response: let it go
         self.payload = None  # a finished job is kept for its result only: free the request
         return True
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, read_json
@@ -131,19 +132,31 @@ def unanswered(job: Job) -> ApiError:
     return ApiError(502, "job_failed", message, None, headers)
 
 
+# A worker answer of known length up to this size is read whole and sent with its headers in
+# one write (``web.Response``); anything else (chunked, streamed, larger) is piped as it comes.
+WHOLE_ANSWER_MAX_BYTES = 64 * 1024
+
+
 async def pipe(
     request: web.Request, job: Job, upstream: aiohttp.ClientResponse, delivery: StreamDelivery
 ) -> web.StreamResponse:
-    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    for name, value in upstream.headers.items():
-        if name.lower() not in _DROPPED_HEADERS:
-            out.headers.add(name, value)
-    out.headers["X-Job-Id"] = job.id
-    out.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    """The worker's answer to the caller. A small one of known length is read whole and goes
+    out with its headers in one write; anything else is copied chunk by chunk as it comes. If
+    the worker breaks off, the caller gets the headers and an answer cut short."""
+    headers = answer_headers(request, job, upstream)
+    length = upstream.content_length
+    body: bytes | None = None
     error: BaseException | None = None
+    out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
+        if length is not None and length <= WHOLE_ANSWER_MAX_BYTES:
+            body, error = await read_whole(upstream)
+        if body is not None:
+            out = web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                               headers=headers)  # fmt: skip
         await out.prepare(request)
-        error = await copy_body(upstream, out)
+        if body is None and error is None:
+            error = await copy_body(upstream, out)
         if error is None:
             await out.write_eof()
     except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
@@ -153,6 +166,25 @@ async def pipe(
         raise
     delivery.stream_finished(error)
     return out
+
+
+async def read_whole(upstream: aiohttp.ClientResponse) -> tuple[bytes | None, Exception | None]:
+    try:
+        return await upstream.read(), None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return None, StreamBroken(f"worker stream broke: {type(exc).__name__}")
+
+
+def answer_headers(
+    request: web.Request, job: Job, upstream: aiohttp.ClientResponse
+) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        if name.lower() not in _DROPPED_HEADERS:
+            headers.add(name, value)
+    headers["X-Job-Id"] = job.id
+    headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    return headers
 
 
 async def copy_body(upstream: aiohttp.ClientResponse, out: web.StreamResponse) -> Exception | None:

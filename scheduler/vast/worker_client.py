@@ -34,10 +34,18 @@ def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
 def envelope(ready: Ready, payload_json: bytes, session_id: str | None = None) -> bytes:
     """``{"auth_data", "session_id", "payload"}`` as JSON bytes, the payload spliced in as
     it was encoded at admission (a queued job keeps bytes, not a parsed tree)."""
+    return envelope_head(ready, session_id) + payload_json + b"}"
+
+
+def envelope_head(ready: Ready, session_id: str | None) -> bytes:
+    """The envelope up to the payload: the same for every job on one lease."""
     # The route answer goes verbatim: the worker checks the signature over its url and keys
     # its bookkeeping by reqnum, so nothing in it may be rewritten.
     head = json.dumps({"auth_data": ready.auth_data, "session_id": session_id})
-    return head[:-1].encode() + b', "payload": ' + payload_json + b"}"
+    return head[:-1].encode() + b', "payload": '
+
+
+MAX_CACHED_HEADS = 1024  # leases are few: a full cache holds old answers, and starts again
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -66,6 +74,9 @@ class WorkerClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        # Envelope heads by (answer, session), encoded once per lease rather than per job; an
+        # entry holds its answer, so the answer's id cannot be reused by another meanwhile.
+        self._heads: dict[tuple[int, str | None], tuple[Ready, bytes]] = {}
 
     @asynccontextmanager
     async def post(
@@ -74,11 +85,22 @@ class WorkerClient:
         with translated_errors():
             async with self._session.post(
                 f"{ready.url}{route}",
-                data=envelope(ready, payload_json, session_id),
+                data=self._head(ready, session_id) + payload_json + b"}",
                 headers=JSON_HEADERS,
                 timeout=self._timeout,
             ) as resp:
                 yield resp
+
+    def _head(self, ready: Ready, session_id: str | None) -> bytes:
+        key = (id(ready), session_id)
+        cached = self._heads.get(key)
+        if cached is not None and cached[0] is ready:
+            return cached[1]
+        if len(self._heads) >= MAX_CACHED_HEADS:
+            self._heads.clear()
+        head = envelope_head(ready, session_id)
+        self._heads[key] = (ready, head)
+        return head
 
     async def create_session(self, ready: Ready, lifetime_s: float) -> str:
         """Open a Vast session on the answer's worker, accounted by it at the answer's cost."""

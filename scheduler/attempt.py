@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from scheduler.core.assignments import Lease
 from scheduler.core.retry import Outcome, classify_status
-from scheduler.delivery import CallerGone, ResultTooLarge, StreamBroken
+from scheduler.delivery import CallerGone, MalformedAnswer, ResultTooLarge, StreamBroken
 from scheduler.jobs import Job, JobResult
 from scheduler.seams import Forwarder
 from scheduler.vast.types import WorkerError
@@ -16,7 +16,8 @@ from scheduler.vast.types import WorkerError
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    kind: str  # answered | gone | timeout | retryable_5xx | expired | caller_gone | broken
+    # answered | gone | timeout | retryable_5xx | malformed | expired | caller_gone | broken
+    kind: str
     status: int | None = None
     error_kind: str | None = None
     detail: str | None = None
@@ -44,7 +45,10 @@ async def attempt(
                     return AttemptResult("retryable_5xx", resp.status, headers_after_s=waited)
                 # The answer has started: from here the deadline no longer applies.
                 deadline.reschedule(None)
-                body = await job.delivery.deliver(resp)
+                try:
+                    body = await job.delivery.deliver(resp)
+                except MalformedAnswer as exc:
+                    return AttemptResult("malformed", resp.status, "malformed", str(exc), waited)
                 job.result = JobResult(resp.status, resp.content_type, body)
                 return AttemptResult("answered", resp.status, headers_after_s=waited)
     except TimeoutError:

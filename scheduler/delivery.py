@@ -15,6 +15,10 @@ class ResultTooLarge(Exception):
     pass
 
 
+class MalformedAnswer(Exception):
+    """A success answer that says it is JSON and is not: a broken worker, not a result."""
+
+
 class CallerGone(Exception):
     """The synchronous caller went away while its answer was streaming."""
 
@@ -44,6 +48,11 @@ class BufferedDelivery:
             raise WorkerGone("worker connection lost while reading its answer") from exc
         if len(raw) > self._max_bytes:
             raise ResultTooLarge(f"worker answer exceeds {self._max_bytes} bytes")
+        if 200 <= resp.status < 300 and resp.content_type == "application/json":
+            try:
+                return json.loads(raw)
+            except ValueError as exc:  # UnicodeDecodeError is one too
+                raise MalformedAnswer("worker answered 2xx with a body that is not JSON") from exc
         return decode_body(raw, resp.content_type)
 
     def close(self) -> None:

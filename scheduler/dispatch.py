@@ -685,10 +685,12 @@ class EndpointDispatcher:
         kind = result.error_kind or worker_error_kind(result.status or 0)
         self._worker_trouble(lease.worker_url, kind, job)
         job.history.append(f"{action.value}:{kind}")
-        if action is Action.RETRY and result.kind == "timeout" and not self._may_retry_5xx(job)():
-            action = Action.FAIL  # a timed-out job may have run: only idempotent ones go again
+        if (action is Action.RETRY and result.kind in ("timeout", "malformed")
+                and not self._may_retry_5xx(job)()):  # fmt: skip
+            action = Action.FAIL  # it may have run: only idempotent ones go again
         if action is Action.FAIL:
-            error = f"worker answered {result.status}" if result.status else result.detail
+            answered = result.kind == "answered" and result.status
+            error = f"worker answered {result.status}" if answered else result.detail
             self._finish(job, JobStatus.FAILED, error)
             return
         if job.pinned_session is not None:

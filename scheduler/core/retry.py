@@ -53,14 +53,16 @@ class Action(enum.Enum):
     REROUTE_EVICT = "reroute_evict"  # 401/410: drop this lease
     REROUTE_SHRINK = "reroute_shrink"  # 429: halve the lease's budget
     REROUTE_LEGACY = "reroute_legacy"  # 401 on a reused answer: replay-protected worker
-    RETRY = "retry"  # 5xx/timeout on an idempotent endpoint, within the retry budget
+    # 5xx, timeout or a malformed answer on an idempotent endpoint, within the retry budget
+    RETRY = "retry"
 
 
 def decide(kind: str, status: int | None, reused: bool, detect_legacy: bool) -> Action:
-    """``kind``: "answered" (then ``status``), "gone", "timeout", "retryable_5xx"."""
+    """``kind``: "answered" (then ``status``), "gone", "timeout", "retryable_5xx", "malformed"
+    (the caller checks that timed-out and malformed jobs may run again: they may have run)."""
     if kind == "gone":
         return Action.REROUTE_GONE
-    if kind in ("timeout", "retryable_5xx"):
+    if kind in ("timeout", "retryable_5xx", "malformed"):
         return Action.RETRY
     if kind != "answered" or status is None:
         return Action.FAIL

@@ -22,7 +22,7 @@ COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 COST_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000, 250_000, 1_000_000)
 KNOWN_WORKER_ERRORS = (
     "gone", "tls", "timeout", "unauthorized", "session_gone", "overloaded", "server_error",
-    "client_error", "bad_envelope", "session_refused",
+    "client_error", "bad_envelope", "session_refused", "malformed",
 )  # fmt: skip
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0)
 

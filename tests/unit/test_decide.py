@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from scheduler.core.retry import Action, Outcome, classify_status, decide
 
-KINDS = ("answered", "gone", "timeout", "retryable_5xx", "other")
+KINDS = ("answered", "gone", "timeout", "retryable_5xx", "malformed", "other")
 STATUSES = (200, 201, 400, 401, 404, 410, 422, 429, 500, 503)
 FLAGS = (False, True)
 
@@ -32,6 +32,7 @@ UNANSWERED = {
     "gone": Action.REROUTE_GONE,
     "timeout": Action.RETRY,
     "retryable_5xx": Action.RETRY,
+    "malformed": Action.RETRY,  # a 2xx that is not what it says: the dispatcher checks idempotency
     "other": Action.FAIL,
 }
 

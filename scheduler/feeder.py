@@ -73,6 +73,9 @@ class StoreFeeder:
         return self._prefetch - len(self._dispatcher.queue)
 
     def _upkeep_in(self) -> float:
+        """How long a claim may block: until the next upkeep (no upkeep: a full block)."""
+        if not self._store.shared:
+            return CLAIM_BLOCK_S
         return max(0.05, self._next_upkeep - self._clock())
 
     async def _upkeep(self) -> None:

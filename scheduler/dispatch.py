@@ -20,7 +20,7 @@ from prometheus_client import Histogram
 
 from scheduler.attempt import AttemptResult, attempt
 from scheduler.config import EndpointConfig
-from scheduler.core.assignments import Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.assignments import Held, Lease, LeaseLimits, LeasePool, ReuseMode
 from scheduler.core.batching import BatchLimits, take_batch
 from scheduler.core.calibration import Calibrator, ThroughputMeter
 from scheduler.core.health import EjectionPolicy, OutlierDetector, RetryBudget
@@ -51,6 +51,13 @@ MAX_REMEMBERED_WORKERS = 4096
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
+# Placement horizon: a busy worker takes a job only if it would finish within this many seconds
+# at its measured rate (``LeasePool.choose``); enough queued work to cover the round trip to
+# the next job, little enough that jobs wait in our queue for whichever worker frees first.
+PLACEMENT_HORIZON_S = 0.1
+# While jobs are held for busy workers, one batch is still routed this often, so the autoscaler
+# sees the demand and a worker it added is found.
+HOLD_ROUTE_INTERVAL_S = 2.0
 
 
 @dataclass(slots=True)
@@ -148,6 +155,8 @@ class EndpointDispatcher:
         self._last_completion: float | None = None
         self._gap_ewma_s: float | None = None
         self._cost_ewma = 0.0
+        self._holding = False  # the last placement pass held the head for busy workers
+        self._hold_route_at = now
 
     # intake -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -322,11 +331,15 @@ class EndpointDispatcher:
 
     def _place(self, now: float) -> None:
         excluded = self.outliers.ejected(now)
+        self._holding = False
         while len(self.queue) and self.inflight < self.config.max_concurrency:
             head = self.queue.peek()
             if head is None:
                 return
-            lease = self.pool.pick(head[1], now, self._rng, excluded, self.meter.throughput)
+            lease = self.pool.choose(head[1], now, self._rng, excluded, PLACEMENT_HORIZON_S)
+            if isinstance(lease, Held):
+                self._holding = True
+                return
             if lease is None:
                 return
             job_id = self.queue.pop()
@@ -344,6 +357,10 @@ class EndpointDispatcher:
             return None
         if now < self._route_retry_at:
             return self._route_retry_at
+        if self._holding:
+            if now < self._hold_route_at:
+                return self._hold_route_at
+            self._hold_route_at = now + HOLD_ROUTE_INTERVAL_S
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
@@ -459,7 +476,7 @@ class EndpointDispatcher:
             if job is None or job.finished or job_id not in self._reserved:
                 self._reserved.pop(job_id, None)
                 continue
-            if lease.has_room(job.cost, now):
+            if self.pool.admits(lease, job.cost, now, PLACEMENT_HORIZON_S):
                 self._reserved.pop(job_id, None)
                 self._start(job, lease)
             else:

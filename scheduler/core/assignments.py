@@ -5,6 +5,15 @@ bookkeeping by ``reqnum``, so outside a Vast session an answer carries at most o
 time (``sequential``); inside a session it carries jobs concurrently up to the cost the
 session declared (``session``); ``never`` uses an answer once. Budgets adapt by AIMD: halved
 when the worker answers 429, grown back towards the routed cost on success.
+
+Placement (``choose``) is per worker, not per lease: a worker's expected finish for a new job
+is (cost in flight on all its leases + the job's cost) / the rate at which it clears work
+(``BusyMeter``). The job goes to the earliest finish among the workers that admit it, and a
+worker admits work only while it is idle or the job would finish within ``horizon_s``: work
+queued on a worker beyond what keeps it busy adds no throughput, only latency, and binds the
+job to that worker before it is known which one frees first. A job no worker admits is held
+in the daemon's queue (``HOLD``) until one does; the hold is bounded because every worker
+that refuses it has work in flight, whose completion is the next chance.
 """
 
 from __future__ import annotations
@@ -15,7 +24,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler.core.calibration import BusyMeter
+
 EPSILON = 1e-9
+
+
+class Held(enum.Enum):
+    """``LeasePool.choose``: every worker with room is busy past the horizon; keep the job."""
+
+    HOLD = "hold"
+
+
+HOLD = Held.HOLD
 
 
 class ReuseMode(enum.StrEnum):
@@ -68,6 +88,9 @@ class Lease:
         return self.inflight_jobs == 0
 
 
+BUSY_ALPHA = 0.05  # decay of the per-worker busy-rate sums, per completion (see tests)
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseLimits:
     ttl_s: float = 300.0  # no new placements after this age
@@ -84,8 +107,9 @@ class LeaseLimits:
 class LeasePool:
     """The leases of one endpoint."""
 
-    def __init__(self, limits: LeaseLimits) -> None:
+    def __init__(self, limits: LeaseLimits, meter: BusyMeter | None = None) -> None:
         self.limits = limits
+        self.meter = meter or BusyMeter(alpha=BUSY_ALPHA)
         self._leases: dict[int, Lease] = {}
         self._next_id = 1
 
@@ -139,14 +163,67 @@ class LeasePool:
             return first if first_finish <= second_finish else second
         return first if first.utilisation <= second.utilisation else second
 
-    @staticmethod
-    def acquire(lease: Lease, cost: float, now: float) -> None:
+    def choose(
+        self,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        excluded: frozenset[str] = frozenset(),
+        horizon_s: float = 0.0,
+    ) -> Lease | Held | None:
+        """Earliest expected finish among the workers that admit the job (see the module
+        docstring); ``None`` when no lease has room (route for more), ``HOLD`` when leases have
+        room but every such worker is busy past ``horizon_s``. Until every worker with room has
+        a measured rate (a new worker, the first jobs), ``pick``'s two choices decide."""
+        room: dict[str, Lease] = {}
+        for lease in self._leases.values():
+            url = lease.worker_url
+            if url not in excluded and lease.has_room(cost, now):
+                best = room.get(url)
+                if best is None or lease.utilisation < best.utilisation:
+                    room[url] = lease
+        if not room:
+            return None
+        rates = {url: self.meter.throughput(url) for url in room}
+        if len(room) > 1 and None in rates.values():
+            return self.pick(cost, now, rng, excluded, self.meter.throughput)
+        loads = self._loads()
+        best_finish, chosen = float("inf"), None
+        for url, lease in room.items():
+            load, jobs = loads.get(url, (0.0, 0))
+            rate = rates[url]
+            finish = (load + cost) / rate if rate else 0.0  # a lone worker with no rate: admitted
+            if (jobs == 0 or finish <= horizon_s) and finish < best_finish:
+                best_finish, chosen = finish, lease
+        return HOLD if chosen is None else chosen
+
+    def admits(self, lease: Lease, cost: float, now: float, horizon_s: float) -> bool:
+        """Whether ``lease`` may take a job of ``cost`` now: room, and its worker idle, of no
+        measured rate yet, or finishing the job within ``horizon_s``."""
+        if not lease.has_room(cost, now):
+            return False
+        rate = self.meter.throughput(lease.worker_url)
+        load, jobs = self._loads().get(lease.worker_url, (0.0, 0))
+        return rate is None or jobs == 0 or (load + cost) / rate <= horizon_s
+
+    def _loads(self) -> dict[str, tuple[float, int]]:
+        """Per worker: cost and jobs in flight over all its leases (retired ones still run)."""
+        loads: dict[str, tuple[float, int]] = {}
+        for lease in self._leases.values():
+            if lease.inflight_jobs:
+                cost, jobs = loads.get(lease.worker_url, (0.0, 0))
+                loads[lease.worker_url] = (cost + lease.inflight_cost, jobs + lease.inflight_jobs)
+        return loads
+
+    def acquire(self, lease: Lease, cost: float, now: float) -> None:
         lease.inflight_cost += cost
         lease.inflight_jobs += 1
         lease.uses += 1
         lease.last_used = now
+        self.meter.started(lease.worker_url, now)
 
     def release(self, lease: Lease, cost: float, now: float, succeeded: bool) -> None:
+        self.meter.finished(lease.worker_url, cost, now, succeeded)
         last = lease.inflight_jobs <= 1  # reset to exactly 0 so float drift cannot pile up
         lease.inflight_cost = 0.0 if last else max(0.0, lease.inflight_cost - cost)
         lease.inflight_jobs = max(0, lease.inflight_jobs - 1)

@@ -1,14 +1,17 @@
 """Calibration of cost estimates against what workers actually did. Pure: no I/O, no clock.
 
-``ThroughputMeter`` learns each worker's throughput (cost units per busy second) from the
-jobs it completes; ``Calibrator`` learns how far an endpoint's estimates are from the cost
-observed as ``service_time_s * throughput`` and scales new estimates by that ratio.
+``ThroughputMeter`` learns each worker's per-job rate (cost over each job's service time)
+from the jobs it completes; ``BusyMeter`` learns the rate at which a worker clears work (cost
+per second during which it had work from us), which placement uses; ``Calibrator`` learns
+how far an endpoint's estimates are from the cost observed as ``service_time_s * throughput``
+and scales new estimates by that ratio.
 Durations are passed in by the caller (from the injected monotonic clock).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from scheduler.config import CostConfig
 
@@ -123,3 +126,80 @@ class ThroughputMeter:
 
     def forget(self, worker: str) -> None:
         self._averages.pop(worker, None)
+
+
+@dataclass(slots=True)
+class _Busy:
+    inflight: int = 0
+    last_s: float = 0.0  # time of the last start or end
+    busy_s: float = 0.0  # busy seconds since the last completion
+    cost_sum: float = 0.0  # decayed completed cost
+    busy_sum_s: float = 0.0  # decayed busy seconds
+
+    def advance(self, now: float) -> None:
+        if self.inflight > 0 and now > self.last_s:
+            self.busy_s += now - self.last_s
+        self.last_s = max(self.last_s, now)
+
+
+class BusyMeter:
+    """Per-worker throughput as the worker delivers it: completed cost per second during which
+    the daemon had at least one job on the worker (send to answer), whatever the concurrency.
+
+    Unlike ``ThroughputMeter`` (cost over each job's own service time, which on a worker that
+    shares its speed among concurrent requests falls with their number), this is the rate at
+    which the worker clears work, so ``(work in flight + cost) / throughput`` estimates when a
+    new job would finish there. Busy time and completed cost are kept as exponentially decayed
+    sums, updated at each completion; a failed job's busy time counts towards the next success.
+    At most ``max_workers`` workers are tracked; the one seen least recently goes.
+    """
+
+    def __init__(
+        self, alpha: float = DEFAULT_ALPHA, max_workers: int = DEFAULT_MAX_WORKERS
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.alpha = check_alpha(alpha)
+        self.max_workers = max_workers
+        self._state: dict[str, _Busy] = {}
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def started(self, worker: str, now: float) -> None:
+        """A job was sent to ``worker`` at ``now``."""
+        state = self._state.pop(worker, None) or _Busy(last_s=now)
+        self._state[worker] = state  # re-inserted: most recently seen last
+        while len(self._state) > self.max_workers:
+            del self._state[next(iter(self._state))]
+        state.advance(now)
+        state.inflight += 1
+
+    def finished(self, worker: str, cost: float, now: float, succeeded: bool) -> None:
+        """A job ``started`` on ``worker`` ended at ``now``; only a success completes cost."""
+        state = self._state.get(worker)
+        if state is None or state.inflight <= 0:
+            return  # forgotten (evicted) since it started
+        state.advance(now)
+        state.inflight -= 1
+        if not succeeded or not positive_finite(cost):
+            return
+        if state.busy_s <= 0:  # ended with another one: one completion event, no decay
+            if state.busy_sum_s > 0:
+                state.cost_sum += cost
+            return
+        keep = 1.0 - self.alpha if state.busy_sum_s > 0 else 0.0
+        state.cost_sum = state.cost_sum * keep + cost
+        state.busy_sum_s = state.busy_sum_s * keep + state.busy_s
+        state.busy_s = 0.0
+
+    def throughput(self, worker: str) -> float | None:
+        """Cost units per busy second, or None before the worker's first completion."""
+        state = self._state.get(worker)
+        if state is None or state.busy_sum_s <= 0:
+            return None
+        rate = state.cost_sum / state.busy_sum_s
+        return rate if math.isfinite(rate) and rate > 0 else None
+
+    def forget(self, worker: str) -> None:
+        self._state.pop(worker, None)

@@ -236,6 +236,14 @@ class EjectionConfig(Model):
     max_s: float = Field(60.0, gt=0)
 
 
+class PlacementConfig(Model):
+    # A busy worker takes a job only if it would finish within this long at its measured rate;
+    # longer for workers whose throughput grows with concurrency (batching inference servers).
+    horizon_s: float = Field(0.1, gt=0, le=3600)
+    # While jobs wait for a busy worker, one batch is still routed this often (new workers).
+    held_route_interval_s: float = Field(2.0, gt=0, le=3600)
+
+
 class EndpointConfig(Model):
     default_route: str = "/generate"
     queue: QueueConfig = QueueConfig()
@@ -255,6 +263,7 @@ class EndpointConfig(Model):
     idempotent: bool = False  # 5xx and timeouts may be retried elsewhere
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     ejection: EjectionConfig = EjectionConfig()
+    placement: PlacementConfig = PlacementConfig()
     tenant_weights: dict[str, float] = Field(default_factory=dict)
     refuse_unmeetable_deadlines: bool = False
 

@@ -51,13 +51,6 @@ MAX_REMEMBERED_WORKERS = 4096
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
-# Placement horizon: a busy worker takes a job only if it would finish within this many seconds
-# at its measured rate (``LeasePool.choose``); enough queued work to cover the round trip to
-# the next job, little enough that jobs wait in our queue for whichever worker frees first.
-PLACEMENT_HORIZON_S = 0.1
-# While jobs are held for busy workers, one batch is still routed this often, so the autoscaler
-# sees the demand and a worker it added is found.
-HOLD_ROUTE_INTERVAL_S = 2.0
 
 
 @dataclass(slots=True)
@@ -336,7 +329,9 @@ class EndpointDispatcher:
             head = self.queue.peek()
             if head is None:
                 return
-            lease = self.pool.choose(head[1], now, self._rng, excluded, PLACEMENT_HORIZON_S)
+            lease = self.pool.choose(
+                head[1], now, self._rng, excluded, self.config.placement.horizon_s
+            )
             if isinstance(lease, Held):
                 self._holding = True
                 return
@@ -360,7 +355,7 @@ class EndpointDispatcher:
         if self._holding:
             if now < self._hold_route_at:
                 return self._hold_route_at
-            self._hold_route_at = now + HOLD_ROUTE_INTERVAL_S
+            self._hold_route_at = now + self.config.placement.held_route_interval_s
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
@@ -476,7 +471,7 @@ class EndpointDispatcher:
             if job is None or job.finished or job_id not in self._reserved:
                 self._reserved.pop(job_id, None)
                 continue
-            if self.pool.admits(lease, job.cost, now, PLACEMENT_HORIZON_S):
+            if self.pool.admits(lease, job.cost, now, self.config.placement.horizon_s):
                 self._reserved.pop(job_id, None)
                 self._start(job, lease)
             else:

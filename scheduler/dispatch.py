@@ -27,7 +27,7 @@ from scheduler.core.health import EjectionPolicy, OutlierDetector, RetryBudget
 from scheduler.core.queue import JobQueue
 from scheduler.core.ratelimit import TokenBucket
 from scheduler.core.retry import Action, backoff_s, decide, worker_error_kind
-from scheduler.jobs import Job, JobStatus
+from scheduler.jobs import CANCELLED_BY_CALLER, Job, JobStatus
 from scheduler.observability.metrics import EndpointGauges, Metrics
 from scheduler.pinned import PinnedSession, PinnedSessions
 from scheduler.seams import Forwarder, Router
@@ -51,6 +51,13 @@ MAX_REMEMBERED_WORKERS = 4096
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
+
+
+def reuse_mode(setting: str) -> ReuseMode:
+    """``reuse`` as configured -> how leases start (``auto`` starts with sessions)."""
+    return {"never": ReuseMode.NEVER, "sequential": ReuseMode.SEQUENTIAL}.get(
+        setting, ReuseMode.SESSION
+    )
 
 
 @dataclass(slots=True)
@@ -122,9 +129,7 @@ class EndpointDispatcher:
             config.retry_budget.ratio, config.retry_budget.min_retries,
             config.retry_budget.window_s,
         )  # fmt: skip
-        self.mode = ReuseMode.NEVER if config.reuse == "never" else (
-            ReuseMode.SEQUENTIAL if config.reuse == "sequential" else ReuseMode.SESSION
-        )  # fmt: skip
+        self.mode = reuse_mode(config.reuse)
         self.legacy_detected = False
         self.sessions = PinnedSessions(forwarder, clock)
         self.calibrator = Calibrator(config.cost.calibration_alpha)
@@ -212,7 +217,7 @@ class EndpointDispatcher:
             return False
         job.cancel_requested = True
         if self.queue.remove(job.id) or job.id in self._reserved:
-            self._finish(job, JobStatus.CANCELLED, "cancelled by caller")
+            self._finish(job, JobStatus.CANCELLED, CANCELLED_BY_CALLER)
         elif (task := self._running.get(job.id)) is not None:
             task.cancel()
         self._wakeup.set()
@@ -239,9 +244,7 @@ class EndpointDispatcher:
         self.retry_budget.ratio, self.retry_budget.min_retries = rb.ratio, rb.min_retries
         self.retry_budget.window_s = rb.window_s
         self.calibrator.alpha = config.cost.calibration_alpha
-        mode = {"never": ReuseMode.NEVER, "sequential": ReuseMode.SEQUENTIAL}.get(
-            config.reuse, ReuseMode.SESSION
-        )
+        mode = reuse_mode(config.reuse)
         if mode is not self.mode and not (self.legacy_detected and config.reuse == "auto"):
             self.mode = mode
             for lease in self.pool:  # they finish what they run, then close
@@ -644,7 +647,7 @@ class EndpointDispatcher:
         except asyncio.CancelledError:
             self.pool.release(lease, job.cost, self._clock(), succeeded=False)
             if job.cancel_requested:
-                self._finish(job, JobStatus.CANCELLED, "cancelled by caller")
+                self._finish(job, JobStatus.CANCELLED, CANCELLED_BY_CALLER)
             else:
                 self._finish(job, JobStatus.FAILED, "daemon shut down before the job finished")
             raise

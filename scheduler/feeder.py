@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
+from scheduler.core.retry import backoff_s
 from scheduler.dispatch import EndpointDispatcher
 from scheduler.jobs import Job
 from scheduler.store.base import JobStore, StoreUnavailable
@@ -21,7 +22,7 @@ from scheduler.store.base import JobStore, StoreUnavailable
 log = structlog.get_logger("scheduler.feeder")
 CLAIM_BLOCK_S = 1.0
 UNSHARED_CLAIM = 10_000  # per call with the memory store: everything there is, in practice
-ERROR_PAUSE_MAX_S = 5.0
+ERROR_PAUSE_S = (0.1, 5.0)  # pause after a failed claim: doubles from the first to the second
 
 
 class StoreFeeder:
@@ -53,7 +54,8 @@ class StoreFeeder:
                 self._errors = 0
             except StoreUnavailable:
                 self._errors += 1
-                pause = min(ERROR_PAUSE_MAX_S, 0.1 * 2**self._errors)
+                # The shared back-off: a Redis down for hours must not overflow 2**errors.
+                pause = backoff_s(self._errors + 1, *ERROR_PAUSE_S, multiplier=2.0, jitter=1.0)
                 log.warning("store.claim_failed", endpoint=self._dispatcher.name, pause_s=pause)
                 await asyncio.sleep(pause)
 

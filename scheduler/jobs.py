@@ -28,6 +28,9 @@ TERMINAL = frozenset(
 )
 
 
+CANCELLED_BY_CALLER = "cancelled by caller"
+
+
 def new_job_id() -> str:
     return "job_" + secrets.token_urlsafe(12)
 

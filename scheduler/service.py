@@ -119,6 +119,7 @@ class SchedulerService:
         self._local_only: set[str] = set()  # job ids kept out of a shared store
         self._writes: set[asyncio.Task[None]] = set()  # results on their way to the store
         self._tasks: set[asyncio.Task[None]] = set()
+        self._feeding: dict[str, asyncio.Task[None]] = {}  # endpoint -> its feeder's task
         self._abandoning = False
         self.dispatchers: dict[str, EndpointDispatcher] = {}
         self.feeders: dict[str, StoreFeeder] = {}
@@ -155,13 +156,14 @@ class SchedulerService:
 
     def _start_endpoint(self, name: str) -> None:
         self._spawn(self.dispatchers[name].run(), f"dispatch-{name}")
-        self._spawn(self.feeders[name].run(), f"feed-{name}")
+        self._feeding[name] = self._spawn(self.feeders[name].run(), f"feed-{name}")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_crash)
+        return task
 
     async def close(self) -> None:
         """After ``abort_remaining``: stop every loop, let result writes end, close the store."""
@@ -397,7 +399,7 @@ class SchedulerService:
         for feeder in self.feeders.values():
             feeder.stop_claiming()
         # A claim cut off mid-read would leave its jobs pending until taken over: let it end.
-        feeders = [t for t in self._tasks if t.get_name().startswith("feed-")]
+        feeders = list(self._feeding.values())
         _, late = await asyncio.wait(feeders, timeout=CLAIM_BLOCK_S + 1.0) if feeders else ((), ())
         for task in late:
             task.cancel()

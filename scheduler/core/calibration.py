@@ -27,6 +27,12 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
+def check_max_workers(max_workers: int) -> int:
+    if max_workers < 1:
+        raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+    return max_workers
+
+
 def positive_finite(*values: float) -> bool:
     return all(math.isfinite(v) and v > 0 for v in values)
 
@@ -90,10 +96,8 @@ class ThroughputMeter:
     def __init__(
         self, alpha: float = DEFAULT_ALPHA, max_workers: int = DEFAULT_MAX_WORKERS
     ) -> None:
-        if max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.max_workers = check_max_workers(max_workers)
         self.alpha = check_alpha(alpha)
-        self.max_workers = max_workers
         self._averages: dict[str, tuple[float, float]] = {}  # worker -> (cost, seconds)
 
     def __len__(self) -> int:
@@ -157,10 +161,8 @@ class BusyMeter:
     def __init__(
         self, alpha: float = DEFAULT_ALPHA, max_workers: int = DEFAULT_MAX_WORKERS
     ) -> None:
-        if max_workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.max_workers = check_max_workers(max_workers)
         self.alpha = check_alpha(alpha)
-        self.max_workers = max_workers
         self._state: dict[str, _Busy] = {}
 
     def __len__(self) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scheduler.delivery import Delivery
-from scheduler.jobs import TERMINAL, Job, JobMode, JobResult, JobStatus
+from scheduler.jobs import Job, JobMode, JobResult, JobStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +183,6 @@ def from_record(
         error=record.get("error"),
     )
     return job
-
-
-def is_terminal(status: str) -> bool:
-    return status in {str(s) for s in TERMINAL}
 
 
 class FleetPolling(Protocol):

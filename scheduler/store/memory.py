@@ -8,7 +8,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scheduler.jobs import Job, JobStatus
+from scheduler.jobs import CANCELLED_BY_CALLER, Job, JobStatus
 from scheduler.store.base import (
     Admission,
     CancelListener,
@@ -17,8 +17,6 @@ from scheduler.store.base import (
     StoreFull,
     check_admission,
 )
-
-CANCELLED_BY_CALLER = "cancelled by caller"
 
 
 @dataclass(slots=True)

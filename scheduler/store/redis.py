@@ -29,7 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scheduler.config import RedisConfig
-from scheduler.jobs import Job, JobMode
+from scheduler.jobs import CANCELLED_BY_CALLER, Job, JobMode
 from scheduler.store import redis_scripts as lua
 from scheduler.store.base import (
     Admission,
@@ -47,7 +47,6 @@ from scheduler.store.base import (
 log = structlog.get_logger("scheduler.store.redis")
 
 GROUP = "scheduler"
-CANCELLED_BY_CALLER = "cancelled by caller"
 TERMINAL_FIELDS = ("status", "result", "error", "attempts", "history", "error_status",
                    "queued_s", "total_s", "payload")  # fmt: skip
 LISTEN_POLL_S = 1.0  # how long one pub/sub read waits before looping (cancellation points)

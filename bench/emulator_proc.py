@@ -54,18 +54,23 @@ async def _serve_log(emulator: Emulator, port: int) -> web.AppRunner:
     return runner
 
 
-async def main(raw: dict[str, Any], port: int, log_port: int) -> None:
-    config = EmulatorConfig.model_validate({**raw["emulator"], "host": "127.0.0.1", "port": port})
-    emulator = Emulator(config, [raw["api_key"]])
+async def until_terminated() -> None:
+    """Until SIGTERM or SIGINT (how the bench stops its children)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def main(raw: dict[str, Any], port: int, log_port: int) -> None:
+    config = EmulatorConfig.model_validate({**raw["emulator"], "host": "127.0.0.1", "port": port})
+    emulator = Emulator(config, [raw["api_key"]])
     await emulator.start()
     log_runner = await _serve_log(emulator, log_port)
     print(json.dumps({"event": "bench_emulator_ready", "url": emulator.autoscaler_url}), flush=True)
     try:
-        await stop.wait()
+        await until_terminated()
     finally:
         await log_runner.cleanup()
         await emulator.stop()

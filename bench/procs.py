@@ -246,10 +246,29 @@ async def daemon_process(
     config = {**config, "server": {**config["server"], "port": port}}
     config_path = workdir / "daemon.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    popen = _spawn("daemon", ["-m", "scheduler", "run", "--config", str(config_path)], workdir)
-    child = Child(
-        "daemon", popen, f"http://{HOST}:{port}", workdir / "daemon.log", Monitor(popen.pid)
-    )
+    args = ["-m", "scheduler", "run", "--config", str(config_path)]
+    async with _healthz_process(http, "daemon", args, port, workdir) as child:
+        yield child
+
+
+@asynccontextmanager
+async def relay_process(
+    http: aiohttp.ClientSession, autoscaler_url: str, endpoint: str, workers: int, workdir: Path
+) -> AsyncIterator[Child]:
+    port = free_port()
+    args = ["-m", "bench.relay_proc", "--autoscaler", autoscaler_url, "--endpoint", endpoint]
+    args += ["--workers", str(workers), "--port", str(port)]
+    async with _healthz_process(http, "relay", args, port, workdir) as child:
+        yield child
+
+
+@asynccontextmanager
+async def _healthz_process(
+    http: aiohttp.ClientSession, name: str, args: list[str], port: int, workdir: Path
+) -> AsyncIterator[Child]:
+    """A child serving ``GET /healthz`` on ``port``: up when that answers, always stopped."""
+    popen = _spawn(name, args, workdir)
+    child = Child(name, popen, f"http://{HOST}:{port}", workdir / f"{name}.log", Monitor(popen.pid))
     try:
         await _wait_http(http, f"{child.url}/healthz", child)
         yield child

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,11 @@ def stored_latencies(records: Sequence[Record]) -> list[float]:
 
 
 def add_over_direct(runs: list[dict[str, Any]]) -> None:
-    """``added_ms`` per run: its percentiles minus the direct run's of the same variant."""
-    floors = {r["variant"]: r for r in runs if r["system"].startswith("direct")}
+    """``added_ms`` per run: its percentiles minus those of the direct run of the same variant
+    and repetition."""
+    floors = {(r["variant"], r.get("rep")): r for r in runs if r["system"].startswith("direct")}
     for run in runs:
-        floor = floors.get(run["variant"])
+        floor = floors.get((run["variant"], run.get("rep")))
         if floor is None or run is floor:
             continue
         mine, base = run.get("latency_ms") or {}, floor.get("latency_ms") or {}
@@ -88,6 +89,63 @@ def add_over_direct(runs: list[dict[str, Any]]) -> None:
             for k in ("p50", "p95", "p99")
             if mine.get(k) is not None and base.get(k) is not None
         }
+
+
+def _median(values: list[Any]) -> Any:
+    present = sorted(v for v in values if v is not None)
+    if not present:
+        return None
+    mid = len(present) // 2
+    middle = present[mid] if len(present) % 2 else (present[mid - 1] + present[mid]) / 2
+    return round(middle, 4) if isinstance(middle, float) else middle
+
+
+def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant and system over its repetitions (``rep`` 1, 2, ...): the median of
+    each figure (the latency added over direct: of each repetition's paired difference); jobs,
+    failures and route calls summed, peak RSS the largest."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        if isinstance(run.get("rep"), int):
+            groups.setdefault((run["variant"], run["system"]), []).append(run)
+    rows = []
+    for (variant, system), reps in groups.items():
+
+        def med(*path: str, of: list[dict[str, Any]] = reps) -> Any:
+            values = []
+            for run in of:
+                value: Any = run
+                for key in path:
+                    value = value.get(key) if isinstance(value, dict) else None
+                values.append(value)
+            return _median(values)
+
+        jobs = sum(r["jobs"] for r in reps)
+        routes = sum(r.get("route_calls") or 0 for r in reps)
+        row: dict[str, Any] = {
+            "variant": variant,
+            "system": system,
+            "rep": "median",
+            "reps": len(reps),
+            "jobs": jobs,
+            "succeeded": sum(r["succeeded"] for r in reps),
+            "failed": sum(r["failed"] for r in reps),
+            "throughput_jobs_s": med("throughput_jobs_s"),
+            "latency_ms": {k: med("latency_ms", k) for k in ("p50", "p95", "p99", "mean", "max")},
+            "route_calls": routes,
+            "route_calls_per_job": round(routes / jobs, 4) if jobs else None,
+            "daemon_cpu_s_per_1k": med("daemon_cpu_s_per_1k"),
+            "daemon_peak_rss_mb": max((r.get("daemon_peak_rss_mb") or 0 for r in reps), default=0)
+            or None,
+            "emulator_cpu_s_per_1k": med("emulator_cpu_s_per_1k"),
+            "client_cpu_s_per_1k": med("client_cpu_s_per_1k"),
+        }
+        if any("added_over_direct_ms" in r for r in reps):
+            row["added_over_direct_ms"] = {
+                k: med("added_over_direct_ms", k) for k in ("p50", "p95", "p99")
+            }
+        rows.append(row)
+    return rows
 
 
 def write_json(scenario: str, data: dict[str, Any]) -> Path:
@@ -155,12 +213,15 @@ def summary_markdown(date: str) -> str:
             "",
         ]
     header = [name for name, _ in SUMMARY_COLUMNS]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for data in datas:
-        quick = " (quick)" if data.get("quick") else ""
-        for run in data["runs"]:
-            cells = [fn(data["scenario"] + quick, run) for _, fn in SUMMARY_COLUMNS]
-            lines.append("| " + " | ".join(cells) + " |")
+    table_head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += table_head
+    for data in datas:  # single runs, and the medians of repeated ones
+        lines += _rows(data, lambda run: not isinstance(run.get("rep"), int))
+    repeated = [d for d in datas if any(isinstance(r.get("rep"), int) for r in d["runs"])]
+    if repeated:
+        lines += ["", "### Each repetition (the medians above are over these)", "", *table_head]
+        for data in repeated:
+            lines += _rows(data, lambda run: isinstance(run.get("rep"), int))
     lines += [
         "",
         "## Targets (issue 6)",
@@ -188,6 +249,18 @@ def summary_markdown(date: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rows(data: dict[str, Any], keep: Callable[[dict[str, Any]], bool]) -> list[str]:
+    quick = " (quick)" if data.get("quick") else ""
+    out = []
+    for run in data["runs"]:
+        if keep(run):
+            rep = run.get("rep")
+            label = f" [rep {rep}]" if isinstance(rep, int) else (" [median]" if rep else "")
+            cells = [fn(data["scenario"] + quick + label, run) for _, fn in SUMMARY_COLUMNS]
+            out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
 def write_summary(date: str) -> Path:
     path = RESULTS / f"{date}-summary{SUFFIX['value']}.md"
     path.write_text(summary_markdown(date), encoding="utf-8")
@@ -207,12 +280,16 @@ def plots(scenario: str, data: dict[str, Any]) -> list[Path]:
     variants = sorted({r["variant"] for r in data["runs"] if r.get("latencies_ms")})
     for variant in variants:
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        colours: dict[str, str] = {}  # one per system; its repetitions share it
         for run in data["runs"]:
             lat = run.get("latencies_ms") or []
             if run["variant"] != variant or not lat:
                 continue
             ys = [(i + 1) / len(lat) for i in range(len(lat))]
-            ax.plot(lat, ys, label=run["system"])
+            system = run["system"]
+            first = system not in colours
+            colours.setdefault(system, f"C{len(colours)}")
+            ax.plot(lat, ys, color=colours[system], label=system if first else None, lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("end-to-end latency (ms, log)")
         ax.set_ylabel("fraction of jobs")

@@ -19,11 +19,20 @@ import psutil
 
 from bench import procs, profile
 from bench.loadgen import Record, burst, closed_loop, open_loop
-from bench.report import RESULTS, add_over_direct, latency_figures, stored_latencies, today
-from bench.systems import DaemonProxy, DaemonRun, Direct, Job, Official, System
+from bench.report import (
+    RESULTS,
+    add_over_direct,
+    latency_figures,
+    medians,
+    stored_latencies,
+    today,
+)
+from bench.systems import DaemonProxy, DaemonRun, Direct, Job, Official, Relay, System
 
-DIRECT, OFFICIAL, RUN, PROXY = "direct", "official", "run", "proxy"
+DIRECT, OFFICIAL, RUN, PROXY, RELAY = "direct", "official", "run", "proxy", "relay"
 STATUS_INTERVAL_S = 0.5
+# (a)'s closed and open loops, each system once per repetition; figures are their medians.
+REPETITIONS = int(os.environ.get("BENCH_REPS") or 3)
 ECHO_FAST = {"workers": 4, "perf": 100_000.0}
 DAEMON_ENDPOINTS: dict[str, Any] = {
     "echo": {"default_route": "/generate", "cost": {"estimator": "constant", "value": 100}},
@@ -63,7 +72,7 @@ class Stage:
 
     ctx: Ctx
     emu: procs.Child
-    daemon: procs.Child | None
+    daemon: procs.Child | None  # the daemon, or the bare relay: the process in the middle
     perfs: dict[str, float] = field(default_factory=dict)
 
     async def _get(self, url: str) -> Any:
@@ -115,11 +124,17 @@ class Stage:
 
 
 @asynccontextmanager
-async def stage(ctx: Ctx, emulator: dict[str, Any], with_daemon: bool) -> AsyncIterator[Stage]:
+async def stage(
+    ctx: Ctx, emulator: dict[str, Any], kind: str, endpoint: str, workers: int
+) -> AsyncIterator[Stage]:
     workdir = Path(ctx.workroot) / f"run-{time.monotonic_ns()}"
     workdir.mkdir(parents=True)
     async with procs.emulator_process(ctx.http, emulator, workdir) as emu:
-        if not with_daemon:
+        if kind == RELAY:
+            async with procs.relay_process(ctx.http, emu.url, endpoint, workers, workdir) as relay:
+                yield Stage(ctx, emu, relay)
+            return
+        if kind not in (RUN, PROXY):
             yield Stage(ctx, emu, None)
             return
         config = procs.daemon_config(emu.url, 0, DAEMON_ENDPOINTS)
@@ -133,7 +148,8 @@ def make_system(kind: str, st: Stage, endpoint: str, concurrency: int, workers: 
     if kind == OFFICIAL:
         return Official(st.emu.url, endpoint)
     assert st.daemon is not None
-    return (DaemonRun if kind == RUN else DaemonProxy)(st.daemon.url, concurrency)
+    system = {RUN: DaemonRun, PROXY: DaemonProxy, RELAY: Relay}[kind]
+    return system(st.daemon.url, concurrency)
 
 
 def emulator_config(ctx: Ctx, endpoints: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +236,7 @@ async def run_systems(
 ) -> list[dict[str, Any]]:
     runs = []
     for kind in kinds:
-        async with stage(ctx, emulator, kind in (RUN, PROXY)) as st:
+        async with stage(ctx, emulator, kind, endpoint, workers) as st:
             if prepare is not None:
                 await prepare(st)
             await st.learn_perfs()
@@ -243,14 +259,27 @@ def target(name: str, measured_text: str, met: bool | None) -> dict[str, Any]:
 
 
 def _by(runs: list[dict[str, Any]], variant: str, system_prefix: str) -> dict[str, Any] | None:
-    return next(
-        (
-            r
-            for r in runs
-            if r["variant"].startswith(variant) and r["system"].startswith(system_prefix)
-        ),
-        None,
-    )
+    """The run of a variant and system; of a repeated one, the row of medians."""
+    found = [
+        r
+        for r in runs
+        if r["variant"].startswith(variant) and r["system"].startswith(system_prefix)
+    ]
+    return next((r for r in found if r.get("rep") == "median"), found[0] if found else None)
+
+
+def _repeated(
+    reps: int, runs_of_one: Callable[[], Awaitable[list[dict[str, Any]]]]
+) -> Awaitable[list[dict[str, Any]]]:
+    async def repeat() -> list[dict[str, Any]]:
+        runs = []
+        for rep in range(1, reps + 1):  # every system once per repetition: drift hits them all
+            for run in await runs_of_one():
+                run["rep"] = rep
+                runs.append(run)
+        return runs
+
+    return repeat()
 
 
 # ------------------------------------------------------------------------------- (a)
@@ -260,7 +289,7 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
     open_s = 2.0 if ctx.quick else 15.0
     jobs = echo_jobs(warm + count)
     emulator = emulator_config(ctx, {"echo": ECHO_FAST})
-    kinds = [DIRECT, OFFICIAL, RUN, PROXY]
+    kinds = [DIRECT, RELAY, OFFICIAL, RUN, PROXY]
 
     async def warmup(system: System) -> None:
         await closed_loop(system, jobs[:warm], concurrency, 60)
@@ -269,10 +298,13 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
         records, wall = await closed_loop(system, jobs[warm:], concurrency, 120)
         return records, wall, {}
 
-    closed_runs = await run_systems(
+    reps = 1 if ctx.quick else REPETITIONS
+    closed_runs = await _repeated(reps, lambda: run_systems(
         ctx, kinds, emulator, "echo", 4, concurrency, "closed c=64", closed, warmup=warmup
+    ))  # fmt: skip
+    peak = (_by(medians(closed_runs), "closed", "vast-scheduler (run)") or {}).get(
+        "throughput_jobs_s"
     )
-    peak = (_by(closed_runs, "closed", "vast-scheduler (run)") or {}).get("throughput_jobs_s")
     rate = max(10.0, 0.5 * float(peak or 100))
     rng = random.Random(ctx.seed)
     arrivals, t = [], 0.0
@@ -286,11 +318,12 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
         records, wall, dropped = await open_loop(system, open_jobs, arrivals, 4096, 60)
         return records, wall, {"dropped": dropped, "offered_rate_jobs_s": round(rate, 1)}
 
-    open_runs = await run_systems(
+    open_runs = await _repeated(reps, lambda: run_systems(
         ctx, kinds, emulator, "echo", 4, concurrency, variant, opened, warmup=warmup
-    )
+    ))  # fmt: skip
+    add_over_direct(closed_runs + open_runs)  # paired: each repetition with its own direct run
     runs = closed_runs + open_runs
-    add_over_direct(runs)
+    runs += medians(runs)
     return {
         "params": {
             "concurrency": concurrency,
@@ -298,6 +331,7 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
             "warmup_jobs": warm,
             "open_rate_jobs_s": round(rate, 1),
             "open_duration_s": open_s,
+            "repetitions": reps,
             "workers": ECHO_FAST,
             "cost": 100,
         },
@@ -335,7 +369,11 @@ def targets_a(runs: list[dict[str, Any]], open_variant: str) -> list[dict[str, A
         out.append(
             target("(a) added p99 <= 5 ms at half peak", f"{p99} ms", p99 is not None and p99 <= 5)
         )
-    failed = sum(r["failed"] for r in runs if r["system"].startswith("vast-scheduler"))
+    failed = sum(
+        r["failed"]
+        for r in runs
+        if r["system"].startswith("vast-scheduler") and r.get("rep") != "median"
+    )
     out.append(target("(a) no failed job (vast-scheduler)", str(failed), failed == 0))
     return out
 

@@ -47,15 +47,22 @@ def client_session(limit: int, headers: dict[str, str] | None = None) -> aiohttp
     )
 
 
+async def _post_read(
+    http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """``(status, body)``; status 0 when the call failed."""
+    try:
+        async with http.post(url, json=body, headers=headers) as resp:
+            return resp.status, await resp.read()
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, b""
+
+
 async def _post(
     http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
 ) -> tuple[bool, int]:
-    try:
-        async with http.post(url, json=body, headers=headers) as resp:
-            await resp.read()
-            return resp.status == 200, resp.status
-    except (aiohttp.ClientError, TimeoutError):
-        return False, 0
+    status, _ = await _post_read(http, url, body, headers)
+    return status == 200, status
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -83,6 +90,15 @@ class DaemonProxy(DaemonRun):
 
     async def call(self, job: Job) -> tuple[bool, int]:
         return await _post(self.http, f"{self.url}/v1/proxy/{job.endpoint}{job.route}", job.payload)
+
+
+class Relay(DaemonRun):
+    """``POST /relay/{endpoint}{route}`` on ``bench.relay_proc``: one bare aiohttp hop."""
+
+    name = "aiohttp relay (one hop)"
+
+    async def call(self, job: Job) -> tuple[bool, int]:
+        return await _post(self.http, f"{self.url}/relay/{job.endpoint}{job.route}", job.payload)
 
 
 # --------------------------------------------------------------------------- the official client
@@ -211,7 +227,12 @@ class Direct:
         return min(self.slots.values(), key=lambda s: (s.outstanding + cost) / s.perf)
 
     async def call(self, job: Job) -> tuple[bool, int]:
-        status = 0
+        status, _ = await self.forward(job)
+        return status == 200, status
+
+    async def forward(self, job: Job) -> tuple[int, bytes]:
+        """The worker's answer, ``(status, body)``; status 0 when no worker answered."""
+        status, answer = 0, b""
         for _ in range(DIRECT_MAX_ATTEMPTS):
             await self.ensure_answers()
             slot = self._pick(job.cost)
@@ -221,16 +242,18 @@ class Direct:
             body = {"auth_data": slot.answer, "session_id": None, "payload": job.payload}
             slot.outstanding += job.cost
             try:
-                ok, status = await _post(self.http, f"{slot.answer['url']}{job.route}", body)
+                status, answer = await _post_read(
+                    self.http, f"{slot.answer['url']}{job.route}", body
+                )
             finally:
                 slot.outstanding -= job.cost
-            if ok or status not in (0, 401, 410, 429):
-                return ok, status
+            if status not in (0, 401, 410, 429):
+                return status, answer
             url = str(slot.answer["url"])
             if self.slots.pop(url, None) is not None:  # gone or refusing: route again
                 self.dead.add(url)
                 self._kick_refresh()
-        return False, status
+        return status, answer
 
     async def close(self) -> None:
         if self._refresh is not None:

@@ -62,7 +62,7 @@ def create_app(config: AppConfig, clock: Callable[[], float] = time.monotonic) -
 def count_request(metrics: Metrics, request: web.Request, code: int) -> None:
     route = request.match_info.route
     handler = route.name or "unmatched"
-    metrics.http_requests.labels(handler, str(code)).inc()
+    metrics.series(metrics.http_requests, handler, str(code)).inc()
 
 
 async def embedded_emulator(app: web.Application) -> AsyncIterator[None]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Protocol
 
 import aiohttp
 
+from scheduler import fastjson
 from scheduler.vast.types import WorkerGone
 
 
@@ -50,7 +50,7 @@ class BufferedDelivery:
             raise ResultTooLarge(f"worker answer exceeds {self._max_bytes} bytes")
         if 200 <= resp.status < 300 and resp.content_type == "application/json":
             try:
-                return json.loads(raw)
+                return fastjson.loads(raw)
             except ValueError as exc:  # UnicodeDecodeError is one too
                 raise MalformedAnswer("worker answered 2xx with a body that is not JSON") from exc
         return decode_body(raw, resp.content_type)
@@ -62,7 +62,7 @@ class BufferedDelivery:
 def decode_body(raw: bytes, content_type: str) -> Any:
     if content_type == "application/json":
         try:
-            return json.loads(raw)
+            return fastjson.loads(raw)
         except ValueError:
             pass
     return raw.decode("utf-8", "replace")

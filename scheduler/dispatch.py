@@ -177,7 +177,17 @@ class EndpointDispatcher:
         job.status = JobStatus.QUEUED
         self._jobs[job.id] = job
         log.info("job.queued", job_id=job.id, endpoint=self.name, cost=job.cost, mode=job.mode)
-        self._wakeup.set()
+        self._place_now()
+
+    def _place_now(self) -> None:
+        """Place what has room at once, without a round of the loop (which costs a task switch
+        per job); the loop routes for what is left."""
+        try:
+            self._place(self._clock())
+        except Exception:  # the loop places it later; the caller (a store, an API call) goes on
+            log.exception("dispatch.place_failed", endpoint=self.name)
+        if len(self.queue):
+            self._wakeup.set()
 
     def take_queued(self) -> list[str]:
         """Drain with a shared store: every queued job leaves, oldest claim first."""
@@ -659,7 +669,8 @@ class EndpointDispatcher:
             self._settle(job, lease, result)
         finally:
             self._running.pop(job.id, None)
-            self._wakeup.set()
+            if len(self.queue):  # room for the next; with nothing queued the loop sleeps on
+                self._wakeup.set()
             self._on_task_done()
 
     def _may_retry_5xx(self, job: Job) -> Callable[[], bool]:

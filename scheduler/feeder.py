@@ -45,9 +45,12 @@ class StoreFeeder:
 
     def stop_claiming(self) -> None:
         self._claiming = False
+        self._store.push_arrivals(self._dispatcher.name, None)
         self._dispatcher.wake_feeder()
 
     async def run(self) -> None:
+        if self._claiming:  # where the store can, jobs come in the enqueuing call; claims idle
+            self._store.push_arrivals(self._dispatcher.name, self._hand_over)
         while self._claiming:
             try:
                 await self._feed_once()

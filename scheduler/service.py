@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from scheduler import fastjson
 from scheduler.config import AppConfig, EndpointConfig
 from scheduler.core import cost
 from scheduler.core.queue import QueueFull
@@ -221,8 +221,8 @@ class SchedulerService:
                     raise Overloaded(exc.reason, str(exc), dispatcher.retry_after_s()) from exc
                 if not enqueued.created:
                     return enqueued
-        self.metrics.jobs_submitted.labels(sub.endpoint, mode).inc()
-        self.metrics.job_cost.labels(sub.endpoint).observe(job.cost)
+        self.metrics.series(self.metrics.jobs_submitted, sub.endpoint, mode).inc()
+        self.metrics.series(self.metrics.job_cost, sub.endpoint).observe(job.cost)
         return Enqueued(job, created=True)
 
     def _keep_local(self, job: Job) -> None:
@@ -268,9 +268,7 @@ class SchedulerService:
             id=new_job_id(),
             endpoint=sub.endpoint,
             route=route,
-            payload=json.dumps(
-                sub.payload, separators=(",", ":")
-            ).encode(),  # ASCII: lone surrogates too
+            payload=fastjson.dumps(sub.payload),  # ASCII: lone surrogates too
             cost=job_cost,
             priority=sub.priority,
             timeout_s=timeout_s,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import codecs
 import re
 import secrets
 import time
@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
+from scheduler import fastjson
 from scheduler.api.context import CONFIG
 from scheduler.core.queue import QueueFull
 from scheduler.pinned import NoWorkerReady, SessionBusy, SessionGone, SessionNotFound
@@ -150,12 +151,12 @@ async def read_json(request: web.Request) -> Any:
     config = request.app.get(CONFIG)
     max_depth = DEFAULT_MAX_JSON_DEPTH if config is None else config.server.max_json_depth
     raw = await request.read()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
     try:
-        text = raw.decode("utf-8-sig")
+        value = fastjson.loads(raw)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_json", "body is not valid UTF-8", "body") from exc
-    try:
-        value = json.loads(text)
     except ValueError as exc:
         raise ApiError(400, "invalid_json", "body is not valid JSON", "body") from exc
     except RecursionError as exc:

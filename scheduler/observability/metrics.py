@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 DURATION_BUCKETS_S = (
@@ -74,10 +76,13 @@ class LiveStateCollector(Collector):
                 family.add_metric([state.endpoint], float(getattr(state, name)))
         yield from families.values()
 
+Metric = TypeVar("Metric", bound=MetricWrapperBase)
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.registry = registry
+        self._bound: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         ProcessCollector(registry=registry)
         Info("vast_scheduler_build", "Build information", registry=registry).info(
             {"version": version}
@@ -144,6 +149,15 @@ class Metrics:
         # shared store (Redis); op: enqueue, claim, finish, requeue, touch, reclaim, cancel,
         # get, backlog, listen
         self.store_errors = counter("store_errors", "Failed shared job store operations", ["op"])
+
+    def series(self, metric: Metric, *values: str) -> Metric:
+        """``metric.labels(*values)``, bound once: on a per-request path ``.labels()`` costs
+        ~1.3 us a call, a dictionary lookup a tenth of it."""
+        key = (metric, values)
+        found = self._bound.get(key)
+        if found is None:
+            found = self._bound[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]  # labels() of a Metric is a Metric
 
     def start_endpoint(self, endpoint: str) -> None:
         """Create an endpoint's known series at 0, so ``rate()`` sees their first event too."""

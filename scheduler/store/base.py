@@ -79,6 +79,10 @@ class JobStore(Protocol):
         """Up to ``max_jobs`` queued jobs of ``endpoint`` for this consumer, oldest first, waiting
         up to ``block_s`` for the first. Jobs finished meanwhile (cancelled) are skipped."""
 
+    def push_arrivals(self, endpoint: str, take: Callable[[list[Job]], None] | None) -> bool:
+        """Claim ``endpoint``'s jobs as they are enqueued and hand them to ``take`` at once
+        (``None``: stop). False if this store cannot (its consumers ``claim``)."""
+
     async def finish(self, job: Job) -> bool:
         """Record ``job``'s terminal state and result and release its claim. First result wins:
         False if the job had already ended (another replica ran it too)."""

@@ -51,6 +51,7 @@ class MemoryJobStore:
         self._endpoints: dict[str, _Backlog] = {}
         self._tenants: dict[str, _Backlog] = {}
         self._arrived: dict[str, asyncio.Event] = {}
+        self._takers: dict[str, Callable[[list[Job]], None]] = {}  # endpoint -> push consumer
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._on_cancel: CancelListener = lambda _: None
 
@@ -86,7 +87,7 @@ class MemoryJobStore:
         tenant.add(job.cost, +1)
         self._unfinished.add(job.id)
         self._queued.setdefault(job.endpoint, OrderedDict())[job.id] = None
-        self._arrival(job.endpoint).set()
+        self._announce(job.endpoint)
         return Enqueued(job, created=True)
 
     def add(self, job: Job) -> None:
@@ -102,6 +103,25 @@ class MemoryJobStore:
         return event
 
     # the consumer side ----------------------------------------------------------------
+    def push_arrivals(self, endpoint: str, take: Callable[[list[Job]], None] | None) -> bool:
+        """From now on claim an endpoint's jobs as they arrive and hand them to ``take`` in the
+        enqueuing call (no claimer task to wake: a task switch less per job); ``None`` stops."""
+        if take is None:
+            self._takers.pop(endpoint, None)
+            return True
+        self._takers[endpoint] = take
+        if self._queued.get(endpoint):  # what came before
+            self._announce(endpoint)
+        return True
+
+    def _announce(self, endpoint: str) -> None:
+        take = self._takers.get(endpoint)
+        if take is None:
+            self._arrival(endpoint).set()
+            return
+        queued = self._queued[endpoint]
+        take(self._take(queued, len(queued)))
+
     async def claim(self, endpoint: str, max_jobs: int, block_s: float) -> list[Job]:
         queued = self._queued.setdefault(endpoint, OrderedDict())
         if not queued and block_s > 0:
@@ -112,6 +132,9 @@ class MemoryJobStore:
                     await arrived.wait()
             except TimeoutError:
                 return []
+        return self._take(queued, max_jobs)
+
+    def _take(self, queued: OrderedDict[str, None], max_jobs: int) -> list[Job]:
         claimed: list[Job] = []
         now = self._clock()
         while queued and len(claimed) < max_jobs:
@@ -122,6 +145,7 @@ class MemoryJobStore:
         return claimed
 
     async def requeue(self, job_ids: list[str]) -> None:
+        endpoints: dict[str, None] = {}
         for job_id in reversed(job_ids):  # each to the front: they were there before the rest
             job = self._jobs.get(job_id)
             if self._claims.pop(job_id, None) is None or job is None or job.finished:
@@ -130,7 +154,9 @@ class MemoryJobStore:
             queued = self._queued.setdefault(job.endpoint, OrderedDict())
             queued[job_id] = None
             queued.move_to_end(job_id, last=False)
-            self._arrival(job.endpoint).set()
+            endpoints[job.endpoint] = None
+        for endpoint in endpoints:
+            self._announce(endpoint)
 
     async def touch(self) -> None:
         now = self._clock()

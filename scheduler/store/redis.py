@@ -160,6 +160,9 @@ class RedisJobStore:
         return Enqueued(job, created=True)
 
     # the consumer side ------------------------------------------------------------------
+    def push_arrivals(self, endpoint: str, take: Callable[[list[Job]], None] | None) -> bool:
+        return False  # the stream is shared: each replica claims what it has room for
+
     async def claim(self, endpoint: str, max_jobs: int, block_s: float) -> list[Job]:
         stream = self._queue_key(endpoint)
         block_ms = round(min(block_s, self._block_cap_s) * 1000)

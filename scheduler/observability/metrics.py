@@ -76,6 +76,7 @@ class LiveStateCollector(Collector):
                 family.add_metric([state.endpoint], float(getattr(state, name)))
         yield from families.values()
 
+
 Metric = TypeVar("Metric", bound=MetricWrapperBase)
 
 

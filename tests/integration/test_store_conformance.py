@@ -191,6 +191,49 @@ async def test_endpoints_are_separate_queues(make_store: Fleet) -> None:
     assert [j.id for j in await a.claim("other", max_jobs=5, block_s=0)] == [other.id]
 
 
+async def test_pushed_arrivals_are_handed_over_in_the_enqueuing_call(make_store: Fleet) -> None:
+    """A store that can push hands each job over before ``enqueue`` returns, in order, and a
+    requeued job comes back the same way; one that cannot leaves every job to ``claim``."""
+    a = await make_store("a")
+    handed: list[str] = []
+    jobs = [make_store.job() for _ in range(3)]
+    pushes = a.push_arrivals(ENDPOINT, lambda taken: handed.extend(j.id for j in taken))
+    assert pushes is (make_store.backend == "memory")
+    for job in jobs:
+        await a.enqueue(job, NO_LIMITS)
+        if pushes:
+            assert handed[-1] == job.id  # already handed over: no claimer woke for it
+    assert handed == ([j.id for j in jobs] if pushes else [])
+    if not pushes:
+        assert [j.id for j in await a.claim(ENDPOINT, 5, block_s=0)] == [j.id for j in jobs]
+    await a.requeue([jobs[0].id, jobs[1].id])  # unstarted, given back: oldest first again
+    if pushes:
+        assert handed[3:] == [jobs[0].id, jobs[1].id]
+        assert await a.claim(ENDPOINT, 5, block_s=0) == []
+
+
+async def test_stopped_push_leaves_jobs_for_claim(make_store: Fleet) -> None:
+    a = await make_store("a")
+    handed: list[Job] = []
+    a.push_arrivals(ENDPOINT, handed.extend)
+    a.push_arrivals(ENDPOINT, None)  # a draining replica stops taking
+    job = make_store.job()
+    await a.enqueue(job, NO_LIMITS)
+    assert handed == []
+    assert [j.id for j in await a.claim(ENDPOINT, 5, block_s=0)] == [job.id]
+
+
+async def test_push_hands_over_what_was_queued_before(make_store: Fleet) -> None:
+    a = await make_store("a")
+    early = make_store.job()
+    await a.enqueue(early, NO_LIMITS)
+    handed: list[Job] = []
+    if a.push_arrivals(ENDPOINT, handed.extend):
+        assert [j.id for j in handed] == [early.id]
+    else:
+        assert [j.id for j in await a.claim(ENDPOINT, 5, block_s=0)] == [early.id]
+
+
 # idempotency ------------------------------------------------------------------------------
 async def test_idempotency_key_names_one_job_per_tenant(make_store: Fleet) -> None:
     a, b = await make_store("a"), await make_store("b")

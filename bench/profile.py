@@ -50,9 +50,19 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(5)
 
 
+def package(frame: str) -> str:
+    """``"f (aiohttp/client.py:12)"`` -> ``"aiohttp"``; the event loop's own C code (uvloop:
+    polling, socket reads and writes) shows up as ``Runner.run`` of asyncio's runners."""
+    where = frame.rpartition("(")[2].rstrip(")")
+    if where.startswith("asyncio/runners.py"):
+        return "event loop (uvloop, syscalls)"
+    return where.split("/")[0].split(":")[0] if "/" in where else where.split(":")[0]
+
+
 def summarise(path: Path, top: int = 25) -> str:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
+    by_package: Counter[str] = Counter()
     samples = 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -62,9 +72,12 @@ def summarise(path: Path, top: int = 25) -> str:
         samples += count
         frames = stack.split(";")
         own[frames[-1]] += count
+        by_package[package(frames[-1])] += count
         for frame in set(frames):
             total[frame] += count
-    lines = [f"{samples} samples", "", "own (self) samples:"]
+    lines = [f"{samples} samples", "", "own (self) samples by package:"]
+    lines += [f"{n / samples:7.1%}  {p}" for p, n in by_package.most_common(12)]
+    lines += ["", "own (self) samples:"]
     lines += [f"{n / samples:7.1%}  {f}" for f, n in own.most_common(top)]
     lines += ["", "total (inclusive) samples:"]
     lines += [f"{n / samples:7.1%}  {f}" for f, n in total.most_common(top)]

@@ -306,20 +306,31 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
         "throughput_jobs_s"
     )
     rate = max(10.0, 0.5 * float(peak or 100))
-    rng = random.Random(ctx.seed)
-    arrivals, t = [], 0.0
-    for _ in range(int(rate * open_s)):
-        t += rng.expovariate(rate)
-        arrivals.append(t)
-    open_jobs = echo_jobs(len(arrivals))
-    variant = f"open {rate:.0f}/s"
 
-    async def opened(system: System, st: Stage) -> tuple[list[Record], float, dict[str, Any]]:
-        records, wall, dropped = await open_loop(system, open_jobs, arrivals, 4096, 60)
-        return records, wall, {"dropped": dropped, "offered_rate_jobs_s": round(rate, 1)}
+    def open_variant(rate: float, label: str) -> tuple[str, Load]:
+        rng = random.Random(ctx.seed)
+        arrivals, t = [], 0.0
+        for _ in range(int(rate * open_s)):
+            t += rng.expovariate(rate)
+            arrivals.append(t)
+        open_jobs = echo_jobs(len(arrivals))
 
+        async def opened(system: System, st: Stage) -> tuple[list[Record], float, dict[str, Any]]:
+            records, wall, dropped = await open_loop(system, open_jobs, arrivals, 4096, 60)
+            return records, wall, {"dropped": dropped, "offered_rate_jobs_s": round(rate, 1)}
+
+        return f"open {rate:.0f}/s{label}", opened
+
+    variant, opened = open_variant(rate, "")
     open_runs = await _repeated(reps, lambda: run_systems(
         ctx, kinds, emulator, "echo", 4, concurrency, variant, opened, warmup=warmup
+    ))  # fmt: skip
+    # The same at a quarter of the peak (no target): how much of the added latency is the
+    # machine being busy rather than the daemon's work per job.
+    quarter, opened_quarter = open_variant(rate / 2, " (quarter peak)")
+    open_runs += await _repeated(reps, lambda: run_systems(
+        ctx, [DIRECT, RELAY, RUN], emulator, "echo", 4, concurrency, quarter, opened_quarter,
+        warmup=warmup,
     ))  # fmt: skip
     add_over_direct(closed_runs + open_runs)  # paired: each repetition with its own direct run
     runs = closed_runs + open_runs

@@ -434,7 +434,7 @@ class EndpointDispatcher:
             job = self._jobs.get(job_id)
             if job is not None and not job.finished and job_id in self._reserved:
                 job.attempts += 1
-                job.history.append("reroute_gone:session_open")
+                job.history += ("reroute_gone:session_open",)
         exhausted = [
             job_id for job_id in batch.job_ids
             if job_id in self._reserved and self._jobs[job_id].attempts >= self.config.max_attempts
@@ -710,7 +710,7 @@ class EndpointDispatcher:
         now = self._clock()
         kind = result.error_kind or worker_error_kind(result.status or 0)
         self._worker_trouble(lease.worker_url, kind, job)
-        job.history.append(f"{action.value}:{kind}")
+        job.history += (f"{action.value}:{kind}",)
         if (action is Action.RETRY and result.kind in ("timeout", "malformed")
                 and not self._may_retry_5xx(job)()):  # fmt: skip
             action = Action.FAIL  # it may have run: only idempotent ones go again

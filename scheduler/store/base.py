@@ -177,15 +177,15 @@ def from_record(
         request_id=record.get("request_id"),
         tenant=record["tenant"],
         error_status=int(record["error_status"]) if "error_status" in record else None,
-        history=json.loads(record["history"]) if "history" in record else [],
+        history=tuple(json.loads(record["history"])) if "history" in record else (),
         created_wall=created_wall,
         status=JobStatus(record["status"]),
         attempts=int(record["attempts"]),
         started_mono=None if queued_s is None else created_mono + float(queued_s),
         finished_mono=None if total_s is None else created_mono + float(total_s),
-        result=None if result is None else JobResult(**result),
         error=record.get("error"),
     )
+    job.result = None if result is None else JobResult(**result)
     return job
 
 

@@ -372,7 +372,7 @@ async def test_result_round_trips(make_store: Fleet, body: Any, content_type: st
     [claimed] = await a.claim(ENDPOINT, 1, 0)
     claimed.started_mono = make_store.clock()
     claimed.attempts = 2
-    claimed.history.append("worker gone")
+    claimed.history += ("worker gone",)
     claimed.error_status = 502
     assert complete(claimed, make_store.clock(), body, content_type)
     assert await a.finish(claimed)
@@ -380,7 +380,7 @@ async def test_result_round_trips(make_store: Fleet, body: Any, content_type: st
     assert seen is not None
     assert seen.result == JobResult(200, content_type, body)
     assert (seen.status, seen.attempts, seen.history, seen.error_status) == (
-        JobStatus.SUCCEEDED, 2, ["worker gone"], 502)  # fmt: skip
+        JobStatus.SUCCEEDED, 2, ("worker gone",), 502)  # fmt: skip
     assert (seen.tenant, seen.idempotency_key, seen.priority, seen.cost) == ("t1", "key", 3, 2.5)
     assert seen.started_mono is not None
     assert seen.finished_mono is not None

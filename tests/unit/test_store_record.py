@@ -31,7 +31,7 @@ maybe = st.none
 def jobs(draw: st.DrawFn) -> Job:
     created_mono = draw(st.floats(min_value=0, max_value=1e6))
     started = draw(maybe() | finite.map(lambda d: created_mono + d))
-    return Job(
+    job = Job(
         id=draw(st.text(min_size=1, max_size=30)),
         endpoint=draw(st.text(min_size=1, max_size=30)),
         route=draw(texts),
@@ -47,15 +47,16 @@ def jobs(draw: st.DrawFn) -> Job:
         request_id=draw(maybe() | texts),
         tenant=draw(st.text(min_size=1, max_size=20)),
         error_status=draw(maybe() | st.integers(100, 599)),
-        history=draw(st.lists(texts, max_size=3)),
+        history=tuple(draw(st.lists(texts, max_size=3))),
         created_wall=draw(st.floats(min_value=1e9, max_value=2e9)),
         status=draw(st.sampled_from(list(JobStatus))),
         attempts=draw(st.integers(0, 50)),
         started_mono=started,
         finished_mono=draw(maybe() | finite.map(lambda d: created_mono + d)),
-        result=draw(maybe() | results),
         error=draw(maybe() | texts),
     )
+    job.result = draw(maybe() | results)
+    return job
 
 
 SAME = ("id", "endpoint", "route", "payload", "cost", "priority", "timeout_s", "mode",

@@ -22,8 +22,8 @@ _LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def loads(raw: bytes) -> Any:
-    """``json.loads(raw.decode("utf-8"))``, raising what that raises (``UnicodeDecodeError``
-    and other ``ValueError``\\ s, ``RecursionError``)."""
+    """``json.loads(raw.decode("utf-8"))``, raising what that raises: ``UnicodeDecodeError``,
+    another ``ValueError`` or ``RecursionError``."""
     if not _LONG_DIGITS.search(raw):
         try:
             return orjson.loads(raw)

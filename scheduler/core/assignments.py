@@ -88,6 +88,18 @@ class Lease:
         return self.inflight_jobs == 0
 
 
+def admitted_finish(
+    load: float, jobs: int, cost: float, rate: float | None, horizon_s: float
+) -> float | None:
+    """Seconds until a job of ``cost`` would finish on a worker with ``load`` cost in ``jobs``
+    jobs, clearing ``rate`` cost per second (0 before its rate is measured: admitted); None
+    when the worker does not admit it: busy, and the job would finish past ``horizon_s``."""
+    if not rate:
+        return 0.0
+    finish = (load + cost) / rate
+    return finish if jobs == 0 or finish <= horizon_s else None
+
+
 BUSY_ALPHA = 0.05  # decay of the per-worker busy-rate sums, per completion (see tests)
 
 
@@ -190,21 +202,18 @@ class LeasePool:
         loads = self._loads()
         best_finish, chosen = float("inf"), None
         for url, lease in room.items():
-            load, jobs = loads.get(url, (0.0, 0))
-            rate = rates[url]
-            finish = (load + cost) / rate if rate else 0.0  # a lone worker with no rate: admitted
-            if (jobs == 0 or finish <= horizon_s) and finish < best_finish:
+            finish = admitted_finish(*loads.get(url, (0.0, 0)), cost, rates[url], horizon_s)
+            if finish is not None and finish < best_finish:
                 best_finish, chosen = finish, lease
         return HOLD if chosen is None else chosen
 
     def admits(self, lease: Lease, cost: float, now: float, horizon_s: float) -> bool:
-        """Whether ``lease`` may take a job of ``cost`` now: room, and its worker idle, of no
-        measured rate yet, or finishing the job within ``horizon_s``."""
+        """Whether ``lease`` may take a job of ``cost`` now: room, and its worker admits it."""
         if not lease.has_room(cost, now):
             return False
-        rate = self.meter.throughput(lease.worker_url)
-        load, jobs = self._loads().get(lease.worker_url, (0.0, 0))
-        return rate is None or jobs == 0 or (load + cost) / rate <= horizon_s
+        url = lease.worker_url
+        load, jobs = self._loads().get(url, (0.0, 0))
+        return admitted_finish(load, jobs, cost, self.meter.throughput(url), horizon_s) is not None
 
     def _loads(self) -> dict[str, tuple[float, int]]:
         """Per worker: cost and jobs in flight over all its leases (retired ones still run)."""

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import Counter as CounterMetric
-from prometheus_client import Histogram
 
 from scheduler.attempt import AttemptResult, attempt
 from scheduler.config import EndpointConfig
@@ -112,7 +110,6 @@ class EndpointDispatcher:
         self._queue_wait = metrics.queue_wait.labels(name)
         self._worker_latency = metrics.worker_latency.labels(name)
         self._cost_ratio = metrics.cost_ratio.labels(name)
-        self._ended: dict[str, tuple[CounterMetric, Histogram]] = {}  # outcome: finished, duration
         now = clock()
         self.queue = JobQueue(config.queue.max_depth, config.tenant_weights)
         self.pool = LeasePool(
@@ -817,14 +814,10 @@ class EndpointDispatcher:
         if self._jobs.get(job.id) is job:
             del self._jobs[job.id]
         outcome = str(status)
-        series = self._ended.get(outcome)
-        if series is None:
-            series = self._ended[outcome] = (
-                self._metrics.jobs_finished.labels(self.name, outcome),
-                self._metrics.job_duration.labels(self.name, outcome),
-            )
-        series[0].inc()
-        series[1].observe(now - job.created_mono)
+        self._metrics.series(self._metrics.jobs_finished, self.name, outcome).inc()
+        self._metrics.series(self._metrics.job_duration, self.name, outcome).observe(
+            now - job.created_mono
+        )
         log.info(
             "job.finished", job_id=job.id, endpoint=self.name, status=outcome,
             attempts=job.attempts, duration_s=round(now - job.created_mono, 6), error=error,

@@ -31,12 +31,6 @@ def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
-def envelope(ready: Ready, payload_json: bytes, session_id: str | None = None) -> bytes:
-    """``{"auth_data", "session_id", "payload"}`` as JSON bytes, the payload spliced in as
-    it was encoded at admission (a queued job keeps bytes, not a parsed tree)."""
-    return envelope_head(ready, session_id) + payload_json + b"}"
-
-
 def envelope_head(ready: Ready, session_id: str | None) -> bytes:
     """The envelope up to the payload: the same for every job on one lease."""
     # The route answer goes verbatim: the worker checks the signature over its url and keys
@@ -85,11 +79,16 @@ class WorkerClient:
         with translated_errors():
             async with self._session.post(
                 f"{ready.url}{route}",
-                data=self._head(ready, session_id) + payload_json + b"}",
+                data=self._envelope(ready, payload_json, session_id),
                 headers=JSON_HEADERS,
                 timeout=self._timeout,
             ) as resp:
                 yield resp
+
+    def _envelope(self, ready: Ready, payload_json: bytes, session_id: str | None) -> bytes:
+        """``{"auth_data", "session_id", "payload"}`` as JSON bytes, the payload spliced in as
+        it was encoded at admission (a queued job keeps bytes, not a parsed tree)."""
+        return self._head(ready, session_id) + payload_json + b"}"
 
     def _head(self, ready: Ready, session_id: str | None) -> bytes:
         key = (id(ready), session_id)

@@ -21,6 +21,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,19 @@ def run() -> None:
     args = parser.parse_args()
     _quiet_logs()
     raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
-    # The daemon's collector settings (``scheduler.__main__.tune_gc``) here too, written out so
-    # an older scheduler copy (BENCH_SCHEDULER_SRC) still runs: the emulator serves every
-    # system alike, and its full collections (50-80 ms at default settings) were latency spikes
-    # common to all of them, noise in the latency added over direct.
+    run_like_the_daemon(main(raw, args.port, args.log_port))
+
+
+def run_like_the_daemon(coro: Coroutine[Any, Any, None]) -> None:
+    """Runs a bench child (emulator, relay) with the daemon's collector settings and uvloop.
+
+    The settings (``scheduler.__main__.tune_gc``) are written out here so an older scheduler
+    copy (BENCH_SCHEDULER_SRC) still runs: the emulator serves every system alike, and its full
+    collections (50-80 ms at default settings) were latency spikes common to all of them,
+    noise in the latency added over direct."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    coro = main(raw, args.port, args.log_port)
     try:
         import uvloop
     except ImportError:  # same fallback as the daemon's CLI

@@ -13,15 +13,13 @@ the same run, is the hop's share of the daemon's; the rest is the daemon's own w
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from bench.emulator_proc import GC_GEN0_THRESHOLD, until_terminated
+from bench.emulator_proc import run_like_the_daemon, until_terminated
 from bench.systems import Direct, Job
 
 COST = 100.0
@@ -72,14 +70,7 @@ def run() -> None:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])  # as the daemon and emulator
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main(args))
+    run_like_the_daemon(main(parser.parse_args()))
 
 
 if __name__ == "__main__":

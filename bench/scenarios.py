@@ -268,18 +268,15 @@ def _by(runs: list[dict[str, Any]], variant: str, system_prefix: str) -> dict[st
     return next((r for r in found if r.get("rep") == "median"), found[0] if found else None)
 
 
-def _repeated(
+async def _repeated(
     reps: int, runs_of_one: Callable[[], Awaitable[list[dict[str, Any]]]]
-) -> Awaitable[list[dict[str, Any]]]:
-    async def repeat() -> list[dict[str, Any]]:
-        runs = []
-        for rep in range(1, reps + 1):  # every system once per repetition: drift hits them all
-            for run in await runs_of_one():
-                run["rep"] = rep
-                runs.append(run)
-        return runs
-
-    return repeat()
+) -> list[dict[str, Any]]:
+    runs = []
+    for rep in range(1, reps + 1):  # every system once per repetition: drift hits them all
+        for run in await runs_of_one():
+            run["rep"] = rep
+            runs.append(run)
+    return runs
 
 
 # ------------------------------------------------------------------------------- (a)

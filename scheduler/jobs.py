@@ -127,10 +127,10 @@ class Job:
             view["history"] = list(self.history)
         if self.error is not None:
             view["error"] = self.error
-        if self.result is not None:
+        if (result := self.result) is not None:  # built afresh on each read: read it once
             view["result"] = {
-                "status_code": self.result.status_code,
-                "content_type": self.result.content_type,
-                "body": self.result.body,
+                "status_code": result.status_code,
+                "content_type": result.content_type,
+                "body": result.body,
             }
         return view

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from scheduler.listen import listen
 from tests.integration.harness import (
     Daemon,
     daemon_config,
@@ -215,42 +211,6 @@ async def test_malformed_and_oversized_bodies(daemon: Daemon, http: aiohttp.Clie
         assert (await resp.json())["error"]["field"] == "job_id"
     async with http.get(f"{daemon.url}/healthz") as resp:
         assert resp.status == 200
-
-
-async def test_webhook_is_called_once_with_a_valid_signature(
-    daemon: Daemon, http: aiohttp.ClientSession
-) -> None:
-    received: list[tuple[bytes, str]] = []
-    calls = 0
-
-    async def hook(request: web.Request) -> web.Response:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # the first delivery fails: the sender must retry
-            return web.Response(status=503)
-        received.append((await request.read(), request.headers["X-Vast-Scheduler-Signature"]))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
-    try:
-        body = {"payload": {"w": 1}, "webhook": {"url": f"http://127.0.0.1:{port}/hook"}}
-        async with http.post(f"{daemon.url}/v1/endpoints/echo/jobs", json=body) as resp:
-            job_id = (await resp.json())["id"]
-        async with asyncio.timeout(10):
-            while not received:
-                await asyncio.sleep(0.05)
-    finally:
-        await runner.cleanup()
-    raw, signature = received[0]
-    expected = hmac.new(WEBHOOK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
-    assert signature == f"sha256={expected}"
-    document = json.loads(raw)
-    assert document["id"] == job_id
-    assert document["status"] == "succeeded"
-    assert document["result"]["body"]["echo"] == {"w": 1}
-    assert len(received) == 1
 
 
 async def test_finished_jobs_are_forgotten_after_retention(http: aiohttp.ClientSession) -> None:

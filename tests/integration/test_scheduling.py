@@ -90,20 +90,28 @@ async def test_legacy_workers_detected_once_then_one_route_per_job(
 
 
 async def test_route_rate_limit_is_never_tripped(http: aiohttp.ClientSession) -> None:
+    # reuse: never makes every job a route call, so the daemon's token bucket (10/s, burst 1)
+    # is what spaces them; the emulator refuses calls closer than 25 ms (a 4x margin).
+    jobs, rate_per_s, burst = 30, 10, 1
     async with running_emulator(
-        {"echo": {"workers": 3, "perf": 100_000}}, route_min_interval_ms=100
+        {"echo": {"workers": 1, "perf": 100_000}}, route_min_interval_ms=25
     ) as emulator:
-        endpoint = {"route_rate_per_s": 5, "route_burst": 1, "queue": {"max_depth": 10_000}}
+        endpoint = {"reuse": "never", "route_rate_per_s": rate_per_s, "route_burst": burst}
         config = daemon_config(emulator.autoscaler_url, {"echo": endpoint})
         async with running_daemon(config) as daemon:
-            ids = await submit_many(
-                http, f"{daemon.url}/v1/endpoints/echo/jobs", 5000, concurrency=32
-            )
-            await wait_all_finished(daemon, ids, timeout_s=120)
-            finished = daemon.service.metrics.jobs_finished.labels("echo", "succeeded")
-            assert finished._value.get() == 5000
-    assert emulator.autoscaler.stats.count("echo", "rate_limited") == 0
-    assert emulator.autoscaler.stats.count("echo") >= 1
+            ids = await submit_many(http, f"{daemon.url}/v1/endpoints/echo/jobs", jobs)
+            await wait_all_finished(daemon, ids, timeout_s=30)
+            statuses = {str(daemon.service.get(i).status) for i in ids}  # type: ignore[union-attr]
+    assert statuses == {"succeeded"}
+    assert emulator.autoscaler.stats.count("echo", "429") == 0
+    times = [e["t_s"] for e in emulator.route_log() if e["endpoint"] == "echo"]
+    assert len(times) >= jobs, f"{len(times)} route calls for {jobs} jobs"
+    # Between any two calls the bucket earned at most rate x elapsed tokens on top of its
+    # burst; one more call of slack for the time between the daemon's send and the emulator.
+    for i, first in enumerate(times):
+        for j in range(i + 1, len(times)):
+            calls, elapsed = j - i, times[j] - first
+            assert calls <= burst + rate_per_s * elapsed + 1, (i, j, elapsed, times)
 
 
 async def test_overloaded_worker_gets_its_budget_cut_and_no_job_fails(

@@ -65,14 +65,31 @@ async def test_async_job_reaches_succeeded_with_the_workers_answer(
 
 
 async def test_field_estimator_sets_cost_and_caller_cost_is_clamped(
-    daemon: Daemon, http: aiohttp.ClientSession
+    http: aiohttp.ClientSession,
 ) -> None:
-    url = f"{daemon.url}/v1/endpoints/llm/jobs"
-    body = {"payload": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}}
-    async with http.post(url, json=body) as resp:
-        assert (await resp.json())["cost"] == 40.0
-    async with http.post(url, json={**body, "cost": 5e8}) as resp:
-        assert (await resp.json())["cost"] == 5e8  # within the default clamp range
+    # A narrow range [10, 1000]: under the default caller_cost (clamp) both the estimate and
+    # a caller's own cost are held inside it; "trust" takes the caller's cost as it is.
+    cost = {"estimator": "field", "field": "max_tokens", "default": 64, "min": 10, "max": 1000}
+    endpoints = {"llm": {"cost": cost}, "trusting": {"cost": {**cost, "caller_cost": "trust"}}}
+    async with running_emulator({name: {"workers": 1} for name in endpoints}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, endpoints)
+        async with running_daemon(config) as daemon:
+
+            async def cost_of(endpoint: str, max_tokens: int, caller: float | None = None) -> Any:
+                body: dict[str, Any] = {"payload": {"max_tokens": max_tokens}}
+                if caller is not None:
+                    body["cost"] = caller
+                url = f"{daemon.url}/v1/endpoints/{endpoint}/jobs"
+                async with http.post(url, json=body) as resp:
+                    assert resp.status == 202, await resp.text()
+                    return (await resp.json())["cost"]
+
+            assert await cost_of("llm", 40) == 40.0
+            assert await cost_of("llm", 5000) == 1000.0
+            assert await cost_of("llm", 40, caller=5e8) == 1000.0
+            assert await cost_of("llm", 40, caller=1) == 10.0
+            assert await cost_of("llm", 40, caller=500) == 500.0
+            assert await cost_of("trusting", 40, caller=5e8) == 5e8
 
 
 async def test_idempotency_key_returns_the_same_job(

@@ -1,16 +1,22 @@
-"""Start-up, SIGTERM drain, no orphan tasks, and refusing a broken config: real processes."""
+"""Start-up, SIGTERM drain (in-flight and queued jobs), no orphan tasks, and refusing a broken
+config: real processes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.integration.harness import (
     daemon_config,
@@ -54,54 +60,176 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, timeout_s: float =
             await asyncio.sleep(0.1)
 
 
-SLOW_CONFIG = """
-server: {{host: 127.0.0.1, port: {port}, grace_period_s: 10}}
-auth: {{enabled: false}}
-vast: {{autoscaler_url: embedded}}
-logging: {{format: json, level: info}}
-emulator:
-  status_interval_s: 0.2
-  endpoints:
-    slow: {{workers: 1, perf: 100}}
-endpoints:
-  slow: {{}}
-"""
+def write(path: Path, raw: dict[str, Any] | str) -> None:
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+
+
+class DaemonProcess:
+    """A daemon process (``python -m scheduler run``) whose JSON log goes to a file (a pipe
+    nobody reads while it runs would fill up and block the daemon)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path, url: str) -> None:
+        self.proc, self.log, self.url = proc, log, url
+
+    def all_events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+        return found
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.all_events() if event.get("event") == name]
+
+    async def sighup_and_wait(self, event: str) -> dict[str, Any]:
+        before = len(self.events(event))
+        self.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: len(self.events(event)) > before, timeout_s=10)
+        return self.events(event)[-1]
+
+    async def sigterm_and_see_it_drain(self, http: aiohttp.ClientSession, endpoint: str) -> None:
+        """SIGTERM, then: ``/readyz`` turns 503 (polled, bounded) and a new job gets 503
+        ``draining`` as JSON on both the async and the sync path."""
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(5):
+            while True:
+                async with http.get(f"{self.url}/readyz") as resp:
+                    if resp.status == 503:
+                        assert (await resp.json())["status"] == "draining"
+                        break
+                    assert resp.status == 200
+                await asyncio.sleep(0.02)
+        for path in ("jobs", "run"):
+            url = f"{self.url}/v1/endpoints/{endpoint}/{path}"
+            async with http.post(url, json={"payload": {"late": True}}) as resp:
+                assert resp.status == 503
+                assert resp.content_type == "application/json"
+                assert (await resp.json())["error"]["code"] == "draining"
+
+    async def exit_code(self, timeout_s: float = 15) -> int:
+        async with asyncio.timeout(timeout_s):
+            return await self.proc.wait()
+
+
+@asynccontextmanager
+async def launched(
+    tmp_path: Path, http: aiohttp.ClientSession, raw: dict[str, Any]
+) -> AsyncIterator[tuple[DaemonProcess, Path]]:
+    """``python -m scheduler run`` on ``raw`` (its ``server.port`` set to a free port),
+    healthy; one still running at the end gets SIGTERM and must exit 0."""
+    port = free_port()
+    config, log = tmp_path / "daemon.yaml", tmp_path / "daemon.log"
+    write(config, {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": port}})
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scheduler", "run", "--config", str(config), cwd=ROOT,
+            env={**env, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=sink,
+        )  # fmt: skip
+    daemon = DaemonProcess(proc, log, f"http://127.0.0.1:{port}")
+    try:
+        await wait_healthy(http, daemon.url)
+        yield daemon, config
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            assert await daemon.exit_code() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def endpoint_status(http: aiohttp.ClientSession, url: str, endpoint: str) -> dict[str, Any]:
+    async with http.get(f"{url}/v1/status") as resp:
+        assert resp.status == 200
+        found: dict[str, Any] = (await resp.json())["endpoints"][endpoint]
+        return found
+
+
+def slow_process(perf: float, grace_period_s: float, **endpoint: Any) -> dict[str, Any]:
+    """An embedded emulator with two workers of ``perf`` units/s (a job costs 100)."""
+    return {
+        "server": {"grace_period_s": grace_period_s},
+        "auth": {"enabled": False},
+        "vast": {"autoscaler_url": "embedded"},
+        "logging": {"format": "json", "level": "info", "access_log": False},
+        "emulator": {"status_interval_s": 0.2,
+                     "endpoints": {"slow": {"workers": 2, "perf": perf}}},
+        "endpoint_defaults": {"poll": {"initial_s": 0.05, "max_s": 0.2}},
+        "endpoints": {"slow": endpoint},
+    }  # fmt: skip
 
 
 async def test_sigterm_drains_in_flight_job_and_exits_zero(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    port = free_port()
-    config = tmp_path / "daemon.yaml"
-    config.write_text(SLOW_CONFIG.format(port=port))
-    url = f"http://127.0.0.1:{port}"
-    proc = await start_process("run", "--config", str(config))
-    try:
-        await wait_healthy(http, url)
-        # One second of work (cost 100 at 100 units/s), then SIGTERM while it runs.
+    # Two seconds of work (cost 100 at 50 units/s): SIGTERM lands once it runs.
+    async with launched(tmp_path, http, slow_process(50, 10)) as (daemon, _):
         in_flight = asyncio.create_task(
-            http.post(f"{url}/v1/endpoints/slow/run", json={"payload": {"n": 1}})
+            http.post(f"{daemon.url}/v1/endpoints/slow/run", json={"payload": {"n": 1}})
         )
-        await asyncio.sleep(0.4)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.1)
-        async with http.post(f"{url}/v1/endpoints/slow/jobs", json={"payload": {}}) as resp:
-            assert resp.status == 503
-            assert (await resp.json())["error"]["code"] == "draining"
-        async with http.get(f"{url}/readyz") as resp:
-            assert resp.status == 503
+        async with asyncio.timeout(10):
+            while (await endpoint_status(http, daemon.url, "slow"))["inflight"] != 1:
+                await asyncio.sleep(0.02)
+        await daemon.sigterm_and_see_it_drain(http, "slow")
         resp = await in_flight
         assert resp.status == 200
         assert (await resp.json())["echo"] == {"n": 1}
         resp.release()
-        async with asyncio.timeout(10):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
-    assert '"event": "daemon.stopped"' in stderr
+        assert await daemon.exit_code() == 0
+    assert [e["status"] for e in daemon.events("job.finished")] == ["succeeded"]
+    assert daemon.events("daemon.stopped")
+
+
+async def test_sigterm_runs_every_queued_and_running_job_then_exits_zero(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Memory store: SIGTERM stops intake, and what was admitted, queued or running, still
+    runs to success within the grace period (README: "lets queued and in-flight jobs
+    finish"); sync callers get their answers; then the process exits 0."""
+    # 0.4 s a job alone, two at a time: 14 jobs are ~3 s of work against a 30 s grace period.
+    raw = slow_process(250, 30, max_concurrency=2)
+    async with launched(tmp_path, http, raw) as (daemon, _):
+        url = f"{daemon.url}/v1/endpoints/slow"
+        sync_callers = [
+            asyncio.create_task(http.post(f"{url}/run", json={"payload": {"sync": n}}))
+            for n in range(7)
+        ]
+        async_ids = []
+        for n in range(7):
+            async with http.post(f"{url}/jobs", json={"payload": {"async": n}}) as resp:
+                assert resp.status == 202
+                async_ids.append((await resp.json())["id"])
+        await wait_until(lambda: len(daemon.events("job.queued")) == 14, timeout_s=10)
+        before = await endpoint_status(http, daemon.url, "slow")
+        assert before["inflight"] >= 1, before
+        assert before["queue_depth"] >= 4, before
+        await daemon.sigterm_and_see_it_drain(http, "slow")
+        during = await endpoint_status(http, daemon.url, "slow")
+        assert during["queue_depth"] > 0, during  # drain began with jobs still queued
+        answers = []
+        for caller in sync_callers:
+            resp = await caller
+            answers.append((resp.status, (await resp.json())["echo"]))
+            resp.release()
+        assert answers == [(200, {"sync": n}) for n in range(7)]
+        assert await daemon.exit_code() == 0
+    events = daemon.all_events()
+    names = [event.get("event") for event in events]
+    finished = [e for e in events if e.get("event") == "job.finished"]
+    assert [e["status"] for e in finished] == ["succeeded"] * 14
+    assert set(async_ids) <= {e["job_id"] for e in finished}
+    draining = names.index("daemon.draining")
+    after_sigterm = names[draining:].count("job.finished")
+    assert after_sigterm >= during["queue_depth"]  # the queued ones ran after SIGTERM
+    assert "daemon.grace_period_over" not in names
+    assert names.index("daemon.stopped") > max(
+        i for i, n in enumerate(names) if n == "job.finished"
+    )
 
 
 async def test_shutdown_leaves_no_tasks_behind(http: aiohttp.ClientSession) -> None:

@@ -5,12 +5,8 @@ in-process with auth on (401 / 403 / 200, 422 and 409 answers, token rotation)."
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,13 @@ from scheduler.config import load_config
 from scheduler.reload import CONFIG_PATH
 from scheduler.serve import bound, shutdown, start_runner
 from tests.integration.harness import API_KEY, Daemon, running_emulator, wait_until
-from tests.integration.test_lifecycle import ROOT, SECRET_VARS, free_port, wait_healthy
+from tests.integration.test_lifecycle import (
+    DaemonProcess,
+    endpoint_status,
+    free_port,
+    launched,
+    write,
+)
 
 SLOW: dict[str, Any] = {"workers": 2, "perf": 400}  # cost 100: 0.25 s a job alone
 
@@ -40,65 +42,10 @@ def process_config(port: int, endpoints: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write(path: Path, raw: dict[str, Any] | str) -> None:
-    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
-
-
-class Process:
-    """A daemon process (``python -m scheduler run``) whose JSON log goes to a file."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path, url: str) -> None:
-        self.proc, self.log, self.url = proc, log, url
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == name:
-                found.append(event)
-        return found
-
-    async def sighup_and_wait(self, event: str) -> dict[str, Any]:
-        before = len(self.events(event))
-        self.proc.send_signal(signal.SIGHUP)
-        await wait_until(lambda: len(self.events(event)) > before, timeout_s=10)
-        return self.events(event)[-1]
-
-
-@asynccontextmanager
-async def daemon_process(
+def daemon_process(
     tmp_path: Path, http: aiohttp.ClientSession, endpoints: dict[str, Any]
-) -> AsyncIterator[tuple[Process, Path]]:
-    port = free_port()
-    config, log = tmp_path / "daemon.yaml", tmp_path / "daemon.log"
-    write(config, process_config(port, endpoints))
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scheduler", "run", "--config", str(config), cwd=ROOT,
-            env={**env, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=sink,
-        )  # fmt: skip
-    process = Process(proc, log, f"http://127.0.0.1:{port}")
-    try:
-        await wait_healthy(http, process.url)
-        yield process, config
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def endpoint_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(f"{url}/v1/status") as resp:
-        assert resp.status == 200
-        body: dict[str, Any] = await resp.json()
-        return body["endpoints"]
+) -> AbstractAsyncContextManager[tuple[DaemonProcess, Path]]:
+    return launched(tmp_path, http, process_config(0, endpoints))  # the port is chosen there
 
 
 async def submit(http: aiohttp.ClientSession, url: str, endpoint: str, count: int) -> list[str]:
@@ -136,7 +83,7 @@ async def test_sighup_raises_a_limit_under_load_and_loses_no_job(
 ) -> None:
     async with daemon_process(tmp_path, http, {"slow": {"max_concurrency": 2}}) as (daemon, path):
         ids = await submit(http, daemon.url, "slow", 24)
-        status = (await endpoint_status(http, daemon.url))["slow"]
+        status = await endpoint_status(http, daemon.url, "slow")
         assert status["max_concurrency"] == 2
         assert status["inflight"] <= 2
         assert status["queue_depth"] > 0  # jobs are queued and running while it reloads
@@ -146,12 +93,12 @@ async def test_sighup_raises_a_limit_under_load_and_loses_no_job(
         event = await daemon.sighup_and_wait("config.reloaded")
         assert event["changes"] == ["endpoints.slow.max_concurrency: 2 -> 5"]
         assert (event["path"], event["source"]) == (str(path), "sighup")
-        status = (await endpoint_status(http, daemon.url))["slow"]
+        status = await endpoint_status(http, daemon.url, "slow")
         assert status["max_concurrency"] == 5
         peak = 0
         async with asyncio.timeout(20):  # the raised limit is used, not only shown
             while peak <= 2 and status["queue_depth"]:
-                status = (await endpoint_status(http, daemon.url))["slow"]
+                status = await endpoint_status(http, daemon.url, "slow")
                 peak = max(peak, status["inflight"])
                 await asyncio.sleep(0.02)
         assert 2 < peak <= 5
@@ -172,7 +119,7 @@ async def test_sighup_with_a_broken_file_keeps_the_old_config_and_logs_each_path
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     async with daemon_process(tmp_path, http, {"slow": {"max_concurrency": 2}}) as (daemon, path):
-        before = await endpoint_status(http, daemon.url)
+        before = await endpoint_status(http, daemon.url, "slow")
         write(path, BROKEN.format(port=daemon.url.rsplit(":", 1)[1]))
         event = await daemon.sighup_and_wait("config.reload_refused")
         assert event["code"] == "invalid_config"
@@ -183,15 +130,15 @@ async def test_sighup_with_a_broken_file_keeps_the_old_config_and_logs_each_path
         assert set(event["fields"]) == {
             "endpoints.slow.queue.max_depth", "endpoints.slow.max_concurrency"
         }  # fmt: skip
-        after = await endpoint_status(http, daemon.url)
-        assert after["slow"]["max_concurrency"] == before["slow"]["max_concurrency"] == 2
-        assert after["slow"]["max_depth"] == before["slow"]["max_depth"]
+        after = await endpoint_status(http, daemon.url, "slow")
+        assert after["max_concurrency"] == before["max_concurrency"] == 2
+        assert after["max_depth"] == before["max_depth"]
         # A valid file with a restart-only change is refused too, by path.
         raw = process_config(free_port(), {"slow": {"max_concurrency": 3}})
         write(path, raw)
         event = await daemon.sighup_and_wait("config.reload_refused")
         assert event["errors"] == ["server.port: changing it needs a restart"]
-        assert (await endpoint_status(http, daemon.url))["slow"]["max_concurrency"] == 2
+        assert (await endpoint_status(http, daemon.url, "slow"))["max_concurrency"] == 2
         ids = await submit(http, daemon.url, "slow", 2)  # still serving
         await all_succeed(http, daemon.url, ids)
 
@@ -208,7 +155,7 @@ async def test_sighup_adds_an_endpoint_that_takes_jobs(
         write(path, raw)
         event = await daemon.sighup_and_wait("config.reloaded")
         assert event["added_endpoints"] == ["extra"]
-        assert (await endpoint_status(http, daemon.url))["extra"]["max_concurrency"] == 3
+        assert (await endpoint_status(http, daemon.url, "extra"))["max_concurrency"] == 3
         ids = await submit(http, daemon.url, "extra", 3)
         await all_succeed(http, daemon.url, ids + running)
         async with http.get(f"{daemon.url}/openapi.json") as resp:

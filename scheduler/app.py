@@ -105,7 +105,7 @@ async def scheduler_context(
         vast.replay_timeout_s, vast.connect_timeout_s,
         worker_networks=worker_networks_of(vast.worker_networks),
     )  # fmt: skip
-    webhooks = WebhookSender(webhook_session, config.server.webhook, rng)
+    webhooks = WebhookSender(webhook_session, config.server.webhook, rng, app[METRICS])
     async with shared_store(config, app[METRICS], clock) as (store, fleet):
         service = SchedulerService(
             config, router,

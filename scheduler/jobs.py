@@ -104,8 +104,9 @@ class Job:
         return True
 
     def public(self, now: float) -> dict[str, Any]:
-        queued_until = self.started_mono if self.started_mono is not None else now
         end = self.finished_mono if self.finished_mono is not None else now
+        # A job that ended without starting (expired, cancelled) was queued until it ended.
+        queued_until = self.started_mono if self.started_mono is not None else end
         view: dict[str, Any] = {
             "id": self.id,
             "endpoint": self.endpoint,

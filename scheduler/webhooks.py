@@ -15,6 +15,7 @@ import structlog
 
 from scheduler.config import WebhookConfig
 from scheduler.core.retry import backoff_s
+from scheduler.observability.metrics import Metrics
 
 log = structlog.get_logger("scheduler.webhooks")
 SIGNATURE_HEADER = "X-Vast-Scheduler-Signature"
@@ -44,11 +45,16 @@ def sign(body: bytes, secret: str) -> str:
 
 class WebhookSender:
     def __init__(
-        self, session: aiohttp.ClientSession, config: WebhookConfig, rng: random.Random
+        self,
+        session: aiohttp.ClientSession,
+        config: WebhookConfig,
+        rng: random.Random,
+        metrics: Metrics,
     ) -> None:
         self._session = session
         self._config = config
         self._rng = rng
+        self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -68,15 +74,26 @@ class WebhookSender:
             SIGNATURE_HEADER: sign(body, secret.get_secret_value()),
         }
         cfg = self._config
-        for attempt in range(1, cfg.max_attempts + 1):
-            if await self._post_once(url, body, headers):
-                log.info("webhook.delivered", job_id=job_id, attempt=attempt)
-                return
-            if attempt < cfg.max_attempts:
-                await asyncio.sleep(backoff_s(
-                    attempt, cfg.backoff_initial_s, cfg.backoff_max_s, 2.0, self._rng.random()
-                ))  # fmt: skip
+        attempt = 0
+        try:
+            for attempt in range(1, cfg.max_attempts + 1):
+                if await self._post_once(url, body, headers):
+                    log.info("webhook.delivered", job_id=job_id, attempt=attempt)
+                    self._count("delivered")
+                    return
+                if attempt < cfg.max_attempts:
+                    await asyncio.sleep(backoff_s(
+                        attempt, cfg.backoff_initial_s, cfg.backoff_max_s, 2.0, self._rng.random()
+                    ))  # fmt: skip
+        except asyncio.CancelledError:  # the grace period ended before it got through
+            log.warning("webhook.cut", job_id=job_id, attempt=attempt)
+            self._count("cut")
+            raise
         log.warning("webhook.abandoned", job_id=job_id, attempts=cfg.max_attempts)
+        self._count("abandoned")
+
+    def _count(self, outcome: str) -> None:
+        self._metrics.series(self._metrics.webhooks, outcome).inc()
 
     async def _post_once(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
         try:

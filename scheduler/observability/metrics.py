@@ -26,6 +26,7 @@ KNOWN_WORKER_ERRORS = (
     "gone", "tls", "timeout", "unauthorized", "session_gone", "overloaded", "server_error",
     "client_error", "bad_envelope", "session_refused", "malformed",
 )  # fmt: skip
+WEBHOOK_OUTCOMES = ("delivered", "abandoned", "cut")
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0)
 
 
@@ -147,6 +148,11 @@ class Metrics:
         )
         # API
         self.http_requests = counter("http_requests", "API requests", ["handler", "code"])
+        # webhooks, one per finished job with a webhook URL; outcome: delivered, abandoned
+        # (every attempt failed), cut (the daemon stopped before it got through)
+        self.webhooks = counter("webhooks", "Webhooks by final outcome", ["outcome"])
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
         # shared store (Redis); op: enqueue, claim, finish, requeue, touch, reclaim, cancel,
         # get, backlog, listen
         self.store_errors = counter("store_errors", "Failed shared job store operations", ["op"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.integration.harness import (
     API_KEY,
@@ -126,15 +128,45 @@ async def test_route_server_errors_are_retried_and_unauthorized_fails_cleanly(
     assert len(autoscaler.received) == 1
 
 
-async def test_worker_429_and_gone_reroute_to_another_worker(http: aiohttp.ClientSession) -> None:
+async def job_through(http: aiohttp.ClientSession, daemon: Daemon) -> dict[str, Any]:
+    """One async job, followed (bounded) until it ends; its public view."""
+    async with http.post(f"{daemon.url}/v1/endpoints/spy/jobs", json={"payload": {}}) as resp:
+        job_id = (await resp.json())["id"]
+    return await wait_for_status(http, daemon, job_id, {"succeeded", "failed"})
+
+
+async def test_worker_429_reroutes_to_another_worker(http: aiohttp.ClientSession) -> None:
     overloaded = [(429, {"error": "queue full"}, {})]
     async with spied(None, [overloaded, [OK]]) as (daemon, autoscaler, (busy, healthy)):
-        async with http.post(f"{daemon.url}/v1/endpoints/spy/jobs", json={"payload": {}}) as resp:
-            job_id = (await resp.json())["id"]
-        job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"})
+        job = await job_through(http, daemon)
     assert job["status"] == "succeeded"
     assert job["attempts"] == 2
+    assert job["history"] == ["reroute_shrink:overloaded"]
     assert len(busy.received) == 1
+    assert len(healthy.received) == 1
+    assert len(autoscaler.received) == 2
+
+
+@pytest.mark.parametrize(
+    ("reuse", "history"),
+    [("sequential", "reroute_gone:gone"), ("auto", "reroute_gone:session_open")],
+)
+async def test_gone_worker_reroutes_to_another_worker(
+    http: aiohttp.ClientSession, reuse: str, history: str
+) -> None:
+    # The first answer names a worker whose port is closed: the connection is refused before
+    # anything is sent, on the job's POST (sequential) or on the session create (auto).
+    async with serving(SpyServer([OK]), "/generate") as stopped:
+        pass
+    async with spied(None, [[OK]], reuse=reuse) as (daemon, autoscaler, (healthy,)):
+        autoscaler.script = [(200, ready_answer(stopped.url, 1), {}),
+                             (200, ready_answer(healthy.url, 2), {})]  # fmt: skip
+        job = await job_through(http, daemon)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert job["history"] == [history]
+    assert job["result"]["body"] == {"done": True}
+    assert stopped.received == []
     assert len(healthy.received) == 1
     assert len(autoscaler.received) == 2
 

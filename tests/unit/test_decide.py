@@ -1,109 +1,115 @@
-"""decide(): what the dispatcher does after one attempt, over the whole input table."""
+"""decide(): what the dispatcher does after one attempt. Its rules as properties over generated
+inputs, plus a table of named edge cases (the status boundaries, each flag combination of a 401,
+a status on an attempt that was not answered)."""
 
 from __future__ import annotations
 
-import itertools
-
-import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scheduler.core.retry import Action, Outcome, classify_status, decide
 
-KINDS = ("answered", "gone", "timeout", "retryable_5xx", "malformed", "other")
-STATUSES = (200, 201, 400, 401, 404, 410, 422, 429, 500, 503)
-FLAGS = (False, True)
-
-# An answered status, whatever the reuse: 2xx delivered, 410 unknown session, 429 overloaded,
-# everything else is the job's or the backend's answer and goes to the caller.
-ANSWERED = {
-    200: Action.SUCCEED,
-    201: Action.SUCCEED,
-    400: Action.FAIL,
-    404: Action.FAIL,
-    410: Action.REROUTE_EVICT,
-    422: Action.FAIL,
-    429: Action.REROUTE_SHRINK,
-    500: Action.FAIL,
-    503: Action.FAIL,
-}
-# Not answered: the status (if any) does not matter.
+# Not answered: the worker's status, if any, does not matter, nor do the flags.
 UNANSWERED = {
     "gone": Action.REROUTE_GONE,
     "timeout": Action.RETRY,
     "retryable_5xx": Action.RETRY,
     "malformed": Action.RETRY,  # a 2xx that is not what it says: the dispatcher checks idempotency
-    "other": Action.FAIL,
 }
+# Answered and the worker cannot take the job now: route again, each in its own way.
+REROUTES = {410: Action.REROUTE_EVICT, 429: Action.REROUTE_SHRINK}
+
+# Around every boundary the rules draw: 2xx, and each status with its own action.
+EDGE_STATUSES = (-1, 0, 199, 200, 201, 299, 300, 400, 401, 402, 409, 410, 411, 428, 429, 430, 500)
+statuses = st.none() | st.sampled_from(EDGE_STATUSES) | st.integers(-1, 1000)
+kinds = st.sampled_from([*UNANSWERED, "answered", "other"]) | st.text(max_size=12)
+flags = st.booleans()
 
 
-def expected(kind: str, status: int | None, reused: bool, detect_legacy: bool) -> Action:
-    if kind != "answered":
-        return UNANSWERED[kind]
-    if status is None:
-        return Action.FAIL
-    if status == 401:
-        # Only a 401 on an answer that already worked reveals a replay-protected worker.
-        return Action.REROUTE_LEGACY if reused and detect_legacy else Action.REROUTE_EVICT
-    return ANSWERED[status]
+@given(kind=st.sampled_from(list(UNANSWERED)), status=statuses, reused=flags, detect=flags)
+def test_an_attempt_without_an_answer_depends_on_its_kind_alone(
+    kind: str, status: int | None, reused: bool, detect: bool
+) -> None:
+    assert decide(kind, status, reused, detect) is UNANSWERED[kind]
 
 
-def case_id(kind: str, status: int | None, reused: bool, detect_legacy: bool) -> str:
-    reuse = "reused" if reused else "fresh"
-    detect = "detect" if detect_legacy else "nodetect"
-    return f"{kind}-{status}-{reuse}-{detect}"
+@given(kind=kinds, status=statuses, reused=flags, detect=flags)
+def test_an_unknown_kind_or_an_answer_without_a_status_fails(
+    kind: str, status: int | None, reused: bool, detect: bool
+) -> None:
+    if kind in UNANSWERED or (kind == "answered" and status is not None):
+        return
+    assert decide(kind, status, reused, detect) is Action.FAIL
 
 
-TABLE = [
-    pytest.param(k, s, r, d, expected(k, s, r, d), id=case_id(k, s, r, d))
-    for k, s, r, d in itertools.product(KINDS, (*STATUSES, None), FLAGS, FLAGS)
+@settings(max_examples=300)
+@given(status=statuses.filter(lambda s: s is not None), reused=flags, detect=flags)
+@example(status=300, reused=False, detect=False)
+def test_an_answer_is_decided_by_its_status(status: int, reused: bool, detect: bool) -> None:
+    """2xx succeeds; 401 reroutes, as a replay-protected worker only when a reused answer got
+    it and detection is on; 410 and 429 reroute; any other status goes to the caller."""
+    action = decide("answered", status, reused, detect)
+    if 200 <= status < 300:
+        assert action is Action.SUCCEED
+    elif status == 401:
+        legacy = reused and detect
+        assert action is (Action.REROUTE_LEGACY if legacy else Action.REROUTE_EVICT)
+    else:
+        assert action is REROUTES.get(status, Action.FAIL)
+    # The same split as classify_status, which the metrics and the route answer use.
+    expected = {
+        Outcome.SUCCESS: {Action.SUCCEED},
+        Outcome.RETRY_ELSEWHERE: {
+            Action.REROUTE_EVICT,
+            Action.REROUTE_SHRINK,
+            Action.REROUTE_LEGACY,
+        },
+        Outcome.FAIL: {Action.FAIL},
+    }[classify_status(status)]
+    assert action in expected
+
+
+@given(kind=kinds, status=statuses)
+def test_the_flags_matter_only_for_an_answered_401(kind: str, status: int | None) -> None:
+    actions = {decide(kind, status, r, d) for r in (False, True) for d in (False, True)}
+    if kind == "answered" and status == 401:
+        assert actions == {Action.REROUTE_EVICT, Action.REROUTE_LEGACY}
+    else:
+        assert len(actions) == 1
+
+
+EDGES = [
+    # name, kind, status, reused, detect_legacy, action
+    ("200 succeeds", "answered", 200, False, False, Action.SUCCEED),
+    ("299 succeeds", "answered", 299, True, True, Action.SUCCEED),
+    ("199 is not a success", "answered", 199, False, False, Action.FAIL),
+    ("300 is not a success", "answered", 300, False, False, Action.FAIL),
+    ("a 404 goes to the caller", "answered", 404, True, True, Action.FAIL),
+    ("an answered 500 goes to the caller", "answered", 500, False, False, Action.FAIL),
+    ("an answered 503 goes to the caller", "answered", 503, True, True, Action.FAIL),
+    ("401 on a fresh answer evicts", "answered", 401, False, True, Action.REROUTE_EVICT),
+    ("401 without detection evicts", "answered", 401, True, False, Action.REROUTE_EVICT),
+    ("401 fresh, no detection", "answered", 401, False, False, Action.REROUTE_EVICT),
+    ("401 on a reused answer is legacy", "answered", 401, True, True, Action.REROUTE_LEGACY),
+    ("410 evicts even when reused", "answered", 410, True, True, Action.REROUTE_EVICT),
+    ("429 shrinks", "answered", 429, False, False, Action.REROUTE_SHRINK),
+    ("429 shrinks even when reused", "answered", 429, True, True, Action.REROUTE_SHRINK),
+    ("answered without a status", "answered", None, True, True, Action.FAIL),
+    ("gone despite a 200", "gone", 200, False, False, Action.REROUTE_GONE),
+    ("gone with a reused 401", "gone", 401, True, True, Action.REROUTE_GONE),
+    ("timeout", "timeout", None, False, False, Action.RETRY),
+    ("retryable 5xx", "retryable_5xx", 503, False, False, Action.RETRY),
+    ("malformed 2xx", "malformed", 200, True, True, Action.RETRY),
+    ("other", "other", 200, False, False, Action.FAIL),
+    ("kinds are case-sensitive", "ANSWERED", 200, False, False, Action.FAIL),
+    ("an empty kind", "", None, False, False, Action.FAIL),
 ]
 
 
-@pytest.mark.parametrize(("kind", "status", "reused", "detect_legacy", "action"), TABLE)
-def test_decide_table(
-    kind: str, status: int | None, reused: bool, detect_legacy: bool, action: Action
-) -> None:
-    assert decide(kind, status, reused, detect_legacy) is action
-
-
-def test_table_is_complete() -> None:
-    assert len(TABLE) == len(KINDS) * (len(STATUSES) + 1) * 4
-    assert {p.values[-1] for p in TABLE} == set(Action)
-
-
-@given(
-    status=st.integers(100, 599),
-    reused=st.booleans(),
-    detect_legacy=st.booleans(),
-)
-def test_answered_agrees_with_classify_status(
-    status: int, reused: bool, detect_legacy: bool
-) -> None:
-    action = decide("answered", status, reused, detect_legacy)
-    outcome = classify_status(status)
-    if outcome is Outcome.SUCCESS:
-        assert action is Action.SUCCEED
-    elif outcome is Outcome.RETRY_ELSEWHERE:
-        assert action in (Action.REROUTE_EVICT, Action.REROUTE_SHRINK, Action.REROUTE_LEGACY)
-    else:
-        assert action is Action.FAIL
-    # An answered attempt is never retried blindly nor taken for a gone worker.
-    assert action not in (Action.RETRY, Action.REROUTE_GONE)
-
-
-@given(
-    kind=st.sampled_from(KINDS) | st.text(max_size=12),
-    status=st.none() | st.integers(-1, 1000),
-    reused=st.booleans(),
-    detect_legacy=st.booleans(),
-)
-def test_legacy_only_on_a_reused_401(
-    kind: str, status: int | None, reused: bool, detect_legacy: bool
-) -> None:
-    action = decide(kind, status, reused, detect_legacy)
-    assert isinstance(action, Action)
-    legacy = kind == "answered" and status == 401 and reused and detect_legacy
-    assert (action is Action.REROUTE_LEGACY) == legacy
-    success = kind == "answered" and status is not None and 200 <= status < 300
-    assert (action is Action.SUCCEED) == success
+def test_edge_cases() -> None:
+    wrong = [
+        (name, decide(kind, status, reused, detect), action)
+        for name, kind, status, reused, detect, action in EDGES
+        if decide(kind, status, reused, detect) is not action
+    ]
+    assert wrong == []  # (case, what decide said, what it should say)

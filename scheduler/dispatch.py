@@ -58,6 +58,11 @@ def reuse_mode(setting: str) -> ReuseMode:
     )
 
 
+def refusals(job: Job) -> int:
+    """How often a worker answered the job 429 (queue past its max_queue_time)."""
+    return sum(entry.startswith(Action.REROUTE_SHRINK.value) for entry in job.history)
+
+
 @dataclass(slots=True)
 class Batch:
     job_ids: list[str]
@@ -734,6 +739,10 @@ class EndpointDispatcher:
             self.pool.shrink(lease)
             if lease.mode is not ReuseMode.SESSION:
                 self.pool.retire(lease)  # one job at a time cannot shrink: route elsewhere
+            # The autoscaler may well answer the same worker again: no new route call before
+            # a back-off (a lease with room still takes the job at once).
+            delay = self._backoff(refusals(job))
+            self._route_retry_at = max(self._route_retry_at, now + delay)
         elif action is Action.REROUTE_LEGACY:
             self._switch_to_never()
         self._requeue(job, action.value)
@@ -755,7 +764,8 @@ class EndpointDispatcher:
 
     def _requeue(self, job: Job, reason: str) -> None:
         self._metrics.retries.labels(self.name, reason).inc()
-        if job.attempts >= self.config.max_attempts:
+        # A worker's 429 refused the job before running it: not an attempt that counts.
+        if job.attempts - refusals(job) >= self.config.max_attempts:
             self._finish(job, JobStatus.FAILED,
                          f"gave up after {job.attempts} attempts (last: {reason})")  # fmt: skip
             return

@@ -5,29 +5,35 @@
     async with Emulator(cfg, [key]) as emu, official_worker(emu, "official") as worker:
         ...  # POST /route/ {"endpoint": "official"} now answers worker.url
         worker.reports()  # every /worker_status/ body the emulator received from it
+        await worker.records(http)  # what its model and its handlers saw, with times
 
 The worker runs ``official_worker_app.py`` (read its docstring: the workload of a request is
-``payload["cost"]``, default 100; the fake model sleeps ``payload["sleep_s"]``). It is
-registered with the emulator as an external worker, started with its own environment
-(plain HTTP, signatures checked, reports to the emulator), awaited until the emulator has a
-ready report from it (``loadtime`` > 0, empty ``error_msg``), and terminated (then killed)
-on the way out. Its output goes to ``worker.log`` in a scratch directory, quoted in errors.
+``payload["cost"]``, default 100; the fake model sleeps ``payload["sleep_s"]`` or waits for
+``worker.release(http, payload["hold"])``; ``/fifo`` is a FIFO handler, ``/stream``
+streams JSON lines). It is registered with the emulator as an external worker, started with
+its own environment (plain HTTP, signatures checked, reports to the emulator), awaited until
+the emulator has a ready report from it (``loadtime`` > 0, empty ``error_msg``), and
+terminated (then killed) on the way out. Its output goes to ``worker.log`` in a scratch
+directory, quoted in errors. ``official_workers(emu, count)`` starts several at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, closing, suppress
+from contextlib import ExitStack, asynccontextmanager, closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import aiohttp
 
 from scheduler.emulator import Emulator
 from scheduler.emulator.route_book import StatusReport
@@ -91,6 +97,43 @@ class OfficialWorker:
         """The end of the worker's own output (its DEBUG log), for error messages."""
         return _tail(self.workdir / "worker.log", lines)
 
+    @property
+    def model_url(self) -> str:
+        """Its fake model server (written by the app before the worker starts)."""
+        port = json.loads((self.workdir / "model.json").read_text())["model_port"]
+        return f"http://127.0.0.1:{port}"
+
+    async def records(self, http: aiohttp.ClientSession) -> dict[str, list[dict[str, Any]]]:
+        """``{"model": [...], "worker": [...]}``: every model call and every request as the
+        worker's handlers received it (reqnum, session_id, status, monotonic start/end)."""
+        async with http.get(f"{self.model_url}/records") as resp:
+            assert resp.status == 200, await resp.text()
+            records: dict[str, list[dict[str, Any]]] = await resp.json()
+            return records
+
+    async def wait_for_records(
+        self,
+        http: aiohttp.ClientSession,
+        predicate: Callable[[dict[str, list[dict[str, Any]]]], bool],
+        timeout_s: float = 10.0,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Polls :meth:`records` until ``predicate`` holds; TimeoutError after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate(records := await self.records(http)):
+                await asyncio.sleep(_POLL_S)
+            return records
+
+    async def release(self, http: aiohttp.ClientSession, key: str) -> None:
+        """Let the model calls holding on ``key`` answer."""
+        async with http.post(f"{self.model_url}/release", json={"key": key}) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def kill(self) -> None:
+        """SIGKILL: its sockets close at once (connections reset), it never reports again."""
+        with suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+
 
 def _tail(path: Path, lines: int) -> str:
     try:
@@ -141,56 +184,85 @@ def _next_external_id(emulator: Emulator) -> int:
 
 @asynccontextmanager
 async def official_worker(
+    emulator: Emulator, endpoint: str = DEFAULT_ENDPOINT, **options: Any
+) -> AsyncIterator[OfficialWorker]:
+    """Start one official worker serving ``endpoint`` of a started ``emulator``; see
+    :func:`official_workers` for ``options``."""
+    async with official_workers(emulator, 1, endpoint, **options) as (worker,):
+        yield worker
+
+
+@asynccontextmanager
+async def official_workers(
     emulator: Emulator,
+    count: int,
     endpoint: str = DEFAULT_ENDPOINT,
     *,
-    worker_id: int | None = None,
     max_perf: float | None = None,
     max_queue_time_s: float | None = 30.0,
+    fifo_max_queue_time_s: float | None = 30.0,
     max_sessions: int = 10,
     master_token: str = "test-master-token",
     ready_timeout_s: float = 30.0,
     stop_timeout_s: float = 5.0,
-) -> AsyncIterator[OfficialWorker]:
-    """Start one official worker serving ``endpoint`` of a started ``emulator``.
+) -> AsyncIterator[list[OfficialWorker]]:
+    """Start ``count`` official workers serving ``endpoint`` of a started ``emulator``, side
+    by side (they get ready together: one start-up's time, not ``count``).
 
-    ``max_perf``: skip its benchmark and have it report exactly this ``max_perf`` (cost
+    ``max_perf``: skip the benchmark and have each report exactly this ``max_perf`` (cost
     units/s; it drives the worker's own 429 check); default: it measures one fake request.
-    ``max_queue_time_s``: its ``HandlerConfig.max_queue_time`` (None: never 429).
+    ``max_queue_time_s``, ``fifo_max_queue_time_s``: ``HandlerConfig.max_queue_time`` of
+    ``/generate`` and of the FIFO ``/fifo`` (None: never 429).
     """
-    worker_id = _next_external_id(emulator) if worker_id is None else worker_id
+    args = ["--parent-pid", str(os.getpid()), "--max-sessions", str(max_sessions)]
+    args += ["--max-queue-time-s", _queue_time_arg(max_queue_time_s)]
+    args += ["--fifo-max-queue-time-s", _queue_time_arg(fifo_max_queue_time_s)]
+    args += [] if max_perf is None else ["--max-perf", str(max_perf)]
+    workers: list[OfficialWorker] = []
+    with ExitStack() as scratch:
+        try:
+            for _ in range(count):
+                workdir = Path(
+                    scratch.enter_context(tempfile.TemporaryDirectory(prefix="official-worker-"))
+                )
+                workers.append(await _spawn(emulator, endpoint, workdir, args, master_token))
+            await asyncio.gather(*(_wait_ready(w, ready_timeout_s) for w in workers))
+            yield workers
+        finally:
+            await asyncio.gather(*(_stop(w.process, stop_timeout_s) for w in workers))
+
+
+def _queue_time_arg(seconds: float | None) -> str:
+    return "none" if seconds is None else str(seconds)
+
+
+async def _spawn(
+    emulator: Emulator, endpoint: str, workdir: Path, args: list[str], master_token: str
+) -> OfficialWorker:
+    """Register a new external worker id and start its process (not yet ready)."""
+    worker_id = _next_external_id(emulator)
     emulator.register_external_worker(endpoint, worker_id)
     port, http_port = _free_ports(2)
-    args = ["--parent-pid", str(os.getpid()), "--max-sessions", str(max_sessions)]
-    args += ["--max-queue-time-s", "none" if max_queue_time_s is None else str(max_queue_time_s)]
-    args += [] if max_perf is None else ["--max-perf", str(max_perf)]
-    with tempfile.TemporaryDirectory(prefix="official-worker-") as scratch:
-        workdir = Path(scratch)
-        with _open_log(workdir) as output:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(APP),
-                *args,
-                cwd=workdir,
-                env=_environment(emulator, worker_id, port, http_port, master_token),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        worker = OfficialWorker(
-            emulator,
-            endpoint,
-            worker_id,
-            f"http://127.0.0.1:{port}",
-            f"http://127.0.0.1:{http_port}/session/end",
-            workdir,
-            process,
+    with _open_log(workdir) as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(APP),
+            *args,
+            cwd=workdir,
+            env=_environment(emulator, worker_id, port, http_port, master_token),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
         )
-        try:
-            await _wait_ready(worker, ready_timeout_s)
-            yield worker
-        finally:
-            await _stop(process, stop_timeout_s)
+    return OfficialWorker(
+        emulator,
+        endpoint,
+        worker_id,
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{http_port}/session/end",
+        workdir,
+        process,
+    )
 
 
 async def _wait_ready(worker: OfficialWorker, timeout_s: float) -> None:

@@ -6,18 +6,35 @@ holds the official worker's own variables (``WORKER_PORT``, ``WORKER_HTTP_PORT``
 ``UNSECURED``, ``USE_SSL``, ``MASTER_TOKEN``); its working directory is a scratch directory
 (the worker caches its benchmark result in ``./.has_benchmark``).
 
-The worker serves ``POST /generate`` (plus its own ``/session/*`` routes) on
-127.0.0.1:``WORKER_PORT``:
+The worker serves three handlers (plus its own ``/session/*`` routes) on
+127.0.0.1:``WORKER_PORT``; the **workload** of a request (what it adds to the reported
+``cur_load``) is ``payload["cost"]``, default 100 (the official worker falls back to 100
+itself when the value is not a finite number >= 0):
 
-- **workload** of a request (what it adds to the reported ``cur_load``) =
-  ``payload["cost"]``, default 100 (the official worker falls back to 100 itself when the
-  value is not a finite number >= 0);
-- ``allow_parallel_requests=True``; ``max_queue_time`` from ``--max-queue-time-s``
-  (``none`` disables the worker's 429 check);
-- the fake model server (same process, 127.0.0.1, free port) answers ``POST /generate``
-  after sleeping ``payload["sleep_s"]`` (default 0.01 s) with ``{"echo": payload}``, or with
-  ``{"error": ...}`` and status ``payload["status"]`` when that is given (a ``500`` is passed
-  through by the worker); ``GET /health`` answers 200.
+- ``POST /generate``: ``allow_parallel_requests=True``, ``max_queue_time`` from
+  ``--max-queue-time-s`` (``none`` disables the worker's 429 check); the benchmark's handler;
+- ``POST /fifo``: ``allow_parallel_requests=False`` (the worker's FIFO queue, one request
+  at a time), ``max_queue_time`` from ``--fifo-max-queue-time-s``; same model route;
+- ``POST /stream``: a streamed answer, passed through by the worker's default response
+  generator (it streams when the model answers ``application/x-ndjson``).
+
+The fake model server (same process, 127.0.0.1, free port) answers:
+
+- ``POST /generate`` and ``POST /fifo``: after sleeping ``payload["sleep_s"]`` (default
+  0.01 s), or until ``POST /release {"key": payload["hold"]}`` when ``hold`` is given, with
+  ``{"echo": payload}``, or with ``{"error": ...}`` and status ``payload["status"]`` when
+  that is given (a ``500`` is passed through by the worker);
+- ``POST /stream``: ``payload["chunks"]`` (default 3) JSON lines ``{"i", "produced_at"}``
+  (``produced_at``: ``time.monotonic()``, comparable with the test process's on Linux); with
+  ``hold``, the last line only after that key is released;
+- ``GET /records``: ``{"model": [...], "worker": [...]}``: each model call (``route``,
+  ``n`` = ``payload["n"]``, ``start``, ``end``), and each request as the official worker
+  received it (``route``, ``reqnum``, ``request_idx``, ``session_id``, ``n``, ``status``,
+  ``start``, ``end``; monotonic times), oldest first;
+- ``GET /health``: 200.
+
+Its address is written to ``./model.json`` (``{"model_port", "pid"}``) before the worker
+starts.
 
 Readiness, fast and offline: the model log file holds the "loaded" line before the worker
 starts; the benchmark is one request with no warm-up (or none at all when ``--max-perf``
@@ -33,11 +50,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
 import socket
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +66,15 @@ from aiohttp import web
 LOADED_LINE = "fake model loaded"
 DEFAULT_SLEEP_S = 0.01
 DEFAULT_COST = 100.0
+DEFAULT_CHUNKS = 3
 PARENT_POLL_S = 0.5
+HOLD_LIMIT_S = 30.0  # a held model call answers anyway after this: nothing waits for ever
+MAX_RECORDS = 10_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MODEL_RECORDS: list[dict[str, Any]] = []
+WORKER_RECORDS: list[dict[str, Any]] = []
+RELEASED: dict[str, asyncio.Event] = {}
 
 
 def _is_local(host: object) -> bool:
@@ -75,13 +103,61 @@ def workload(payload: dict[str, Any]) -> float:
     return float(payload.get("cost", DEFAULT_COST))
 
 
+def _record(records: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any]:
+    if len(records) < MAX_RECORDS:
+        records.append(entry)
+    return entry
+
+
+def _released(key: str) -> asyncio.Event:
+    return RELEASED.setdefault(key, asyncio.Event())
+
+
+async def _hold(payload: dict[str, Any]) -> None:
+    """Until the payload's ``hold`` key is released (at most HOLD_LIMIT_S), if it has one."""
+    key = payload.get("hold")
+    if key is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_LIMIT_S):
+                await _released(str(key)).wait()
+
+
 async def _generate(request: web.Request) -> web.Response:
     payload = await request.json()
-    await asyncio.sleep(float(payload.get("sleep_s", DEFAULT_SLEEP_S)))
+    entry = _record(MODEL_RECORDS, {"route": request.path, "n": payload.get("n"),
+                                    "start": time.monotonic(), "end": None})  # fmt: skip
+    try:
+        await asyncio.sleep(float(payload.get("sleep_s", DEFAULT_SLEEP_S)))
+        await _hold(payload)
+    finally:
+        entry["end"] = time.monotonic()
     status = int(payload.get("status", 200))
     if status != 200:
         return web.json_response({"error": f"fake model failed ({status})"}, status=status)
     return web.json_response({"echo": payload})
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    payload = await request.json()
+    chunks = int(payload.get("chunks", DEFAULT_CHUNKS))
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    for i in range(chunks):
+        if i == chunks - 1:
+            await _hold(payload)
+        line = {"i": i, "produced_at": time.monotonic()}
+        await response.write(json.dumps(line).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+async def _release(request: web.Request) -> web.Response:
+    _released(str((await request.json())["key"])).set()
+    return web.json_response({"released": True})
+
+
+async def _records(request: web.Request) -> web.Response:
+    return web.json_response({"model": MODEL_RECORDS, "worker": WORKER_RECORDS})
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -90,7 +166,16 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _start_model_server() -> tuple[web.AppRunner, int]:
     app = web.Application()
-    app.add_routes([web.post("/generate", _generate), web.get("/health", _health)])
+    app.add_routes(
+        [
+            web.post("/generate", _generate),
+            web.post("/fifo", _generate),
+            web.post("/stream", _stream),
+            web.post("/release", _release),
+            web.get("/records", _records),
+            web.get("/health", _health),
+        ]
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -115,22 +200,68 @@ def _worker_config(args: argparse.Namespace, model_port: int, model_log: Path) -
     benchmark = BenchmarkConfig(
         dataset=[{"cost": DEFAULT_COST, "sleep_s": 0}], runs=1, concurrency=1, do_warmup=False
     )
-    handler = HandlerConfig(
-        route="/generate",
-        allow_parallel_requests=True,
-        max_queue_time=args.max_queue_time_s,
-        benchmark_config=benchmark,
-        workload_calculator=workload,
-    )
+    handlers = [
+        HandlerConfig(
+            route="/generate",
+            allow_parallel_requests=True,
+            max_queue_time=args.max_queue_time_s,
+            benchmark_config=benchmark,
+            workload_calculator=workload,
+        ),
+        HandlerConfig(
+            route="/fifo",
+            allow_parallel_requests=False,
+            max_queue_time=args.fifo_max_queue_time_s,
+            workload_calculator=workload,
+        ),
+        HandlerConfig(
+            route="/stream",
+            allow_parallel_requests=True,
+            max_queue_time=None,
+            workload_calculator=workload,
+        ),
+    ]
     return WorkerConfig(
         model_server_url="http://127.0.0.1",
         model_server_port=model_port,
         model_log_file=str(model_log),
         model_healthcheck_url="/health",
-        handlers=[handler],
+        handlers=handlers,
         log_action_config=LogActionConfig(on_load=[LOADED_LINE]),
         max_sessions=args.max_sessions,
     )
+
+
+def _recorded(handler: Handler) -> Handler:
+    """The worker's handler, recording each request as received and the status it answered."""
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()  # aiohttp keeps the bytes: the worker reads them again
+        except ValueError:
+            body = None
+        body = body if isinstance(body, dict) else {}
+        auth = body.get("auth_data") if isinstance(body.get("auth_data"), dict) else {}
+        payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+        entry = _record(WORKER_RECORDS, {
+            "route": request.path, "reqnum": auth.get("reqnum"),
+            "request_idx": auth.get("request_idx"), "session_id": body.get("session_id"),
+            "n": payload.get("n"), "status": None, "start": time.monotonic(), "end": None,
+        })  # fmt: skip
+        try:
+            response = await handler(request)
+            entry["status"] = response.status
+            return response
+        finally:
+            entry["end"] = time.monotonic()
+
+    return recording
+
+
+def _write_address(model_port: int) -> str:
+    address = json.dumps({"model_port": model_port, "pid": os.getpid()})
+    Path("model.json").write_text(address)
+    return address
 
 
 def _prepare_workdir(max_perf: float | None) -> Path:
@@ -149,9 +280,11 @@ async def main(args: argparse.Namespace) -> None:
     from vastai.serverless.server.worker import Worker
 
     config = _worker_config(args, model_port, model_log)
-    print(json.dumps({"model_port": model_port, "pid": os.getpid()}), flush=True)
+    print(_write_address(model_port), flush=True)
+    worker = Worker(config)
+    worker.routes = [web.post(r.path, _recorded(r.handler)) for r in worker.routes]
     try:
-        await Worker(config).run_async(host="127.0.0.1")
+        await worker.run_async(host="127.0.0.1")
     finally:
         watchdog.cancel()
         await model_runner.cleanup()
@@ -165,6 +298,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--max-queue-time-s", type=_queue_time, default=30.0)
+    parser.add_argument("--fifo-max-queue-time-s", type=_queue_time, default=30.0)
     parser.add_argument("--max-sessions", type=int, default=10)
     parser.add_argument("--max-perf", type=float, default=None)
     return parser.parse_args(argv)

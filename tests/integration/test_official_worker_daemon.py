@@ -1,14 +1,31 @@
 """The daemon in front of the official Vast worker (PyPI ``vastai``): its reported load never
-falls below what the daemon has in flight on it, in session and in sequential reuse."""
+falls below what the daemon has in flight on it, it never puts two concurrent requests on one
+route answer outside a session, the worker's own 429 and its death do not fail a job, and a
+streamed answer reaches the caller chunk by chunk.
+
+Held model calls (``payload["hold"]``, released by the test) make orderings causal instead of
+timed: see ``official_worker_app.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
-from official_worker import SKIP_REASON, official_worker, vastai_installed
+from official_worker import (
+    SKIP_REASON,
+    OfficialWorker,
+    official_worker,
+    official_workers,
+    vastai_installed,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import (
     Daemon,
@@ -16,11 +33,13 @@ from tests.integration.harness import (
     run_many,
     running_daemon,
     running_emulator,
+    wait_for_status,
 )
 
 pytestmark = pytest.mark.skipif(not vastai_installed(), reason=SKIP_REASON)
 ENDPOINT = "official"
 JOB_COST = 100  # the worker's workload calculator reads payload["cost"]; the estimator matches
+COST_FIELD = {"estimator": "field", "field": "cost", "default": JOB_COST}
 
 
 async def sample_inflight(daemon: Daemon, url: str, out: list[tuple[float, float]]) -> None:
@@ -32,19 +51,55 @@ async def sample_inflight(daemon: Daemon, url: str, out: list[tuple[float, float
         await asyncio.sleep(0.01)
 
 
-@pytest.mark.parametrize("reuse", ["session", "sequential"])
+@asynccontextmanager
+async def daemon_for(emulator_url: str, **endpoint: Any) -> AsyncIterator[Daemon]:
+    config = daemon_config(emulator_url, {ENDPOINT: {"cost": COST_FIELD, **endpoint}})
+    async with running_daemon(config) as daemon:
+        yield daemon
+
+
+async def submit(http: aiohttp.ClientSession, daemon: Daemon, **body: Any) -> str:
+    async with http.post(f"{daemon.url}/v1/endpoints/{ENDPOINT}/jobs", json=body) as resp:
+        assert resp.status == 202, await resp.text()
+        job_id: str = (await resp.json())["id"]
+        return job_id
+
+
+async def metric(http: aiohttp.ClientSession, daemon: Daemon, name: str, **labels: str) -> float:
+    """One sample of the daemon's ``GET /metrics`` (0 when absent)."""
+    async with http.get(f"{daemon.url}/metrics") as resp:
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def overlapping_pairs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], ...]]:
+    """Pairs of requests the worker received on the same route answer (reqnum) and had in
+    hand at the same time."""
+    done = [r for r in records if r["end"] is not None]
+    return [
+        (a, b)
+        for i, a in enumerate(done)
+        for b in done[i + 1 :]
+        if a["reqnum"] == b["reqnum"] and a["start"] < b["end"] and b["start"] < a["end"]
+    ]
+
+
+@pytest.mark.parametrize("reuse", ["auto", "sequential"])
 async def test_reported_load_covers_the_daemons_inflight_cost(
     reuse: str, http: aiohttp.ClientSession
 ) -> None:
+    """Under concurrent load the worker's reports never show less than the daemon has in
+    flight on it, and the daemon never triggers the worker's one-entry-per-reqnum quirk
+    (``test_official_worker.py`` shows it): two requests it has in hand at once on one
+    answer always ride in one session (``auto``, the default), or never happen
+    (``sequential``)."""
     async with running_emulator({}) as emulator, official_worker(emulator, ENDPOINT) as worker:
-        endpoint = {
-            "reuse": reuse,
-            "max_concurrency": 6,
-            "batch": {"max_jobs": 3},
-            "cost": {"estimator": "field", "field": "cost", "default": JOB_COST},
-        }
-        config = daemon_config(emulator.autoscaler_url, {ENDPOINT: endpoint})
-        async with running_daemon(config) as daemon:
+        endpoint = {"reuse": reuse, "max_concurrency": 6, "batch": {"max_jobs": 3}}
+        async with daemon_for(emulator.autoscaler_url, **endpoint) as daemon:
             samples: list[tuple[float, float]] = []
             sampler = asyncio.create_task(sample_inflight(daemon, worker.url, samples))
             body = {"payload": {"cost": JOB_COST, "sleep_s": 1.0}}
@@ -53,10 +108,12 @@ async def test_reported_load_covers_the_daemons_inflight_cost(
                 statuses = await run_many(
                     http, f"{daemon.url}/v1/endpoints/{ENDPOINT}/run", 24, 6, body
                 )
-                await asyncio.sleep(1.5)  # one more status report after the last job
+                # One more status report after the last job (it reports ~1 s after a change).
+                await worker.wait_for_report(lambda _: True, since=time.monotonic())
             finally:
                 sampler.cancel()
                 await asyncio.gather(sampler, return_exceptions=True)
+            received = (await worker.records(http))["worker"]
     assert statuses == [200] * 24
     reports = [r for r in worker.reports() if r.at >= started]
     assert len(reports) >= 3
@@ -72,3 +129,117 @@ async def test_reported_load_covers_the_daemons_inflight_cost(
         busy += held > 0
         assert report.body["cur_load"] >= held - 1e-6, (reuse, report.body, held)
     assert busy >= 2, "no report fell inside a busy stretch: the test checked nothing"
+
+    jobs = [r for r in received if r["route"] == "/generate"]
+    assert len(jobs) == 24, jobs
+    pairs = overlapping_pairs(jobs)
+    if reuse == "auto":
+        assert pairs, "no two jobs ran at once on one answer: the test checked nothing"
+        outside = [p for p in pairs if p[0]["session_id"] is None or p[1]["session_id"] is None]
+        assert not outside, outside
+        assert all(a["session_id"] == b["session_id"] for a, b in pairs)
+    else:
+        assert not pairs, pairs
+        assert all(r["session_id"] is None for r in jobs)
+
+
+async def test_workers_429_past_max_queue_time_requeues_the_job(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The worker's FIFO handler answers 429 once its queue time (in-flight workload over its
+    max_perf: 1 s here) passes max_queue_time (0.5 s). Behind the daemon the affected job is
+    not failed: it waits and runs once the worker has room."""
+    async with (
+        running_emulator({}) as emulator,
+        official_worker(emulator, ENDPOINT, max_perf=100, fifo_max_queue_time_s=0.5) as worker,
+        # Sequential reuse: requests in a session are left out of the worker's 429 check.
+        daemon_for(emulator.autoscaler_url, reuse="sequential", default_route="/fifo") as daemon,
+    ):
+        first = await submit(http, daemon, payload={"cost": JOB_COST, "hold": "first", "n": 1})
+        await worker.wait_for_records(http, lambda r: started(r["model"], 1))
+        second = await submit(http, daemon, payload={"cost": JOB_COST, "n": 2})
+
+        def refused(records: dict[str, Any]) -> bool:
+            return any(r["n"] == 2 and r["status"] == 429 for r in records["worker"])
+
+        await worker.wait_for_records(http, refused)  # the worker itself answered 429
+        await worker.release(http, "first")
+        jobs = [await wait_for_status(http, daemon, j, {"succeeded", "failed"}, 20)
+                for j in (first, second)]  # fmt: skip
+        overloaded = await metric(http, daemon, "vast_scheduler_worker_errors_total",
+                                  endpoint=ENDPOINT, kind="overloaded")  # fmt: skip
+        received = (await worker.records(http))["worker"]
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    assert jobs[1]["result"]["body"] == {"echo": {"cost": JOB_COST, "n": 2}}
+    assert overloaded >= 1
+    assert any(h.startswith("reroute_shrink:overloaded") for h in jobs[1]["history"]), jobs[1]
+    answered = [r["status"] for r in received if r["n"] == 2]
+    assert 429 in answered, received
+    assert answered[-1] == 200, received
+
+
+async def test_worker_killed_mid_request_reroutes_the_job(http: aiohttp.ClientSession) -> None:
+    """SIGKILL of the worker running a job: the daemon sees the connection drop, drops that
+    worker's leases and runs the job on the other worker (README, Failover: "Worker gone: its
+    leases are dropped and the job re-routed at once"), within a bounded time."""
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 2, ENDPOINT) as workers,
+        daemon_for(emulator.autoscaler_url) as daemon,
+    ):
+        job_id = await submit(http, daemon, payload={"cost": JOB_COST, "hold": "job", "n": 1})
+        victim = await running_on(http, workers, 1)
+        await victim.kill()
+        survivor = next(w for w in workers if w is not victim)
+        await survivor.wait_for_records(http, lambda r: started(r["model"], 1))
+        await survivor.release(http, "job")
+        job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 20)
+        gone = await metric(http, daemon, "vast_scheduler_worker_errors_total",
+                            endpoint=ENDPOINT, kind="gone")  # fmt: skip
+    assert job["status"] == "succeeded", job
+    assert job["result"]["body"] == {"echo": {"cost": JOB_COST, "hold": "job", "n": 1}}
+    assert job["attempts"] >= 2, job
+    assert job["history"][0] == "reroute_gone:gone", job
+    assert gone >= 1
+
+
+async def test_streamed_answer_passes_through_as_it_comes(http: aiohttp.ClientSession) -> None:
+    """The model streams JSON lines through the worker's streaming passthrough; the daemon's
+    proxy hands each to the caller as it comes: the first line arrives while the model still
+    holds back the last one (it produces it only when the test has read the first)."""
+    async with (
+        running_emulator({}) as emulator,
+        official_worker(emulator, ENDPOINT) as worker,
+        daemon_for(emulator.autoscaler_url) as daemon,
+    ):
+        payload = {"cost": JOB_COST, "chunks": 4, "hold": "last"}
+        url = f"{daemon.url}/v1/proxy/{ENDPOINT}/stream"
+        async with http.post(url, json=payload) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.content_type == "application/x-ndjson"
+            async with asyncio.timeout(10):  # a buffered answer never gets here: the model waits
+                first = json.loads(await resp.content.readline())
+            first_at = time.monotonic()
+            await worker.release(http, "last")
+            async with asyncio.timeout(10):
+                rest = [json.loads(line) for line in (await resp.content.read()).splitlines()]
+    lines = [first, *rest]
+    assert [line["i"] for line in lines] == [0, 1, 2, 3], lines
+    assert first_at < lines[-1]["produced_at"]
+
+
+def started(model_calls: list[dict[str, Any]], n: int) -> bool:
+    """Whether the model has started the call whose payload's ``n`` is ``n``."""
+    return any(call["n"] == n for call in model_calls)
+
+
+async def running_on(
+    http: aiohttp.ClientSession, workers: list[OfficialWorker], n: int, timeout_s: float = 10
+) -> OfficialWorker:
+    """The worker whose model is running the call with payload ``n`` (polled, bounded)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            for worker in workers:
+                if started((await worker.records(http))["model"], n):
+                    return worker
+            await asyncio.sleep(0.05)

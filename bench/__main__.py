@@ -4,6 +4,9 @@ Runs each scenario with every system (direct floor, official vastai client, vast
 through ``run`` and the proxy) against its own emulator process, the daemon as its own
 process, and writes ``bench/results/<date>-<scenario>.json``, ``<date>-summary.md`` and PNG
 plots (when matplotlib is importable). All traffic stays on 127.0.0.1.
+
+Exits 1 when a job failed in any run of any scenario (all scenarios still run and are
+written), so a broken system cannot pass for a slow one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ async def main(names: list[str], quick: bool, seed: int) -> int:
     machine = {**report.machine(), **procs.source_info()}
     print(f"machine: {machine}", flush=True)
     timeout = aiohttp.ClientTimeout(total=60)
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vast-bench-") as root:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             for name in names:
@@ -56,8 +60,11 @@ async def main(names: list[str], quick: bool, seed: int) -> int:
                     print(f"  wrote {path}", flush=True)
                 for t in data.get("targets", []):
                     print(f"  target {t['target']}: {t['measured']} -> met={t['met']}")
+                failures += [f"({name}) {line}" for line in report.failed_runs(data)]
     print(f"summary: {report.write_summary(report.today())}", flush=True)
-    return 0
+    for line in failures:
+        print(f"FAILED JOBS {line}", flush=True)
+    return 1 if failures else 0
 
 
 def run() -> int:

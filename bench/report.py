@@ -148,6 +148,18 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def failed_runs(data: dict[str, Any]) -> list[str]:
+    """The runs of a scenario in which jobs failed, one line each; a run whose failures are
+    its design (``failed_by_design``: (e)'s pending official requests, cancelled at the end)
+    and the rows of medians (their repetitions are listed) are left out."""
+    return [
+        f"{run['variant']} / {run['system']}: {run['failed']} of {run['jobs']} jobs failed "
+        f"{run.get('failed_statuses') or ''}".rstrip()
+        for run in data.get("runs", [])
+        if run.get("failed") and not run.get("failed_by_design") and run.get("rep") != "median"
+    ]
+
+
 def write_json(scenario: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{today()}-{scenario}{SUFFIX['value']}.json"

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from scheduler.core.assignments import Lease
 from scheduler.core.retry import Outcome, classify_status
-from scheduler.delivery import CallerGone, MalformedAnswer, ResultTooLarge, StreamBroken
+from scheduler.delivery import (
+    AnswerCutShort,
+    CallerGone,
+    MalformedAnswer,
+    ResultTooLarge,
+    StreamBroken,
+)
 from scheduler.jobs import Job, JobResult
 from scheduler.seams import Forwarder
 from scheduler.vast.types import WorkerError
@@ -49,6 +55,10 @@ async def attempt(
                     body = await job.delivery.deliver(resp)
                 except MalformedAnswer as exc:
                     return AttemptResult("malformed", resp.status, "malformed", str(exc), waited)
+                except AnswerCutShort as exc:
+                    # No answer, nothing sent to the caller, the job ran: retried as after a
+                    # malformed answer (idempotent endpoints only), under its own label.
+                    return AttemptResult("malformed", resp.status, "cut_short", str(exc), waited)
                 job.result = JobResult(resp.status, resp.content_type, body)
                 return AttemptResult("answered", resp.status, headers_after_s=waited)
     except TimeoutError:

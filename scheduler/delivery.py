@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
 from scheduler import fastjson
-from scheduler.vast.types import WorkerGone
 
 
 class ResultTooLarge(Exception):
@@ -27,6 +27,16 @@ class StreamBroken(Exception):
     """The worker's answer broke off after part of it reached the caller: it cannot be retried."""
 
 
+class AnswerCutShort(Exception):
+    """The worker broke off its answer before any of it reached the caller. It ran the job, so
+    (as after a malformed answer) only an idempotent job may run again."""
+
+
+def cut_short(exc: BaseException) -> AnswerCutShort:
+    return AnswerCutShort(f"worker answer cut short before it reached the caller: "
+                          f"{type(exc).__name__}")  # fmt: skip
+
+
 class Delivery(Protocol):
     async def deliver(self, resp: aiohttp.ClientResponse) -> Any:
         """Consume the worker's answer; returns what the job keeps as its result body."""
@@ -42,18 +52,27 @@ class BufferedDelivery:
         self._max_bytes = max_bytes
 
     async def deliver(self, resp: aiohttp.ClientResponse) -> Any:
-        try:
-            raw = await resp.content.read(self._max_bytes + 1)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise WorkerGone("worker connection lost while reading its answer") from exc
-        if len(raw) > self._max_bytes:
-            raise ResultTooLarge(f"worker answer exceeds {self._max_bytes} bytes")
+        raw = await self._read_all(resp)
         if 200 <= resp.status < 300 and resp.content_type == "application/json":
             try:
                 return fastjson.loads(raw)
             except ValueError as exc:  # UnicodeDecodeError is one too
                 raise MalformedAnswer("worker answered 2xx with a body that is not JSON") from exc
         return decode_body(raw, resp.content_type)
+
+    async def _read_all(self, resp: aiohttp.ClientResponse) -> bytes:
+        """To its end (``content.read(n)`` would stop at whatever had arrived), bounded."""
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            while piece := await resp.content.readany():
+                size += len(piece)
+                if size > self._max_bytes:
+                    raise ResultTooLarge(f"worker answer exceeds {self._max_bytes} bytes")
+                pieces.append(piece)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise cut_short(exc) from exc
+        return b"".join(pieces)  # one piece: itself, no copy
 
     def close(self) -> None:
         return None
@@ -83,18 +102,47 @@ class ClosedDelivery:
 CLOSED = ClosedDelivery()
 
 
+# A worker answer of known length up to this size is read whole before it goes to the caller
+# (with its headers, in one write); anything else (chunked, streamed, larger) is piped as it comes.
+WHOLE_ANSWER_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStart:
+    """What the caller's handler gets: the open response and what was read of it already,
+    the whole body (``whole``) or its first bytes."""
+
+    response: aiohttp.ClientResponse
+    head: bytes
+    whole: bool
+
+
+async def read_head(resp: aiohttp.ClientResponse) -> AnswerStart:
+    """Reads until there is something to send: a small answer of known length whole, any other
+    its first bytes. Until then nothing has reached the caller: a worker that breaks off here
+    is ``AnswerCutShort``, a failed attempt like any other, not a broken stream."""
+    try:
+        length = resp.content_length
+        if length is not None and length <= WHOLE_ANSWER_MAX_BYTES:
+            return AnswerStart(resp, await resp.read(), whole=True)
+        first = await resp.content.readany()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise cut_short(exc) from exc
+    return AnswerStart(resp, first, whole=not first)  # b"": the answer ended empty
+
+
 class StreamDelivery:
     """Sync and proxy callers: hand the open response to the waiting handler, which streams it."""
 
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
-        self.response: asyncio.Future[aiohttp.ClientResponse | None] = loop.create_future()
+        self.response: asyncio.Future[AnswerStart | None] = loop.create_future()
         self.streamed: asyncio.Future[None] = loop.create_future()
 
     async def deliver(self, resp: aiohttp.ClientResponse) -> Any:
         if self.response.done():  # the caller is gone already
             raise CallerGone("caller went away before the answer")
-        self.response.set_result(resp)
+        self.response.set_result(await read_head(resp))
         # Shielded so that a cancelled job does not tear the stream away from the caller mid-way.
         await asyncio.shield(self.streamed)
         return None

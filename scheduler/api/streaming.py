@@ -14,7 +14,13 @@ from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, read_json
 from scheduler.api.jobs import admit, parse_submission
 from scheduler.api.models import check_worker_route
-from scheduler.delivery import BufferedDelivery, CallerGone, StreamBroken, StreamDelivery
+from scheduler.delivery import (
+    AnswerStart,
+    BufferedDelivery,
+    CallerGone,
+    StreamBroken,
+    StreamDelivery,
+)
 from scheduler.jobs import Job, JobMode, JobResult, JobStatus
 from scheduler.service import Submission
 
@@ -69,14 +75,14 @@ async def stream_job(request: web.Request, sub: Submission, mode: JobMode) -> we
     delivery = StreamDelivery()
     job = (await admit(request, sub, mode, delivery, stream=True)).job
     try:
-        upstream = await delivery.response
+        start = await delivery.response
     except asyncio.CancelledError:
         # The caller went away (handler cancellation): nobody wants this answer any more.
         await service.cancel(job)
         raise
-    if upstream is None:
+    if start is None:
         raise unanswered(job)
-    return await pipe(request, job, upstream, delivery)
+    return await pipe(request, job, start, delivery)
 
 
 async def answer_from_store(request: web.Request, sub: Submission, mode: JobMode) -> web.Response:
@@ -132,33 +138,32 @@ def unanswered(job: Job) -> ApiError:
     return ApiError(502, "job_failed", message, None, headers)
 
 
-# A worker answer of known length up to this size is read whole and sent with its headers in
-# one write (``web.Response``); anything else (chunked, streamed, larger) is piped as it comes.
-WHOLE_ANSWER_MAX_BYTES = 64 * 1024
-
-
 async def pipe(
-    request: web.Request, job: Job, upstream: aiohttp.ClientResponse, delivery: StreamDelivery
+    request: web.Request, job: Job, start: AnswerStart, delivery: StreamDelivery
 ) -> web.StreamResponse:
-    """The worker's answer to the caller. A small one of known length is read whole and goes
-    out with its headers in one write; anything else is copied chunk by chunk as it comes. If
-    the worker breaks off, the caller gets the headers and an answer cut short."""
+    """The worker's answer to the caller, from what the attempt read of it (``read_head``): a
+    whole small answer goes out with its headers in one write; anything else is copied chunk by
+    chunk as it comes. If the worker breaks off after that, the caller's connection is closed
+    before the answer's end (a chunked answer lacks its last chunk): the caller's client sees an
+    answer cut short, never one that looks complete."""
+    upstream = start.response
     headers = answer_headers(request, job, upstream)
-    length = upstream.content_length
-    body: bytes | None = None
     error: BaseException | None = None
-    out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if start.whole:
+        out: web.StreamResponse = web.Response(
+            status=upstream.status, reason=upstream.reason, body=start.head, headers=headers
+        )
+    else:
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     try:
-        if length is not None and length <= WHOLE_ANSWER_MAX_BYTES:
-            body, error = await read_whole(upstream)
-        if body is not None:
-            out = web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                               headers=headers)  # fmt: skip
         await out.prepare(request)
-        if body is None and error is None:
+        if not start.whole:
+            await out.write(start.head)
             error = await copy_body(upstream, out)
         if error is None:
             await out.write_eof()
+        elif request.transport is not None:
+            request.transport.close()  # what was written still goes out, then the connection ends
     except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
         error = CallerGone(str(exc))
     except asyncio.CancelledError:
@@ -166,13 +171,6 @@ async def pipe(
         raise
     delivery.stream_finished(error)
     return out
-
-
-async def read_whole(upstream: aiohttp.ClientResponse) -> tuple[bytes | None, Exception | None]:
-    try:
-        return await upstream.read(), None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return None, StreamBroken(f"worker stream broke: {type(exc).__name__}")
 
 
 def answer_headers(

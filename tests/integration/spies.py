@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -39,8 +40,81 @@ class SpyServer:
         return web.json_response(body, status=status, headers=headers)
 
 
+class Handles(Protocol):
+    url: str
+
+    async def handle(self, request: web.Request) -> web.StreamResponse: ...
+
+
+S = TypeVar("S", bound=Handles)
+
+
+@dataclass
+class BreakingWorker:
+    """A worker whose first ``breaks`` answers break off: it sends its headers (``Content-Length``
+    claims ``declared_length`` bytes when set, else chunked) and ``chunks``, waits for ``release``
+    when ``hold`` is set (the test has seen what it waits for), then drops the connection
+    (transport abort). Later requests get the whole answer. With ``endless``, it instead keeps
+    sending chunks until its connection is closed under it (the caller is gone), noted in
+    ``outcomes`` and ``connection_lost``."""
+
+    chunks: list[bytes]
+    content_type: str = "text/event-stream"
+    declared_length: int | None = None
+    breaks: int = 1
+    hold: bool = False
+    endless: bool = False
+    received: list[Recorded] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)  # per request: aborted | finished | lost
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    connection_lost: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.received.append(Recorded(dict(request.headers), json.loads(raw or b"null"),
+                                      time.monotonic()))  # fmt: skip
+        breaking = len(self.received) <= self.breaks
+        resp = web.StreamResponse(headers={"Content-Type": self.content_type})
+        if self.declared_length is not None:
+            resp.content_length = self.declared_length
+        await resp.prepare(request)
+        async with asyncio.timeout(30):  # bounded: a test that forgets to release still ends
+            if self.endless and breaking:
+                return await self._until_lost(resp)
+            for chunk in self.chunks if breaking else self.whole():
+                await resp.write(chunk)
+            if not breaking:
+                await resp.write_eof()
+                self.outcomes.append("finished")
+                return resp
+            if self.hold:
+                await self.release.wait()
+        assert request.transport is not None
+        request.transport.abort()
+        self.outcomes.append("aborted")
+        return resp
+
+    def whole(self) -> list[bytes]:
+        """What a sound answer carries: the chunks, padded to the declared length if any."""
+        body = b"".join(self.chunks)
+        if self.declared_length is not None:
+            body = body.ljust(self.declared_length, b" ")
+        return [body]
+
+    async def _until_lost(self, resp: web.StreamResponse) -> web.StreamResponse:
+        try:
+            for index in range(10_000):
+                await resp.write(self.chunks[index % len(self.chunks)])
+                await asyncio.sleep(0.01)  # a token every 10 ms, like a model
+        except ConnectionError:
+            self.outcomes.append("lost")
+            self.connection_lost.set()
+        return resp
+
+
 @asynccontextmanager
-async def serving(spy: SpyServer, path: str) -> AsyncIterator[SpyServer]:
+async def serving(spy: S, path: str) -> AsyncIterator[S]:
     app = web.Application()
     app.router.add_post(path, spy.handle)
     runner, port = await listen(app, "127.0.0.1", 0, access_log=None)

@@ -18,7 +18,14 @@ from scheduler.app import create_app
 from scheduler.config import load_config
 from scheduler.reload import CONFIG_PATH
 from scheduler.serve import bound, shutdown, start_runner
-from tests.integration.harness import API_KEY, Daemon, running_emulator, wait_until
+from tests.integration.harness import (
+    API_KEY,
+    Daemon,
+    run_many,
+    running_emulator,
+    wait_all_finished,
+    wait_until,
+)
 from tests.integration.test_lifecycle import (
     DaemonProcess,
     endpoint_status,
@@ -170,12 +177,14 @@ USER = "user-token-0123456789abcdef"
 ROTATED = "rotated-token-0123456789abcdef"
 
 
-def admin_file(autoscaler_url: str, tokens: list[dict[str, Any]], **echo: Any) -> dict[str, Any]:
+def admin_file(
+    autoscaler_url: str, tokens: list[dict[str, Any]], endpoint: str = "echo", **settings: Any
+) -> dict[str, Any]:
     return {
         "auth": {"tokens": tokens},
         "vast": {"autoscaler_url": autoscaler_url, "api_key": API_KEY},
         "endpoint_defaults": {"poll": {"initial_s": 0.05, "max_s": 0.2}},
-        "endpoints": {"echo": echo},
+        "endpoints": {endpoint: settings},
     }
 
 
@@ -340,3 +349,100 @@ async def submit_as(http: aiohttp.ClientSession, daemon: Daemon, count: int) -> 
             assert resp.status == 202, await resp.text()
             ids.append((await resp.json())["id"])
     return ids
+
+
+async def reload_to(
+    http: aiohttp.ClientSession, daemon: Daemon, path: Path, raw: dict[str, Any]
+) -> list[str]:
+    """Write ``raw`` and reload it with the admin token; the changes the daemon applied."""
+    write(path, raw)
+    code, body = await post_reload(http, daemon, ADMIN)
+    assert code == 200, body
+    changes: list[str] = body["changes"]
+    return changes
+
+
+async def status_of(http: aiohttp.ClientSession, daemon: Daemon, endpoint: str) -> dict[str, Any]:
+    async with http.get(f"{daemon.url}/v1/status", headers=bearer(USER)) as resp:
+        assert resp.status == 200
+        found: dict[str, Any] = (await resp.json())["endpoints"][endpoint]
+        return found
+
+
+async def test_reload_from_session_to_sequential_under_load_retires_the_session_leases(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """README: a changed ``reuse`` retires the current leases: they finish what they run,
+    then close (their Vast sessions end on the worker); new leases use the new mode."""
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"echo": {"workers": 2, "perf": 400}}) as emulator:
+        await emulator.wait_ready("echo", 2)
+        workers = emulator.workers("echo")
+
+        def open_sessions() -> set[str]:
+            return {sid for worker in workers for sid in worker.sessions.table.sessions}
+
+        # Sessions outlive the test (lifetime 120 s, idle close 30 s): only retirement ends them.
+        raw = admin_file(emulator.autoscaler_url, TOKENS, max_concurrency=4, reuse="auto")
+        write(path, raw)
+        async with daemon_with_file(path) as daemon:
+            dispatcher = daemon.service.dispatchers["echo"]
+            before = await submit_as(http, daemon, 12)  # 0.25 s a job alone: ~1 s of work
+            await wait_until(lambda: dispatcher.inflight > 0 and bool(open_sessions()))
+            old_sessions = open_sessions()
+            assert dispatcher.queue, "the reload should land with jobs still queued"
+            changes = await reload_to(http, daemon, path, {**raw, "endpoints": {"echo": {
+                "max_concurrency": 4, "reuse": "sequential"}}})  # fmt: skip
+            assert changes == ['endpoints.echo.reuse: "auto" -> "sequential"']
+            assert (await status_of(http, daemon, "echo"))["reuse"] == "sequential"
+            after = await submit_as(http, daemon, 8)
+            await wait_all_finished(daemon, before + after, timeout_s=30)
+            jobs = [daemon.service.get(job_id) for job_id in before + after]
+            # None failed, and none was cut off and retried when its lease was retired.
+            assert [(str(j.status), j.attempts) for j in jobs if j is not None] == [
+                ("succeeded", 1)
+            ] * 20
+            # The old leases close and end their sessions on the workers; no new one opens.
+            await wait_until(lambda: not open_sessions(), timeout_s=10)
+            opened = daemon.service.metrics.leases_opened
+            assert opened.labels("echo", "sequential")._value.get() > 0
+            sessions_opened = opened.labels("echo", "session")._value.get()
+            assert sessions_opened >= len(old_sessions)
+            # New jobs keep using sequential leases: still no session on any worker.
+            more = await submit_as(http, daemon, 4)
+            await wait_all_finished(daemon, more, timeout_s=30)
+            assert opened.labels("echo", "session")._value.get() == sessions_opened
+            assert not open_sessions()
+
+
+async def test_reload_keeping_reuse_auto_keeps_the_legacy_detection(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A reload that leaves ``reuse: auto`` on an endpoint found to have legacy workers must
+    not go back to reusing answers (each reuse is a 401 from a replay-protecting worker)."""
+    path = tmp_path / "daemon.yaml"
+    async with running_emulator({"old": {"workers": 1, "mode": "legacy"}}) as emulator:
+        await emulator.wait_ready("old", 1)
+
+        def rejected() -> int:
+            return sum(w.counters.by_status.get(401, 0) for w in emulator.workers("old"))
+
+        # No rest between jobs on a sequential answer: the second job reuses the first's answer.
+        lease = {"sequential_rest_s": 0}
+        raw = admin_file(emulator.autoscaler_url, TOKENS, "old", reuse="auto", lease=lease)
+        write(path, raw)
+        async with daemon_with_file(path) as daemon:
+            run = f"{daemon.url}/v1/endpoints/old/run"
+            statuses = await run_many(http, run, 4, concurrency=1, headers=bearer(USER))
+            assert statuses == [200] * 4
+            status = await status_of(http, daemon, "old")
+            assert (status["reuse"], status["legacy_detected"], rejected()) == ("never", True, 1)
+            changes = await reload_to(http, daemon, path, {**raw, "endpoints": {"old": {
+                "reuse": "auto", "lease": lease, "max_concurrency": 4}}})  # fmt: skip
+            assert changes == ["endpoints.old.max_concurrency: 64 -> 4"]
+            statuses = await run_many(http, run, 12, concurrency=4, headers=bearer(USER))
+            assert statuses == [200] * 12
+            status = await status_of(http, daemon, "old")
+    assert (status["reuse"], status["legacy_detected"]) == ("never", True)
+    assert rejected() == 1  # no new 401 after the reload
+    assert emulator.autoscaler.stats.count("old", "ready") == 16  # still one route per job

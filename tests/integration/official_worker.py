@@ -135,6 +135,16 @@ class OfficialWorker:
         await self.process.wait()
 
 
+def calls_running(records: dict[str, list[dict[str, Any]]]) -> set[Any]:
+    """The ``n`` of the model calls started and not ended, in :meth:`OfficialWorker.records`."""
+    return {call["n"] for call in records["model"] if call["end"] is None}
+
+
+def calls_started(records: dict[str, list[dict[str, Any]]]) -> set[Any]:
+    """The ``n`` of every model call started so far (ended or not)."""
+    return {call["n"] for call in records["model"]}
+
+
 def _tail(path: Path, lines: int) -> str:
     try:
         text = path.read_text(errors="replace")

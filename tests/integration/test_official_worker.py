@@ -1,7 +1,8 @@
 """The official Vast worker (PyPI ``vastai``) behind the emulator's autoscaler, no daemon.
 
 Each test starts its own emulator and worker subprocess (about 2.5 s). The worker counts a
-request's workload as ``payload["cost"]`` (see ``official_worker_app.py``).
+request's workload as ``payload["cost"]``; a model call with ``payload["hold"]`` runs until
+the test releases it (see ``official_worker_app.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 import aiohttp
 import pytest
 from emulator_fixtures import call_worker, route, running
-from official_worker import SKIP_REASON, OfficialWorker, official_worker, vastai_installed
+from official_worker import (
+    SKIP_REASON,
+    OfficialWorker,
+    calls_running,
+    official_worker,
+    vastai_installed,
+)
 
 from scheduler.emulator import Emulator, EmulatorConfig
 
@@ -78,15 +85,17 @@ async def test_session_carries_two_concurrent_requests() -> None:
         async with http.post(f"{worker.url}/session/create", json=body) as resp:
             assert resp.status == 201
             session_id = (await resp.json())["session_id"]
-        payloads = [{"cost": 50, "sleep_s": 1.0, "n": n} for n in range(2)]
-        started_at = time.monotonic()
-        results = await asyncio.gather(
+        payloads = [{"cost": 50, "hold": "pair", "n": n} for n in range(2)]
+        calls = asyncio.gather(
             *(call_worker(http, answer, p, session_id=session_id) for p in payloads)
         )
-        assert results == [(200, {"echo": p}) for p in payloads]
-        assert time.monotonic() - started_at < 1.8  # concurrent, not one after the other
+        # Concurrent, not one after the other: the model has both in hand before either may
+        # end (each holds until released; a serialised second would never start).
+        await worker.wait_for_records(http, lambda r: calls_running(r) == {0, 1})
         # The whole session is one in-flight entry weighing the answer's cost.
         await worker.wait_for_report(lambda b: b["cur_load"] == 300, since=opened_at)
+        await worker.release(http, "pair")
+        assert await calls == [(200, {"echo": p}) for p in payloads]
 
         end = {"session_id": session_id, "session_auth": answer}
         async with http.post(f"{worker.url}/session/end", json=end) as resp:
@@ -95,6 +104,44 @@ async def test_session_carries_two_concurrent_requests() -> None:
         ended_at = time.monotonic()
         assert (await call_worker(http, answer, payloads[0], session_id=session_id))[0] == 410
         await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=ended_at)
+
+
+async def test_two_requests_on_one_answer_are_one_entry_in_the_workers_books() -> None:
+    """Why the daemon reuses an answer concurrently only inside a session: the worker keys
+    its in-flight requests by reqnum, so a second request on the same answer overwrites the
+    first's entry (it reports one request and one workload while two run) and the first to
+    end removes it (it reports nothing in flight while the other still runs)."""
+    async with started() as (emu, http, worker):
+        answer = await routed(http, emu, cost=100)
+        sent_at = time.monotonic()
+        first = asyncio.create_task(
+            call_worker(http, answer, {"cost": 100, "hold": "first", "n": 1})
+        )
+        await worker.wait_for_records(http, lambda r: calls_running(r) == {1})
+        alone = await worker.wait_for_report(
+            lambda b: b["num_requests_working"] == 1, since=sent_at
+        )
+        second = asyncio.create_task(
+            call_worker(http, answer, {"cost": 100, "hold": "second", "n": 2})
+        )
+        await worker.wait_for_records(http, lambda r: calls_running(r) == {1, 2})
+        # The first report taken after the second request started: it counts the second's
+        # workload as newly received (new_load), while the model runs both.
+        both = await worker.wait_for_report(lambda b: b["new_load"] >= 100, since=alone.at + 1e-6)
+        assert both.body["num_requests_working"] == 1, both.body
+        assert both.body["cur_load"] == 100, both.body
+
+        await worker.release(http, "first")
+        assert (await first)[0] == 200
+        first_done_at = time.monotonic()
+        empty = await worker.wait_for_report(
+            lambda b: b["num_requests_working"] == 0, since=first_done_at
+        )
+        assert empty.body["cur_load"] == 0, empty.body
+        records = await worker.records(http)
+        assert calls_running(records) == {2}, records  # still running, reported as nothing
+        await worker.release(http, "second")
+        assert (await second)[0] == 200
 
 
 async def test_in_flight_request_is_reported_in_cur_load() -> None:

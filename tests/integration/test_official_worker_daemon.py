@@ -21,6 +21,7 @@ import pytest
 from official_worker import (
     SKIP_REASON,
     OfficialWorker,
+    calls_started,
     official_worker,
     official_workers,
     vastai_installed,
@@ -98,7 +99,10 @@ async def test_reported_load_covers_the_daemons_inflight_cost(
     answer always ride in one session (``auto``, the default), or never happen
     (``sequential``)."""
     async with running_emulator({}) as emulator, official_worker(emulator, ENDPOINT) as worker:
-        endpoint = {"reuse": reuse, "max_concurrency": 6, "batch": {"max_jobs": 3}}
+        # A long placement horizon: the daemon keeps 6 jobs on the worker (its fake model
+        # runs them side by side) instead of holding them for a measured FIFO rate.
+        endpoint = {"reuse": reuse, "max_concurrency": 6, "batch": {"max_jobs": 3},
+                    "placement": {"horizon_s": 10}}  # fmt: skip
         async with daemon_for(emulator.autoscaler_url, **endpoint) as daemon:
             samples: list[tuple[float, float]] = []
             sampler = asyncio.create_task(sample_inflight(daemon, worker.url, samples))
@@ -156,7 +160,7 @@ async def test_workers_429_past_max_queue_time_requeues_the_job(
         daemon_for(emulator.autoscaler_url, reuse="sequential", default_route="/fifo") as daemon,
     ):
         first = await submit(http, daemon, payload={"cost": JOB_COST, "hold": "first", "n": 1})
-        await worker.wait_for_records(http, lambda r: started(r["model"], 1))
+        await worker.wait_for_records(http, lambda r: 1 in calls_started(r))
         second = await submit(http, daemon, payload={"cost": JOB_COST, "n": 2})
 
         def refused(records: dict[str, Any]) -> bool:
@@ -191,7 +195,7 @@ async def test_worker_killed_mid_request_reroutes_the_job(http: aiohttp.ClientSe
         victim = await running_on(http, workers, 1)
         await victim.kill()
         survivor = next(w for w in workers if w is not victim)
-        await survivor.wait_for_records(http, lambda r: started(r["model"], 1))
+        await survivor.wait_for_records(http, lambda r: 1 in calls_started(r))
         await survivor.release(http, "job")
         job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 20)
         gone = await metric(http, daemon, "vast_scheduler_worker_errors_total",
@@ -228,11 +232,6 @@ async def test_streamed_answer_passes_through_as_it_comes(http: aiohttp.ClientSe
     assert first_at < lines[-1]["produced_at"]
 
 
-def started(model_calls: list[dict[str, Any]], n: int) -> bool:
-    """Whether the model has started the call whose payload's ``n`` is ``n``."""
-    return any(call["n"] == n for call in model_calls)
-
-
 async def running_on(
     http: aiohttp.ClientSession, workers: list[OfficialWorker], n: int, timeout_s: float = 10
 ) -> OfficialWorker:
@@ -240,6 +239,6 @@ async def running_on(
     async with asyncio.timeout(timeout_s):
         while True:
             for worker in workers:
-                if started((await worker.records(http))["model"], n):
+                if n in calls_started(await worker.records(http)):
                     return worker
             await asyncio.sleep(0.05)

@@ -64,6 +64,7 @@ class BreakingWorker:
     breaks: int = 1
     hold: bool = False
     endless: bool = False
+    sound: list[bytes] | None = None
     received: list[Recorded] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)  # per request: aborted | finished | lost
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -97,7 +98,7 @@ class BreakingWorker:
 
     def whole(self) -> list[bytes]:
         """What a sound answer carries: the chunks, padded to the declared length if any."""
-        body = b"".join(self.chunks)
+        body = b"".join(self.chunks if self.sound is None else self.sound)
         if self.declared_length is not None:
             body = body.ljust(self.declared_length, b" ")
         return [body]

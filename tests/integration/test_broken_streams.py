@@ -27,6 +27,7 @@ CHAT = "/v1/chat/completions"
 STREAMED_CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 # Well past anything the tests wait for: a hang shows as a test timeout, not as an expiry.
 BOUND_S = 5
+ENDED = {"succeeded", "failed", "cancelled", "expired"}
 
 
 def sse(text: str) -> bytes:
@@ -70,7 +71,7 @@ async def run_or_submit(
     ):
         status, body = resp.status, await resp.json()
         job_id = resp.headers["X-Job-Id"] if how == "run" else body["id"]
-    job = await wait_for_status(http, daemon, job_id, {"failed", "succeeded"}, BOUND_S)
+    job = await wait_for_status(http, daemon, job_id, ENDED, BOUND_S)
     return job, status, body
 
 
@@ -133,7 +134,7 @@ async def test_stream_broken_after_chunks_closes_the_callers_connection(
             worker.release.set()
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.content.read()  # cut short: not a clean end of the answer
-        job = await wait_for_status(http, daemon, job_id, {"failed", "succeeded"}, BOUND_S)
+        job = await wait_for_status(http, daemon, job_id, ENDED, BOUND_S)
         assert await leased_inflight(http, daemon) == (0, 0)
     assert job["status"] == "failed"
     assert job["error"] == "worker stream broke: ClientPayloadError"
@@ -153,11 +154,32 @@ async def test_stream_broken_before_its_first_byte_is_a_502(http: aiohttp.Client
             assert resp.status == 502
             error = (await resp.json())["error"]
             job_id = resp.headers["X-Job-Id"]
-        job = await wait_for_status(http, daemon, job_id, {"failed"}, BOUND_S)
+        job = await wait_for_status(http, daemon, job_id, ENDED, BOUND_S)
+    assert job["status"] == "failed"
     assert error["code"] == "job_failed"
-    assert job["error"].startswith("worker answer cut short"), job
+    assert error["message"] == job["error"]
+    assert job["error"].startswith("worker answer cut short before it reached the caller"), job
     assert job["attempts"] == 1
     assert worker.outcomes == ["aborted"]
+
+
+async def test_stream_broken_before_its_first_byte_runs_again_when_idempotent(
+    http: aiohttp.ClientSession,
+) -> None:
+    chunks = [sse("Hel"), sse("lo"), b"data: [DONE]\n\n"]
+    worker = BreakingWorker([], sound=chunks)
+    async with daemon_before(worker, CHAT, idempotent=True) as (daemon, _):
+        async with (
+            asyncio.timeout(BOUND_S),
+            http.post(f"{daemon.url}/v1/proxy/spy{CHAT}", json=STREAMED_CHAT) as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.read() == b"".join(chunks)
+            job_id = resp.headers["X-Job-Id"]
+        job = await wait_for_status(http, daemon, job_id, ENDED, BOUND_S)
+    assert job["status"] == "succeeded", job
+    assert job["history"] == ["retry:cut_short"]
+    assert worker.outcomes == ["aborted", "finished"]
 
 
 async def test_caller_leaving_mid_stream_cancels_the_worker_request(
@@ -176,7 +198,7 @@ async def test_caller_leaving_mid_stream_cancels_the_worker_request(
             resp.close()  # the caller hangs up mid-stream
         async with asyncio.timeout(BOUND_S):
             await worker.connection_lost.wait()
-        job = await wait_for_status(http, daemon, job_id, {"cancelled", "failed"}, BOUND_S)
+        job = await wait_for_status(http, daemon, job_id, ENDED, BOUND_S)
         assert await leased_inflight(http, daemon) == (0, 0)
     assert job["status"] == "cancelled"
     assert job["error"] == "caller went away"

@@ -200,7 +200,8 @@ ENDINGS = {
     "failed_attempts_exhausted": Ending(
         500, {"idempotent": True, "max_attempts": 2,
               "retry_budget": {"ratio": 1.0, "min_retries": 100}}, {}, False,
-        {"status": "failed", "attempts": 2},
+        {"status": "failed", "error": "worker answered 500", "attempts": 2,
+         "history": ["retry:server_error", "fail:server_error"]},
     ),
     "expired_while_queued": Ending(
         None, {}, {"timeout_s": 0.2}, False,
@@ -234,7 +235,7 @@ async def test_every_terminal_state_calls_the_webhook_once_with_its_status_and_r
     document = receiver.documents()[0]
     assert document == job
     assert document["id"] == job_id
-    assert {k: document.get(k) for k in ending.expected} == ending.expected
+    assert {k: document.get(k) for k in ending.expected} == ending.expected, document
 
 
 async def test_failed_deliveries_are_retried_with_growing_back_off(

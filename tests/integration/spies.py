@@ -54,9 +54,9 @@ class BreakingWorker:
     """A worker whose first ``breaks`` answers break off: it sends its headers (``Content-Length``
     claims ``declared_length`` bytes when set, else chunked) and ``chunks``, waits for ``release``
     when ``hold`` is set (the test has seen what it waits for), then drops the connection
-    (transport abort). Later requests get the whole answer. With ``endless``, it instead keeps
-    sending chunks until its connection is closed under it (the caller is gone), noted in
-    ``outcomes`` and ``connection_lost``."""
+    (transport abort). Later requests get the whole answer (``sound``, else the chunks). With
+    ``endless``, it instead keeps sending chunks until its connection is closed under it (the
+    caller is gone), noted in ``outcomes`` and ``connection_lost``."""
 
     chunks: list[bytes]
     content_type: str = "text/event-stream"

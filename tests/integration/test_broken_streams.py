@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from tests.integration.harness import (
@@ -141,6 +142,29 @@ async def test_stream_broken_after_chunks_closes_the_callers_connection(
     assert job["attempts"] == 1
     assert worker.outcomes == ["aborted"]
     assert len(autoscaler.received) == 1  # no second worker was looked for
+
+
+async def test_openai_client_sees_a_cut_stream_as_an_error() -> None:
+    worker = BreakingWorker([sse("Hel"), sse("lo")])
+    async with (
+        daemon_before(worker, CHAT) as (daemon, _),
+        openai.AsyncOpenAI(
+            base_url=f"{daemon.url}/v1/proxy/spy/v1", api_key="unused", max_retries=0
+        ) as client,  # fmt: skip
+        asyncio.timeout(BOUND_S),
+    ):
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        pieces: list[str | None] = []
+
+        async def read_to_the_end() -> None:
+            async for chunk in stream:
+                pieces.append(chunk.choices[0].delta.content)
+
+        with pytest.raises(openai.APIConnectionError):
+            await read_to_the_end()
+    assert pieces == ["Hel", "lo"]  # what came before the break, then an error, not an end
 
 
 async def test_stream_broken_before_its_first_byte_is_a_502(http: aiohttp.ClientSession) -> None:

@@ -21,7 +21,8 @@ itself when the value is not a finite number >= 0):
 The fake model server (same process, 127.0.0.1, free port) answers:
 
 - ``POST /generate`` and ``POST /fifo``: after sleeping ``payload["sleep_s"]`` (default
-  0.01 s), or until ``POST /release {"key": payload["hold"]}`` when ``hold`` is given, with
+  0.01 s), or until ``POST /release {"key": payload["hold"]}`` when ``hold`` is given (a
+  released key stays released: one key per test), with
   ``{"echo": payload}``, or with ``{"error": ...}`` and status ``payload["status"]`` when
   that is given (a ``500`` is passed through by the worker);
 - ``POST /stream``: ``payload["chunks"]`` (default 3) JSON lines ``{"i", "produced_at"}``

@@ -1,8 +1,10 @@
 """The official Vast worker (PyPI ``vastai``) behind the emulator's autoscaler, no daemon.
 
-Each test starts its own emulator and worker subprocess (about 2.5 s). The worker counts a
-request's workload as ``payload["cost"]``; a model call with ``payload["hold"]`` runs until
-the test releases it (see ``official_worker_app.py``).
+The tests share one emulator and one worker subprocess (its start-up takes about 2.5 s):
+each leaves it idle, and reads only the reports and records that arrive after it starts
+(``since``) or that carry its own request_idx. The worker counts a request's workload as
+``payload["cost"]``; a model call with ``payload["hold"]`` runs until the test releases it
+(see ``official_worker_app.py``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from emulator_fixtures import call_worker, route, running
 from official_worker import (
     SKIP_REASON,
@@ -26,13 +28,17 @@ from official_worker import (
 
 from scheduler.emulator import Emulator, EmulatorConfig
 
-pytestmark = pytest.mark.skipif(not vastai_installed(), reason=SKIP_REASON)
+pytestmark = [
+    pytest.mark.skipif(not vastai_installed(), reason=SKIP_REASON),
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
 ENDPOINT = "official"
+Shared = tuple[Emulator, aiohttp.ClientSession, OfficialWorker]
 
 
-@asynccontextmanager
-async def started() -> AsyncIterator[tuple[Emulator, aiohttp.ClientSession, OfficialWorker]]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def official() -> AsyncIterator[Shared]:
     """An emulator with no workers of its own and one ready official worker."""
     cfg = EmulatorConfig.model_validate({"endpoints": {}})
     async with running(cfg) as (emu, http), official_worker(emu, ENDPOINT) as worker:
@@ -51,112 +57,105 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> 
             await asyncio.sleep(0.05)
 
 
-async def test_routed_request_gets_200_and_is_reported_finished() -> None:
-    async with started() as (emu, http, worker):
-        answer = await routed(http, emu, cost=100)
-        assert answer["url"] == worker.url
-        payload = {"cost": 100, "sleep_s": 0, "prompt": "hello"}
-        assert await call_worker(http, answer, payload) == (200, {"echo": payload})
+async def test_routed_request_gets_200_and_is_reported_finished(official: Shared) -> None:
+    emu, http, worker = official
+    answer = await routed(http, emu, cost=100)
+    assert answer["url"] == worker.url
+    payload = {"cost": 100, "sleep_s": 0, "prompt": "hello"}
+    assert await call_worker(http, answer, payload) == (200, {"echo": payload})
 
-        def finished_ok() -> bool:
-            done = [r for r in worker.finished() if r["request_idx"] == answer["request_idx"]]
-            return bool(done) and done[0]["success"] is True
+    def finished_ok() -> bool:
+        done = [r for r in worker.finished() if r["request_idx"] == answer["request_idx"]]
+        return bool(done) and done[0]["success"] is True
 
-        await eventually(finished_ok)
-
-
-async def test_tampered_signature_gets_401() -> None:
-    async with started() as (emu, http, worker):
-        answer = await routed(http, emu, cost=100)
-        tampered = {**answer, "signature": answer["signature"][:-8] + "AAAAAAA="}
-        assert (await call_worker(http, tampered, {"sleep_s": 0}))[0] == 401
-        moved = {**answer, "url": worker.url + "/"}  # the signature covers the URL only
-        envelope = {"auth_data": moved, "session_id": None, "payload": {"sleep_s": 0}}
-        async with http.post(f"{worker.url}/generate", json=envelope) as resp:
-            assert resp.status == 401
-        assert (await call_worker(http, answer, {"sleep_s": 0}))[0] == 200
+    await eventually(finished_ok)
 
 
-async def test_session_carries_two_concurrent_requests() -> None:
-    async with started() as (emu, http, worker):
-        answer = await routed(http, emu, cost=300)
-        opened_at = time.monotonic()
-        body = {"auth_data": answer, "payload": {"lifetime": 30}}
-        async with http.post(f"{worker.url}/session/create", json=body) as resp:
-            assert resp.status == 201
-            session_id = (await resp.json())["session_id"]
-        payloads = [{"cost": 50, "hold": "pair", "n": n} for n in range(2)]
-        calls = asyncio.gather(
-            *(call_worker(http, answer, p, session_id=session_id) for p in payloads)
-        )
-        # Concurrent, not one after the other: the model has both in hand before either may
-        # end (each holds until released; a serialised second would never start).
-        await worker.wait_for_records(http, lambda r: calls_running(r) == {0, 1})
-        # The whole session is one in-flight entry weighing the answer's cost.
-        await worker.wait_for_report(lambda b: b["cur_load"] == 300, since=opened_at)
-        await worker.release(http, "pair")
-        assert await calls == [(200, {"echo": p}) for p in payloads]
-
-        end = {"session_id": session_id, "session_auth": answer}
-        async with http.post(f"{worker.url}/session/end", json=end) as resp:
-            assert resp.status == 200
-            assert (await resp.json())["ended"] is True
-        ended_at = time.monotonic()
-        assert (await call_worker(http, answer, payloads[0], session_id=session_id))[0] == 410
-        await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=ended_at)
+async def test_tampered_signature_gets_401(official: Shared) -> None:
+    emu, http, worker = official
+    answer = await routed(http, emu, cost=100)
+    tampered = {**answer, "signature": answer["signature"][:-8] + "AAAAAAA="}
+    assert (await call_worker(http, tampered, {"sleep_s": 0}))[0] == 401
+    moved = {**answer, "url": worker.url + "/"}  # the signature covers the URL only
+    envelope = {"auth_data": moved, "session_id": None, "payload": {"sleep_s": 0}}
+    async with http.post(f"{worker.url}/generate", json=envelope) as resp:
+        assert resp.status == 401
+    assert (await call_worker(http, answer, {"sleep_s": 0}))[0] == 200
 
 
-async def test_two_requests_on_one_answer_are_one_entry_in_the_workers_books() -> None:
+async def test_session_carries_two_concurrent_requests(official: Shared) -> None:
+    emu, http, worker = official
+    answer = await routed(http, emu, cost=300)
+    opened_at = time.monotonic()
+    body = {"auth_data": answer, "payload": {"lifetime": 30}}
+    async with http.post(f"{worker.url}/session/create", json=body) as resp:
+        assert resp.status == 201
+        session_id = (await resp.json())["session_id"]
+    payloads = [{"cost": 50, "hold": "pair", "n": n} for n in range(2)]
+    calls = asyncio.gather(*(call_worker(http, answer, p, session_id=session_id) for p in payloads))
+    # Concurrent, not one after the other: the model has both in hand before either may
+    # end (each holds until released; a serialised second would never start).
+    await worker.wait_for_records(http, lambda r: calls_running(r) == {0, 1})
+    # The whole session is one in-flight entry weighing the answer's cost.
+    await worker.wait_for_report(lambda b: b["cur_load"] == 300, since=opened_at)
+    await worker.release(http, "pair")
+    assert await calls == [(200, {"echo": p}) for p in payloads]
+
+    end = {"session_id": session_id, "session_auth": answer}
+    async with http.post(f"{worker.url}/session/end", json=end) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["ended"] is True
+    ended_at = time.monotonic()
+    assert (await call_worker(http, answer, payloads[0], session_id=session_id))[0] == 410
+    await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=ended_at)
+
+
+async def test_two_requests_on_one_answer_are_one_entry_in_the_workers_books(
+    official: Shared,
+) -> None:
     """Why the daemon reuses an answer concurrently only inside a session: the worker keys
     its in-flight requests by reqnum, so a second request on the same answer overwrites the
     first's entry (it reports one request and one workload while two run) and the first to
     end removes it (it reports nothing in flight while the other still runs)."""
-    async with started() as (emu, http, worker):
-        answer = await routed(http, emu, cost=100)
-        sent_at = time.monotonic()
-        first = asyncio.create_task(
-            call_worker(http, answer, {"cost": 100, "hold": "first", "n": 1})
-        )
-        await worker.wait_for_records(http, lambda r: calls_running(r) == {1})
-        alone = await worker.wait_for_report(
-            lambda b: b["num_requests_working"] == 1, since=sent_at
-        )
-        second = asyncio.create_task(
-            call_worker(http, answer, {"cost": 100, "hold": "second", "n": 2})
-        )
-        await worker.wait_for_records(http, lambda r: calls_running(r) == {1, 2})
-        # The first report taken after the second request started: it counts the second's
-        # workload as newly received (new_load), while the model runs both.
-        both = await worker.wait_for_report(lambda b: b["new_load"] >= 100, since=alone.at + 1e-6)
-        assert both.body["num_requests_working"] == 1, both.body
-        assert both.body["cur_load"] == 100, both.body
+    emu, http, worker = official
+    answer = await routed(http, emu, cost=100)
+    sent_at = time.monotonic()
+    first = asyncio.create_task(call_worker(http, answer, {"cost": 100, "hold": "first", "n": 1}))
+    await worker.wait_for_records(http, lambda r: calls_running(r) == {1})
+    alone = await worker.wait_for_report(lambda b: b["num_requests_working"] == 1, since=sent_at)
+    second = asyncio.create_task(call_worker(http, answer, {"cost": 100, "hold": "second", "n": 2}))
+    await worker.wait_for_records(http, lambda r: calls_running(r) == {1, 2})
+    # The first report taken after the second request started: it counts the second's
+    # workload as newly received (new_load), while the model runs both.
+    both = await worker.wait_for_report(lambda b: b["new_load"] >= 100, since=alone.at + 1e-6)
+    assert both.body["num_requests_working"] == 1, both.body
+    assert both.body["cur_load"] == 100, both.body
 
-        await worker.release(http, "first")
-        assert (await first)[0] == 200
-        first_done_at = time.monotonic()
-        empty = await worker.wait_for_report(
-            lambda b: b["num_requests_working"] == 0, since=first_done_at
-        )
-        assert empty.body["cur_load"] == 0, empty.body
-        records = await worker.records(http)
-        assert calls_running(records) == {2}, records  # still running, reported as nothing
-        await worker.release(http, "second")
-        assert (await second)[0] == 200
+    await worker.release(http, "first")
+    assert (await first)[0] == 200
+    first_done_at = time.monotonic()
+    empty = await worker.wait_for_report(
+        lambda b: b["num_requests_working"] == 0, since=first_done_at
+    )
+    assert empty.body["cur_load"] == 0, empty.body
+    records = await worker.records(http)
+    assert calls_running(records) == {2}, records  # still running, reported as nothing
+    await worker.release(http, "second")
+    assert (await second)[0] == 200
 
 
-async def test_in_flight_request_is_reported_in_cur_load() -> None:
-    async with started() as (emu, http, worker):
-        answer = await routed(http, emu, cost=250)
-        sent_at = time.monotonic()
-        status, _ = await call_worker(http, answer, {"cost": 250, "sleep_s": 2.0})
-        done_at = time.monotonic()
-        assert status == 200
-        during = [
-            r.body
-            for r in worker.reports()
-            if sent_at <= r.at <= done_at
-            and answer["request_idx"] in r.body["working_request_idxs"]
-        ]
-        assert during, [r.body for r in worker.reports()]
-        assert all(b["cur_load"] >= 250 and b["num_requests_working"] >= 1 for b in during)
-        await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=done_at)
+async def test_in_flight_request_is_reported_in_cur_load(official: Shared) -> None:
+    emu, http, worker = official
+    answer = await routed(http, emu, cost=250)
+    sent_at = time.monotonic()
+    status, _ = await call_worker(http, answer, {"cost": 250, "sleep_s": 2.0})
+    done_at = time.monotonic()
+    assert status == 200
+    during = [
+        r.body
+        for r in worker.reports()
+        if sent_at <= r.at <= done_at and answer["request_idx"] in r.body["working_request_idxs"]
+    ]
+    assert during, [r.body for r in worker.reports()]
+    assert all(b["cur_load"] >= 250 and b["num_requests_working"] >= 1 for b in during)
+    await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=done_at)

@@ -22,7 +22,8 @@ from scheduler.vast.types import WorkerError
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    # answered | gone | timeout | retryable_5xx | malformed | expired | caller_gone | broken
+    # answered | gone | timeout | retryable_5xx | malformed (error_kind cut_short: cut off
+    # before it reached the caller) | expired | caller_gone | broken (after it did)
     kind: str
     status: int | None = None
     error_kind: str | None = None

@@ -1,9 +1,11 @@
 """One suite for every ``JobStore``: the memory store and the Redis store behave the same.
 
 ``make_store(consumer)`` gives the store of one replica. Redis: a separate ``RedisJobStore``
-(a separate consumer) per name over one key prefix. Memory: one process is one consumer, so
-every name gets the same instance; the tests hold for both. ``pass_time`` advances the memory
-store's clock and really sleeps for Redis (whose idle times are the server's).
+(a separate consumer, on its own client named after it) per name over one key prefix. Memory:
+one process is one consumer, so every name gets the same instance; the tests hold for both.
+``pass_time`` advances the memory store's clock and really sleeps for Redis (whose idle times
+are the server's): a test that checks something does NOT happen within a window keeps the time
+it spends inside the window small against the window (a loaded machine stretches it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Fleet:
         self.clock = Clock()
         self._redis = redis
         self._stores: dict[str, JobStore] = {}
+        self._clients: list[Redis] = []
         self._heard: dict[int, list[str]] = {}
 
     async def __call__(self, consumer: str, retention_s: float = RETENTION_S) -> JobStore:
@@ -68,8 +71,20 @@ class Fleet:
     def _build(self, consumer: str, retention_s: float) -> JobStore:
         if self._redis is None:
             return MemoryJobStore(retention_s=retention_s, max_retained=1000, clock=self.clock)
-        client, prefix = self._redis
+        _, prefix = self._redis
+        client = named_client(f"{prefix}-{consumer}")
+        self._clients.append(client)
         return RedisJobStore(client, prefix, consumer, retention_s, delivery, clock=self.clock)
+
+    async def in_call(self, consumer: str, command: str, blocked: bool = False) -> None:
+        """Wait until the store of ``consumer`` is inside the call just started as a task:
+        Redis ran its ``command`` (and, ``blocked``, holds it blocked). Memory answers
+        without I/O: one turn of the loop runs the task to where it waits."""
+        if self._redis is None:
+            await asyncio.sleep(0)
+            return
+        client, prefix = self._redis
+        await wait_for_client(client, f"{prefix}-{consumer}", command, blocked)
 
     def heard(self, store: JobStore) -> list[str]:
         """Job ids the cancel listener of ``store`` was called with."""
@@ -97,6 +112,8 @@ class Fleet:
     async def close(self) -> None:
         for store in self._stores.values():
             await store.close()
+        for client in self._clients:
+            await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -118,9 +135,31 @@ async def make_store(
         await fleet.close()
 
 
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def named_client(name: str, **config: Any) -> Redis:
+    """A client whose every connection carries ``name`` (``CLIENT LIST`` tells them apart)."""
+    url = f"{redis_config().url.get_secret_value()}?client_name={name}"
+    return connect(redis_config().model_copy(update={"url": SecretStr(url), **config}))
+
+
+async def wait_for_client(
+    observer: Redis, name: str, command: str, blocked: bool = False, timeout_s: float = 10.0
+) -> None:
+    """Until the server shows a connection named ``name`` whose last command is ``command``
+    (``blocked``: and blocked in it)."""
+
+    async def seen() -> bool:
+        clients = await observer.client_list()
+        return any(c["name"] == name and c["cmd"] == command
+                   and (not blocked or "b" in c["flags"]) for c in clients)  # fmt: skip
+
+    async with asyncio.timeout(timeout_s):
+        while not await seen():
             await asyncio.sleep(0.01)
 
 
@@ -160,16 +199,16 @@ async def test_claim_blocks_then_returns_empty(make_store: Fleet) -> None:
 
 
 async def test_blocked_claim_wakes_on_enqueue(make_store: Fleet) -> None:
+    """The claim is blocked before the job exists, so only a wake-up can hand it the job; a
+    claim that slept through the enqueue would return nothing when its block ends."""
     a, b = await make_store("a"), await make_store("b")
     await a.claim(ENDPOINT, max_jobs=1, block_s=0)  # the queue exists (Redis: its group)
     waiting = asyncio.create_task(a.claim(ENDPOINT, max_jobs=1, block_s=2.0))
-    await asyncio.sleep(0.1)
+    await make_store.in_call("a", "xreadgroup", blocked=True)
     job = make_store.job()
     await b.enqueue(job, Admission())
-    started = time.monotonic()
-    claimed = await asyncio.wait_for(waiting, 5.0)
+    claimed = await asyncio.wait_for(waiting, 10.0)
     assert [j.id for j in claimed] == [job.id]
-    assert time.monotonic() - started < 1.5
 
 
 async def test_claimed_job_is_claimed_once(make_store: Fleet) -> None:
@@ -424,12 +463,13 @@ async def test_touch_keeps_a_claim(make_store: Fleet) -> None:
     job = make_store.job()
     await enqueue_all(a, [job])
     await a.claim(ENDPOINT, 1, 0)
-    await make_store.pass_time(0.6)
+    idle_s = 1.5  # what counts as abandoned
+    await make_store.pass_time(idle_s + 0.1)  # untouched, the claim would be taken now
     await a.touch()
-    await make_store.pass_time(0.6)  # 1.2 s since the claim, 0.6 s since the touch
-    assert await b.reclaim(ENDPOINT, min_idle_s=1.0, max_jobs=5) == []
-    await make_store.pass_time(0.6)
-    taken = await b.reclaim(ENDPOINT, min_idle_s=1.0, max_jobs=5)
+    await make_store.pass_time(0.1)  # idle again, but far from idle_s (room for a slow machine)
+    assert await b.reclaim(ENDPOINT, min_idle_s=idle_s, max_jobs=5) == []
+    await make_store.pass_time(idle_s)
+    taken = await b.reclaim(ENDPOINT, min_idle_s=idle_s, max_jobs=5)
     assert [j.id for j in taken] == [job.id]
 
 
@@ -489,18 +529,18 @@ async def test_cancel_finished_and_unknown(make_store: Fleet) -> None:
 
 # wait, backlog, get, retention ------------------------------------------------------------
 async def test_wait_finished_wakes_on_finish_elsewhere(make_store: Fleet) -> None:
+    """The waiter has read the job unfinished before it finishes elsewhere: it answers long
+    before its own timeout only if the finish woke it."""
     a, b = await make_store("a"), await make_store("b")
     job = make_store.job()
     await enqueue_all(b, [job])
-    waiting = asyncio.create_task(b.wait_finished(job.id, 10.0))
     [claimed] = await a.claim(ENDPOINT, 1, 0)
-    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(b.wait_finished(job.id, 50.0))
+    await make_store.in_call("b", "hgetall")
     assert not waiting.done()
-    started = time.monotonic()
     complete(claimed, make_store.clock(), "done", "text/plain")
     assert await a.finish(claimed)
-    seen = await asyncio.wait_for(waiting, 5.0)
-    assert time.monotonic() - started < 2.0
+    seen = await asyncio.wait_for(waiting, 10.0)  # a fifth of the waiter's timeout
     assert seen is not None
     assert seen.status == JobStatus.SUCCEEDED
     assert seen.result == JobResult(200, "text/plain", "done")
@@ -546,14 +586,17 @@ async def test_get_snapshot_and_unknown(make_store: Fleet) -> None:
 
 
 async def test_finished_job_is_forgotten_after_retention(make_store: Fleet) -> None:
-    a = await make_store("a", retention_s=1.0)
+    retention_s = 2.0
+    a = await make_store("a", retention_s=retention_s)
     job = make_store.job(idempotency_key="k")
     await enqueue_all(a, [job])
     [claimed] = await a.claim(ENDPOINT, 1, 0)
     complete(claimed, make_store.clock())
     await a.finish(claimed)
+    await make_store.pass_time(0.5)  # well inside the retention (room for a slow machine)
     assert await a.get(job.id) is not None
-    await make_store.pass_time(1.3)
+    assert await a.by_idempotency_key(ENDPOINT, "default", "k") is not None
+    await make_store.pass_time(retention_s - 0.5 + 0.1)
     assert await a.get(job.id) is None
     assert await a.by_idempotency_key(ENDPOINT, "default", "k") is None
     assert (await a.enqueue(make_store.job(idempotency_key="k"), Admission())).created
@@ -584,7 +627,7 @@ async def test_unreachable_redis_is_unavailable() -> None:
         assert failed[0] == "listen"
         assert {"enqueue", "get", "cancel"} <= set(failed)
     finally:
-        await asyncio.wait_for(store.close(), 2.0)
+        await asyncio.wait_for(store.close(), 10.0)
         await client.aclose()
 
 
@@ -653,48 +696,53 @@ async def test_finished_records_expire(redis_client: Redis, redis_prefix: str) -
     assert await redis_client.exists(f"{redis_prefix}:backlog:endpoint:{ENDPOINT}") == 0
 
 
+@pytest.mark.parametrize("retries", [0, 2], ids=["store-resubscribes", "client-reconnects"])
 async def test_listener_survives_a_dropped_connection(
-    redis_client: Redis, redis_prefix: str
+    redis_client: Redis, redis_prefix: str, retries: int
 ) -> None:
-    a, b = (
-        redis_store(redis_client, redis_prefix, "a"),
-        redis_store(redis_client, redis_prefix, "b"),
-    )
+    """Without retries the drop reaches the store's listener, which subscribes again itself;
+    with them redis-py reconnects under it. Either way cancels are heard afterwards."""
+    name = f"{redis_prefix}-a"
+    client = named_client(name, retries=retries)
+    a, b = redis_store(client, redis_prefix, "a"), redis_store(redis_client, redis_prefix, "b")
     heard: list[str] = []
     await a.start(heard.append)
     try:
-        pubsub = a._pubsub  # the test reaches in to cut exactly this store's connection
-        assert pubsub is not None
-        assert pubsub.connection is not None
-        writer = pubsub.connection._writer
-        assert writer is not None
-        host, port = writer.get_extra_info("sockname")[:2]
-        assert await redis_client.client_kill_filter(_type="pubsub", addr=f"{host}:{port}") == 1
+        [listener] = [c["id"] for c in await redis_client.client_list()
+                      if c["name"] == name and "P" in c["flags"]]  # fmt: skip
+        assert await redis_client.client_kill_filter(_id=listener) == 1
         job = Fleet("redis", None).job()
         await a.enqueue(job, Admission())
         await a.claim(ENDPOINT, 1, 0)
-        for _ in range(50):  # a cancel published while re-subscribing is lost: ask again
-            await b.cancel(job.id)
-            if heard:
-                break
-            await asyncio.sleep(0.1)
+        async with asyncio.timeout(20):  # re-subscribing takes a back-off and a connection
+            while not heard:  # a cancel published while re-subscribing is lost: ask again
+                await b.cancel(job.id)
+                await asyncio.sleep(0.1)
         assert heard[0] == job.id
+        assert a.healthy()
     finally:
         await a.close()
+        await client.aclose()
 
 
 async def test_close_does_not_wait_for_a_blocked_claim(
     redis_client: Redis, redis_prefix: str
 ) -> None:
-    store = redis_store(redis_client, redis_prefix, "a")
-    await store.start(lambda _: None)
-    blocked = asyncio.create_task(store.claim(ENDPOINT, 1, block_s=2.0))
-    await asyncio.sleep(0.1)
-    await asyncio.wait_for(store.close(), 1.0)
-    blocked.cancel()
-    await asyncio.wait([blocked], timeout=1.0)
-    assert blocked.done()
-    assert await redis_client.ping()  # the pool is usable after a cancelled blocking read
+    name = f"{redis_prefix}-a"
+    client = named_client(name, socket_timeout_s=60.0)  # lets a claim block for 30 s
+    try:
+        store = redis_store(client, redis_prefix, "a")
+        await store.start(lambda _: None)
+        blocked = asyncio.create_task(store.claim(ENDPOINT, 1, block_s=30.0))
+        await wait_for_client(redis_client, name, "xreadgroup", blocked=True)
+        await asyncio.wait_for(store.close(), 10.0)  # a third of the claim's block
+        assert not blocked.done()
+        blocked.cancel()
+        await asyncio.wait([blocked], timeout=10.0)
+        assert blocked.done()
+        assert await client.ping()  # the pool is usable after a cancelled blocking read
+    finally:
+        await client.aclose()
 
 
 async def test_connect_applies_the_config() -> None:

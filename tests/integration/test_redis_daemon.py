@@ -76,14 +76,9 @@ async def test_job_submitted_on_one_replica_is_seen_and_cancelled_on_the_other(
         async with http.delete(f"{b.url}/v1/jobs/{job_id}") as resp:
             assert resp.status == 202
 
-        async def cancelled() -> bool:
-            return (await job_view(http, a, job_id))["status"] == "cancelled"
-
-        for _ in range(100):  # bounded: the replica running it hears within a few polls
-            if await cancelled():
-                break
-            await asyncio.sleep(0.05)
-        assert await cancelled()
+        async with asyncio.timeout(20):  # the replica holding it hears within a few polls
+            while (await job_view(http, a, job_id))["status"] != "cancelled":
+                await asyncio.sleep(0.05)
         async with http.delete(f"{a.url}/v1/jobs/{job_id}") as resp:
             assert resp.status == 409
 
@@ -99,7 +94,10 @@ async def test_sync_run_on_one_replica_answered_from_another(
         # Every request goes to a, which claims nothing: b runs them, a answers.
         for feeder in a.service.feeders.values():
             feeder.stop_claiming()
-        await asyncio.sleep(CLAIM_BLOCK_S + 0.5)  # its last blocking claim returns empty
+        feeding = list(a.service._feeding.values())  # the test reaches in: no public handle
+        assert feeding
+        # A feeder's loop ends once its last blocking claim returned (empty: nothing queued).
+        await wait_until(lambda: all(task.done() for task in feeding), timeout_s=10 * CLAIM_BLOCK_S)
         results = await asyncio.gather(*(
             http.post(f"{a.url}/v1/endpoints/echo/run", json={"payload": {"i": i}})
             for i in range(40)

@@ -40,6 +40,8 @@ OUTAGE_AT_S = 3.0
 OUTAGE_S = 10.0
 JOB_TIMEOUT_S = 20.0
 PROBE_INTERVAL_S = 0.1
+PROBE_TIMEOUT_S = 10.0  # a /healthz slower than this fails the test (a stuck loop, not a busy one)
+MIN_ADMITTED = 50  # measured here: about 290 on the shared 2 cores, 200 beside stress-ng
 MAX_KILLS = 200
 CHURNERS = 4
 BURST = 16  # fresh connections opened to a worker just as it is killed
@@ -52,6 +54,9 @@ class Record:
     admitted: list[str] = field(default_factory=list)
     refused: Counter[int] = field(default_factory=Counter)  # 429 etc. by status
     probes: Counter[str] = field(default_factory=Counter)  # /healthz answers by status
+    answered_at: list[float] = field(default_factory=list)  # monotonic time of each 200
+    slowest_probe_s: float = 0.0
+    outage: tuple[float, float] = (0.0, 0.0)  # monotonic start and end of the outage
     kills: int = 0
     churned: int = 0
     refused_during_outage: bool = False
@@ -91,13 +96,17 @@ async def submit_jobs(http: aiohttp.ClientSession, daemon: Daemon, record: Recor
 async def probe_health(
     http: aiohttp.ClientSession, daemon: Daemon, record: Record, stop: asyncio.Event
 ) -> None:
-    timeout = aiohttp.ClientTimeout(total=2)
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
     for _ in range(int(3 * LOAD_S / PROBE_INTERVAL_S)):
+        sent = time.monotonic()
         try:
             async with http.get(f"{daemon.url}/healthz", timeout=timeout) as resp:
                 record.probes[str(resp.status)] += 1
+                if resp.status == 200:
+                    record.answered_at.append(time.monotonic())
         except (aiohttp.ClientError, TimeoutError) as exc:
             record.probes[type(exc).__name__] += 1
+        record.slowest_probe_s = max(record.slowest_probe_s, time.monotonic() - sent)
         if await until(stop, PROBE_INTERVAL_S):
             return
 
@@ -176,12 +185,26 @@ async def take_autoscaler_down(
 ) -> None:
     await asyncio.sleep(OUTAGE_AT_S)
     await admin(http, emulator, "outage", duration_s=OUTAGE_S, mode="refuse")
-    await asyncio.sleep(1.0)
+    record.outage = (time.monotonic(), time.monotonic() + OUTAGE_S)
+    record.refused_during_outage = await refused_within(http, emulator, OUTAGE_S / 2)
+
+
+async def refused_within(http: aiohttp.ClientSession, emulator: Emulator, within_s: float) -> bool:
+    """Whether the autoscaler's port refuses connections within ``within_s`` (polled: the
+    port closes just after the admin call that started an outage has answered)."""
     try:
-        async with http.get(f"{emulator.autoscaler_url}/admin/stats") as resp:
-            await resp.read()
-    except aiohttp.ClientConnectorError:
-        record.refused_during_outage = True
+        async with asyncio.timeout(within_s):
+            while True:
+                try:
+                    async with http.get(f"{emulator.autoscaler_url}/admin/stats") as resp:
+                        await resp.read()
+                except aiohttp.ClientConnectorError:
+                    return True
+                except aiohttp.ClientError:  # a kept-alive connection closed under the request
+                    pass
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        return False
 
 
 async def clear_faults(http: aiohttp.ClientSession, emulator: Emulator) -> None:
@@ -189,7 +212,7 @@ async def clear_faults(http: aiohttp.ClientSession, emulator: Emulator) -> None:
     for worker in emulator.workers(ENDPOINT):
         if worker.state != "ready" or worker.writer.garbage or worker.writer.trickle_byte_delay_ms:
             await revive(worker)
-    await emulator.wait_ready(ENDPOINT, WORKERS, timeout_s=10)
+    await emulator.wait_ready(ENDPOINT, WORKERS, timeout_s=30)
 
 
 async def final_states(
@@ -282,7 +305,8 @@ async def test_chaos_every_admitted_job_ends_and_the_daemon_stays_healthy(
     print(
         f"chaos: admitted={len(record.admitted)} refused={dict(record.refused)} "
         f"states={dict(states)} kills={record.kills} churned={record.churned} "
-        f"probes={dict(record.probes)} served={served} route={route} "
+        f"probes={dict(record.probes)} slowest_probe_s={record.slowest_probe_s:.2f} "
+        f"served={served} route={route} "
         f"garbage_results={garbage_results} met_garbage={met_garbage} retried={retried} "
         f"slowest_job_s={slowest_s} "
         f"load_s={load_done - started:.1f} "
@@ -295,12 +319,15 @@ async def test_chaos_every_admitted_job_ends_and_the_daemon_stays_healthy(
     assert met_garbage >= 1  # ... and each such answer was an error, retried elsewhere
     assert garbage_results == 0  # a 2xx that says JSON and is not is never a job's result
     assert trickled >= 1  # and the trickling one
-    assert len(record.admitted) >= 100
+    assert len(record.admitted) >= MIN_ADMITTED
     assert sum(states.values()) == len(record.admitted)
     assert set(states) <= TERMINAL, states  # none stuck, none lost
     assert states["succeeded"] >= len(record.admitted) // 2, states
     assert set(record.probes) == {"200"}, record.probes  # /healthz answered every probe
-    assert record.probes["200"] >= LOAD_S / PROBE_INTERVAL_S / 3
+    down, up = record.outage  # ... before, during and after the autoscaler's outage
+    assert [any(t < down for t in record.answered_at),
+            any(down <= t <= up for t in record.answered_at),
+            any(t > up for t in record.answered_at)] == [True] * 3  # fmt: skip
     assert fresh[0] == 200, fresh
     assert fresh[1]["echo"] == {"fresh": 1}, fresh
     assert leftover == []
@@ -309,17 +336,23 @@ async def test_chaos_every_admitted_job_ends_and_the_daemon_stays_healthy(
 async def test_emulator_outage_refuses_then_comes_back_on_the_same_port(
     http: aiohttp.ClientSession,
 ) -> None:
+    outage_s = 2.0  # the refusal is seen within ms of the admin call: room for a slow machine
     async with running_emulator({"echo": {"workers": 1}}) as emulator:
         url = emulator.autoscaler_url
-        await admin(http, emulator, "outage", duration_s=0.5, mode="refuse")
-        await asyncio.sleep(0.1)
-        with pytest.raises(aiohttp.ClientConnectorError):
-            async with http.get(f"{url}/admin/stats"):
-                pass
-        await asyncio.sleep(0.6)
+        await admin(http, emulator, "outage", duration_s=outage_s, mode="refuse")
+        started = time.monotonic()
+        assert await refused_within(http, emulator, outage_s)
+        async with asyncio.timeout(outage_s + 20):  # back once the outage is over
+            while True:
+                try:
+                    async with http.get(f"{url}/admin/stats") as resp:
+                        faults = (await resp.json())["faults"]
+                        break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.05)
+        assert time.monotonic() - started >= outage_s * 0.9  # not back early
         assert emulator.autoscaler_url == url
-        async with http.get(f"{url}/admin/stats") as resp:
-            assert (await resp.json())["faults"]["autoscaler_down"] is None
+        assert faults["autoscaler_down"] is None
 
 
 async def test_emulator_outage_hangs_route_calls_but_not_the_admin_api(

@@ -9,7 +9,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -25,10 +25,12 @@ from pydantic import (
 )
 
 from scheduler.emulator.settings import EmulatorConfig
+from scheduler.vast.networks import WorkerNetworks
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 EMBEDDED = "embedded"
 EMULATOR_KEY = "local-emulator-key"
+TenantWeight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class ConfigError(Exception):
@@ -73,7 +75,8 @@ class ServerConfig(Model):
 class VastConfig(Model):
     autoscaler_url: str = EMBEDDED
     api_key: SecretStr = SecretStr(EMULATOR_KEY)
-    api_key_file: Path | None = None  # read once at start (e.g. a mounted secret), instead
+    # Read once at start (e.g. a mounted secret), instead of api_key; setting both is an error.
+    api_key_file: Path | None = None
     ca_bundle: Path | None = None
     route_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -89,9 +92,6 @@ class VastConfig(Model):
     @field_validator("worker_networks")
     @classmethod
     def _networks_parse(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        # Imported here so that this edit stays inside VastConfig; the module is pure.
-        from scheduler.vast.networks import WorkerNetworks
-
         if value is not None and not value:
             raise ValueError("list at least one network, or leave it unset to allow any host")
         if value is not None:
@@ -264,8 +264,10 @@ class EndpointConfig(Model):
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     ejection: EjectionConfig = EjectionConfig()
     placement: PlacementConfig = PlacementConfig()
-    tenant_weights: dict[str, float] = Field(default_factory=dict)
+    # The queue's own rule (finite, > 0), so check-config refuses what start-up would.
+    tenant_weights: dict[str, TenantWeight] = Field(default_factory=dict)
     refuse_unmeetable_deadlines: bool = False
+    max_caller_sessions: int = Field(1024, gt=0, le=100_000)  # open at once, per endpoint
 
     @model_validator(mode="after")
     def _timeouts(self) -> EndpointConfig:

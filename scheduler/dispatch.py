@@ -133,7 +133,7 @@ class EndpointDispatcher:
         )  # fmt: skip
         self.mode = reuse_mode(config.reuse)
         self.legacy_detected = False
-        self.sessions = PinnedSessions(forwarder, clock)
+        self.sessions = PinnedSessions(forwarder, clock, config.max_caller_sessions)
         self.calibrator = Calibrator(config.cost.calibration_alpha)
         self.meter = ThroughputMeter()
         self._jobs: dict[str, Job] = {}
@@ -256,6 +256,7 @@ class EndpointDispatcher:
         self.retry_budget.ratio, self.retry_budget.min_retries = rb.ratio, rb.min_retries
         self.retry_budget.window_s = rb.window_s
         self.calibrator.alpha = config.cost.calibration_alpha
+        self.sessions.limit = config.max_caller_sessions
         mode = reuse_mode(config.reuse)
         if mode is not self.mode and not (self.legacy_detected and config.reuse == "auto"):
             self.mode = mode

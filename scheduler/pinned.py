@@ -63,8 +63,9 @@ class PinnedSessions:
     def __init__(self, forwarder: Forwarder, clock: Callable[[], float], limit: int = 1024):
         self._forwarder = forwarder
         self._clock = clock
-        self._limit = limit
+        self.limit = limit
         self._sessions: dict[str, PinnedSession] = {}
+        self._opening = 0  # opens between the limit check and the session being kept
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -72,14 +73,20 @@ class PinnedSessions:
     async def open(
         self, route: RouteCall, cost: float, lifetime_s: float, wait_s: float
     ) -> PinnedSession:
-        ready = await self._route_until_ready(route, cost, wait_s)
-        session_id = await self._forwarder.create_session(ready, lifetime_s)
+        # The limit is checked before anything is asked of Vast: a refused caller must not
+        # leave a session open on a worker (it would hold one of the worker's few slots).
+        if len(self._sessions) + self._opening >= self.limit:
+            raise SessionBusy(f"too many caller sessions (limit {self.limit})")
+        self._opening += 1
+        try:
+            ready = await self._route_until_ready(route, cost, wait_s)
+            session_id = await self._forwarder.create_session(ready, lifetime_s)
+        finally:
+            self._opening -= 1
         now = self._clock()
         lease = Lease(0, ready.url, ready, ReuseMode.SESSION, ready.cost, now, float("inf"))
         lease.session_id = session_id
         pinned = PinnedSession("ses_" + secrets.token_urlsafe(12), lease, lifetime_s)
-        if len(self._sessions) >= self._limit:
-            raise SessionBusy(f"too many caller sessions (limit {self._limit})")
         self._sessions[pinned.id] = pinned
         return pinned
 

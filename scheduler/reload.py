@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pydantic import SecretStr
 from scheduler.api.context import SERVICE
 from scheduler.api.errors import REQUEST_ID, ApiError
 from scheduler.auth import authenticator_of, caller
-from scheduler.config import AppConfig, ConfigError, EndpointConfig, load_config
+from scheduler.config import AppConfig, ConfigError, load_config
 from scheduler.observability.logging import Redactor
 
 log = structlog.get_logger("scheduler.reload")
@@ -91,7 +90,6 @@ class Refused:
 def plan_reload(old: AppConfig, new: AppConfig) -> Plan | Refused:
     diffs = differences(old.model_dump(), new.model_dump(), ())
     refusals = [r for d in diffs if (r := refusal(d)) is not None]
-    refusals += weight_problems(new.endpoints)
     if refusals:
         return Refused(tuple(refusals))
     return Plan(
@@ -122,16 +120,6 @@ def refusal(diff: Difference) -> str | None:
     if diff.keys[0] in LIVE_SECTIONS or diff.keys[:2] in LIVE_PATHS:
         return None
     return f"{diff.path}: {RESTART}"
-
-
-def weight_problems(endpoints: Mapping[str, EndpointConfig]) -> list[str]:
-    """Tenant weights the queue would reject (the config model does not check them)."""
-    return [
-        f"endpoints.{name}.tenant_weights.{tenant}: must be finite and > 0"
-        for name, ep in endpoints.items()
-        for tenant, weight in ep.tenant_weights.items()
-        if not (math.isfinite(weight) and weight > 0)
-    ]
 
 
 def describe(diff: Difference) -> str:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 class BatchLimits:
     max_jobs: int = 16
     max_cost: float = 1e9
-    linger_ms: float = 0.0
 
 
 def take_batch(

@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scheduler.config import CostConfig
-
 MIN_RATIO = 0.01
 MAX_RATIO = 100.0
 DEFAULT_ALPHA = 0.1
@@ -53,10 +51,6 @@ class Calibrator:
         self.alpha = check_alpha(alpha)
         self._ratio: float | None = None
         self._samples = 0
-
-    @classmethod
-    def from_config(cls, config: CostConfig) -> Calibrator:
-        return cls(config.calibration_alpha)
 
     @property
     def ratio(self) -> float:

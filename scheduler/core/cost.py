@@ -1,6 +1,6 @@
 """Cost estimation: the workload units a job will cost on a worker. Pure.
 
-Estimators (``CostConfig.estimator``): ``constant``, ``field`` and ``llm_tokens``. Every
+Estimators (``CostRules.estimator``): ``constant``, ``field`` and ``llm_tokens``. Every
 estimate is clamped to the config's [min, max] and is always a finite float: a malformed
 payload falls back to what can be counted, or to ``default``, and never raises.
 """
@@ -10,15 +10,47 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from scheduler.config import CostConfig
+from typing import Any, Protocol, TypeVar
 
 CHAT_TOKENS_PER_MESSAGE = 4  # role and separators of a chat template, per message
 COMPLETION_TOKENS_PER_PROMPT = 0
 MAX_CHOICES = 128  # ``n`` is clamped to [1, MAX_CHOICES]
 MAX_COUNT = 1e15  # token counts are capped here, so weighted sums stay finite
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+
+
+class CostRules(Protocol):
+    """What the estimators read: ``scheduler.config.CostConfig`` satisfies it (core takes plain
+    values and imports nothing from the rest of the package)."""
+
+    @property
+    def estimator(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def field(self) -> str | None: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def default(self) -> float: ...
+    @property
+    def min(self) -> float: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def caller_cost(self) -> str: ...
+    @property
+    def chars_per_token(self) -> float: ...
+    @property
+    def tokens_per_message(self) -> int | None: ...
+    @property
+    def image_tokens(self) -> int: ...
+    @property
+    def default_max_tokens(self) -> int: ...
+    @property
+    def prompt_weight(self) -> float: ...
+    @property
+    def completion_weight(self) -> float: ...
 
 
 def lookup(payload: Any, dotted: str) -> Any:
@@ -40,12 +72,15 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def select(default: CostConfig, routes: Mapping[str, CostConfig], route: str) -> CostConfig:
+Rules = TypeVar("Rules", bound=CostRules)
+
+
+def select(default: Rules, routes: Mapping[str, Rules], route: str) -> Rules:
     """The estimator for a worker route: an exact match in ``routes``, else ``default``."""
     return routes.get(route, default)
 
 
-def estimate(config: CostConfig, payload: Any) -> float:
+def estimate(config: CostRules, payload: Any) -> float:
     if config.estimator == "llm_tokens":
         raw = llm_tokens(config, payload)
     elif config.estimator == "field" and config.field is not None:
@@ -56,14 +91,14 @@ def estimate(config: CostConfig, payload: Any) -> float:
     return clamp(raw, config)
 
 
-def clamp(value: float, config: CostConfig) -> float:
+def clamp(value: float, config: CostRules) -> float:
     """``value`` within [min, max]; nan becomes ``min``, so the result is always finite."""
     if isinstance(value, float) and math.isnan(value):
         return config.min
     return min(config.max, max(config.min, value))
 
 
-def resolve(config: CostConfig, payload: Any, caller_cost: float | None) -> float:
+def resolve(config: CostRules, payload: Any, caller_cost: float | None) -> float:
     """The job's cost, honouring the endpoint's policy for a caller-supplied ``cost``.
 
     ``trust`` takes any finite caller cost as it is, even outside [min, max]; a non-finite
@@ -98,7 +133,7 @@ class Tally:
         )
 
 
-def llm_tokens(config: CostConfig, payload: Any) -> float:
+def llm_tokens(config: CostRules, payload: Any) -> float:
     """Token-weighted cost of an OpenAI ``/v1/completions`` or ``/v1/chat/completions`` body.
 
     ``(prompt_tokens * prompt_weight + completion_tokens * completion_weight) * n``, where
@@ -130,7 +165,7 @@ def openai_body(payload: dict[str, Any]) -> dict[str, Any]:
     return inner if isinstance(inner, dict) else payload
 
 
-def prompt_tokens(config: CostConfig, tally: Tally, chat: bool) -> float:
+def prompt_tokens(config: CostRules, tally: Tally, chat: bool) -> float:
     per_item = config.tokens_per_message
     if per_item is None:
         per_item = CHAT_TOKENS_PER_MESSAGE if chat else COMPLETION_TOKENS_PER_PROMPT

@@ -1,8 +1,6 @@
-"""Local Vast.ai Serverless emulator: autoscaler and workers over real sockets."""
+"""Local Vast.ai Serverless emulator: autoscaler and workers over real sockets.
 
-from scheduler.emulator.cli import run_emulator
-from scheduler.emulator.emulator import Emulator
-from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
-from scheduler.emulator.worker import EmulatedWorker
-
-__all__ = ["EmulatedEndpoint", "EmulatedWorker", "Emulator", "EmulatorConfig", "run_emulator"]
+Import what you need from its modules (``emulator.Emulator``, ``settings.EmulatorConfig``,
+``cli.run_emulator``): the package itself loads nothing, so the daemon's config can use
+``settings`` without loading the emulator.
+"""

@@ -253,10 +253,6 @@ class MemoryJobStore:
         found = self._endpoints.get(endpoint, _Backlog())
         return found.jobs, found.cost
 
-    def tenant_backlog(self, tenant: str) -> tuple[int, float]:
-        found = self._tenants.get(tenant, _Backlog())
-        return found.jobs, found.cost
-
     # retention ------------------------------------------------------------------------
     def ids(self) -> list[str]:
         """Every job held, finished or not."""

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from scheduler.emulator import EmulatedEndpoint, Emulator, EmulatorConfig
+from scheduler.emulator.emulator import Emulator
+from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
 
 API_KEY = "test-key"
 FAST_REPORTS_S = 0.1

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import aiohttp
 
-from scheduler.emulator import Emulator
+from scheduler.emulator.emulator import Emulator
 from scheduler.emulator.route_book import StatusReport
 
 APP = Path(__file__).with_name("official_worker_app.py")

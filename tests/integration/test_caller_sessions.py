@@ -84,3 +84,19 @@ async def test_session_open_without_ready_worker_is_503(http: aiohttp.ClientSess
         ):
             assert resp.status == 503
             assert resp.headers["Retry-After"]
+
+
+async def test_session_refused_at_the_limit_opens_nothing_on_a_worker(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_emulator({"chat": {"workers": 1}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"chat": {"max_caller_sessions": 1}})
+        async with running_daemon(config) as daemon:
+            base = f"{daemon.url}/v1/endpoints/chat"
+            async with http.post(f"{base}/sessions", json={"cost": 100}) as resp:
+                assert resp.status == 201, await resp.text()
+            async with http.post(f"{base}/sessions", json={"cost": 100}) as resp:
+                assert resp.status == 429
+                assert (await resp.json())["error"]["code"] == "session_busy"
+            worker = emulator.workers("chat")[0]
+            assert len(worker.sessions.table.sessions) == 1

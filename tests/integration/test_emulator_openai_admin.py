@@ -10,7 +10,7 @@ from emulator_fixtures import API_KEY, call_worker, config, ready_answer, runnin
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from scheduler.emulator import run_emulator
+from scheduler.emulator.cli import run_emulator
 
 
 async def test_chat_and_completion_bodies_parse_as_openai_types() -> None:

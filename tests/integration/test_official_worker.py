@@ -26,7 +26,8 @@ from official_worker import (
     vastai_installed,
 )
 
-from scheduler.emulator import Emulator, EmulatorConfig
+from scheduler.emulator.emulator import Emulator
+from scheduler.emulator.settings import EmulatorConfig
 
 pytestmark = [
     pytest.mark.skipif(not vastai_installed(), reason=SKIP_REASON),

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.config import CostConfig
 from scheduler.core.calibration import MAX_RATIO, MIN_RATIO, Calibrator, ThroughputMeter
 
 NAN = float("nan")
@@ -19,10 +18,6 @@ def test_ratio_is_one_before_any_sample() -> None:
     calibrator = Calibrator()
     assert (calibrator.ratio, calibrator.samples, calibrator.alpha) == (1.0, 0, 0.1)
     assert calibrator.apply(250.0) == 250.0
-
-
-def test_from_config_uses_calibration_alpha() -> None:
-    assert Calibrator.from_config(CostConfig(calibration_alpha=0.5)).alpha == 0.5
 
 
 def test_first_sample_seeds_then_ewma() -> None:

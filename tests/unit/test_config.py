@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from textwrap import dedent
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from scheduler.config import AppConfig, ConfigError, load_config, parse_config
+from scheduler.core.queue import JobQueue
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_FILES = sorted((REPO / "config").glob("*.yaml"))
@@ -425,3 +428,16 @@ def test_placement_defaults_and_limits() -> None:
     problems = problems_of("endpoints: {a: {placement: {horizon_s: 0, speed: 1}}}")
     assert any(p.startswith("endpoints.a.placement.horizon_s:") for p in problems), problems
     assert any(p.startswith("endpoints.a.placement.speed:") for p in problems), problems
+
+
+@settings(max_examples=200, deadline=None)
+@given(weight=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 5))
+def test_every_tenant_weight_that_validates_also_starts(weight: float) -> None:
+    """check-config and start-up apply one rule: a weight the config accepts, the endpoint's
+    queue accepts too (a weight of 0, below 0, inf or nan is a problem naming the field)."""
+    text = yaml.safe_dump({"endpoints": {"e": {"tenant_weights": {"acme": weight}}}})
+    if not (math.isfinite(weight) and weight > 0):
+        assert any("endpoints.e.tenant_weights.acme" in p for p in problems_of(text))
+        return
+    endpoint = parse_config(text, env={}).endpoints["e"]
+    JobQueue(endpoint.queue.max_depth, endpoint.tenant_weights)  # raises if it disagrees

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from scheduler.emulator import Emulator, EmulatorConfig
+from scheduler.emulator.emulator import Emulator
 from scheduler.emulator.route_book import RouteBook, StatusReport
+from scheduler.emulator.settings import EmulatorConfig
 
 
 def _report(worker_id: int, **fields: Any) -> dict[str, Any]:

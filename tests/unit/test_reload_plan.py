@@ -82,8 +82,6 @@ RESTART = [
     ("removal", config(endpoints={"chat": {"max_concurrency": 2}}),
      ["endpoints.echo: removing an endpoint needs a restart (its queued and running jobs "
       "would be lost)"]),
-    ("bad weight", with_endpoint("echo", tenant_weights={"a": 0.0}),
-     ["endpoints.echo.tenant_weights.a: must be finite and > 0"]),
 ]  # fmt: skip
 
 

@@ -1,0 +1,163 @@
+"""The endpoint section: queue, cost estimation, routing, leases, retries, placement."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from scheduler.config.base import Model
+
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TenantWeight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class QueueConfig(Model):
+    max_depth: int = Field(10_000, gt=0)
+    # Queued cost (workload units) beyond which new jobs get 429; None: no limit but depth.
+    max_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+class CostConfig(Model):
+    """How a job's cost (worker workload units) is estimated; see ``scheduler.core.cost``.
+
+    ``constant``: ``value``. ``field``: the number at dotted path ``field`` times ``scale``
+    (``default`` when absent). ``llm_tokens``: OpenAI completions / chat payloads,
+    ``(prompt_tokens * prompt_weight + completion_tokens * completion_weight) * n``; the
+    weights default to 0 and 1 because the usual Vast LLM worker counts ``max_tokens``.
+    Every estimate is clamped to [``min``, ``max``]. No field accepts inf or nan.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)  # merged with Model's extra/frozen
+
+    estimator: Literal["constant", "field", "llm_tokens"] = "constant"
+    value: float = Field(100.0, ge=0)
+    field: str | None = None
+    scale: float = Field(1.0, gt=0)
+    default: float = Field(100.0, ge=0)
+    min: float = Field(0.0, ge=0)
+    max: float = Field(1e9, gt=0)
+    caller_cost: Literal["trust", "clamp", "ignore"] = "clamp"
+    # llm_tokens
+    chars_per_token: float = Field(4.0, gt=0, le=1_000)
+    tokens_per_message: int | None = Field(None, ge=0, le=1_000)  # None: 4 chat, 0 completions
+    image_tokens: int = Field(0, ge=0, le=1_000_000)  # flat, per image content part
+    default_max_tokens: int = Field(256, ge=1, le=100_000_000)
+    prompt_weight: float = Field(0.0, ge=0, le=1e6)
+    completion_weight: float = Field(1.0, ge=0, le=1e6)
+    # calibration of estimates against observed service time (scheduler.core.calibration)
+    calibrate: bool = False
+    calibration_alpha: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> CostConfig:
+        if self.min > self.max:
+            raise ValueError("min must be <= max")
+        return self
+
+    @field_validator("field")
+    @classmethod
+    def _dotted_path(cls, value: str | None) -> str | None:
+        if value is not None and not all(value.split(".")):
+            raise ValueError("must be a dotted path such as max_tokens or input.steps")
+        return value
+
+
+class PollConfig(Model):
+    """Back-off of the one poller an endpoint runs while Vast has no worker ready."""
+
+    initial_s: float = Field(0.25, gt=0)
+    max_s: float = Field(1.0, gt=0)
+    multiplier: float = Field(2.0, ge=1, le=10)
+    max_cost: float = Field(1e6, gt=0)  # cap on the backlog cost a poll declares
+
+    @model_validator(mode="after")
+    def _range(self) -> PollConfig:
+        if self.initial_s > self.max_s:
+            raise ValueError("initial_s must be <= max_s")
+        return self
+
+
+class BatchConfig(Model):
+    max_jobs: int = Field(16, gt=0, le=4096)
+    max_cost: float = Field(1e9, gt=0)
+    linger_ms: float = Field(0.0, ge=0, le=10_000)
+
+
+class LeaseConfig(Model):
+    ttl_s: float = Field(300.0, gt=0)
+    idle_close_s: float = Field(30.0, gt=0)
+    session_lifetime_s: float = Field(120.0, gt=0)
+    min_budget_fraction: float = Field(0.05, gt=0, le=1)
+    sequential_rest_s: float = Field(0.1, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _lifetime_covers_idle(self) -> LeaseConfig:
+        if self.session_lifetime_s <= self.idle_close_s:
+            raise ValueError("session_lifetime_s must be > idle_close_s")
+        return self
+
+
+class RetryBudgetConfig(Model):
+    ratio: float = Field(0.2, ge=0, le=10)
+    min_retries: int = Field(10, ge=0)
+    window_s: float = Field(10.0, gt=0)
+
+
+class EjectionConfig(Model):
+    consecutive_failures: int = Field(5, gt=0)
+    base_s: float = Field(5.0, gt=0)
+    max_s: float = Field(60.0, gt=0)
+
+
+class PlacementConfig(Model):
+    # A busy worker takes a job only if it would finish within this long at its measured rate;
+    # longer for workers whose throughput grows with concurrency (batching inference servers).
+    horizon_s: float = Field(0.1, gt=0, le=3600)
+    # While jobs wait for a busy worker, one batch is still routed this often (new workers).
+    held_route_interval_s: float = Field(2.0, gt=0, le=3600)
+
+
+class EndpointConfig(Model):
+    default_route: str = "/generate"
+    queue: QueueConfig = QueueConfig()
+    cost: CostConfig = CostConfig()
+    routes: dict[str, CostConfig] = Field(default_factory=dict)  # per worker route estimators
+    poll: PollConfig = PollConfig()
+    default_timeout_s: float = Field(300.0, gt=0)
+    max_timeout_s: float = Field(3600.0, gt=0)
+    max_attempts: int = Field(5, gt=0, le=100)
+    max_concurrency: int = Field(64, gt=0)
+    reuse: Literal["auto", "session", "sequential", "never"] = "auto"
+    batch: BatchConfig = BatchConfig()
+    lease: LeaseConfig = LeaseConfig()
+    max_route_inflight: int = Field(4, gt=0, le=256)
+    route_rate_per_s: float = Field(10.0, gt=0)
+    route_burst: int = Field(10, gt=0)
+    idempotent: bool = False  # 5xx and timeouts may be retried elsewhere
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
+    ejection: EjectionConfig = EjectionConfig()
+    placement: PlacementConfig = PlacementConfig()
+    # The queue's own rule (finite, > 0), so check-config refuses what start-up would.
+    tenant_weights: dict[str, TenantWeight] = Field(default_factory=dict)
+    refuse_unmeetable_deadlines: bool = False
+    max_caller_sessions: int = Field(1024, gt=0, le=100_000)  # open at once, per endpoint
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> EndpointConfig:
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s must be <= max_timeout_s")
+        return self
+
+    @field_validator("default_route")
+    @classmethod
+    def _route_is_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.startswith("//"):
+            raise ValueError("must be a path starting with a single '/'")
+        return value

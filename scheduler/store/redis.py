@@ -43,6 +43,7 @@ from scheduler.store.base import (
     from_record,
     to_record,
 )
+from scheduler.store.keys import Keys
 
 log = structlog.get_logger("scheduler.store.redis")
 
@@ -95,6 +96,7 @@ class RedisJobStore:
             raise ValueError("the Redis client must be built with decode_responses=True")
         self._client = client
         self._prefix = prefix
+        self._keys = Keys(prefix)
         self._consumer = consumer
         self._retention_ms = max(1, round(retention_s * 1000))
         self._delivery_factory = delivery_factory
@@ -115,12 +117,6 @@ class RedisJobStore:
         self._listener: asyncio.Task[None] | None = None
 
     # keys -------------------------------------------------------------------------------
-    def _job_key(self, job_id: str) -> str:
-        return f"{self._prefix}:job:{job_id}"
-
-    def _queue_key(self, endpoint: str) -> str:
-        return f"{self._prefix}:q:{endpoint}"
-
     def _args(self, *args: str | int | float) -> list[str | int | float]:
         return [self._prefix, GROUP, *args]
 
@@ -150,7 +146,7 @@ class RedisJobStore:
         args = self._args(*("" if limit is None else repr(limit) for limit in limits),
                           *chain.from_iterable(record.items()))  # fmt: skip
         with self._op("enqueue"):
-            reply = await self._scripts.enqueue(keys=[self._job_key(job.id)], args=args)
+            reply = await self._scripts.enqueue(keys=[self._keys.job(job.id)], args=args)
         if reply[0] == "existing":
             return Enqueued(self._snapshot(_pairs(reply[1])), created=False)
         if reply[0] == "full":
@@ -164,7 +160,7 @@ class RedisJobStore:
         return False  # the stream is shared: each replica claims what it has room for
 
     async def claim(self, endpoint: str, max_jobs: int, block_s: float) -> list[Job]:
-        stream = self._queue_key(endpoint)
+        stream = self._keys.queue(endpoint)
         block_ms = round(min(block_s, self._block_cap_s) * 1000)
         with self._op("claim"):
             entries = await self._read(stream, max_jobs, block_ms if block_ms > 0 else None)
@@ -198,7 +194,7 @@ class RedisJobStore:
         if not pairs:
             return []
         ids = chain.from_iterable((job_id, entry) for entry, job_id in pairs)
-        args = self._args(self._consumer, self._queue_key(endpoint), *ids)
+        args = self._args(self._consumer, self._keys.queue(endpoint), *ids)
         records = await self._scripts.mark_claimed(args=args)
         jobs = []
         for (entry_id, _), flat in zip(pairs, records, strict=True):
@@ -217,7 +213,7 @@ class RedisJobStore:
         entry = "" if claim is None else claim[1]
         args = self._args(self._retention_ms, entry, _token(), *fields)
         with self._op("finish"):
-            recorded = await self._scripts.finish(keys=[self._job_key(job.id)], args=args)
+            recorded = await self._scripts.finish(keys=[self._keys.job(job.id)], args=args)
         self._claims.pop(job.id, None)
         return bool(recorded)
 
@@ -228,7 +224,7 @@ class RedisJobStore:
                 continue
             with self._op("requeue"):
                 await self._scripts.requeue(
-                    keys=[self._job_key(job_id)], args=self._args(self._consumer, claim[1])
+                    keys=[self._keys.job(job_id)], args=self._args(self._consumer, claim[1])
                 )
             self._claims.pop(job_id, None)
 
@@ -241,7 +237,7 @@ class RedisJobStore:
                 await self._touch(endpoint, claims[start : start + TOUCH_BATCH])
 
     async def _touch(self, endpoint: str, claims: list[tuple[str, str]]) -> None:
-        args = self._args(self._consumer, self._queue_key(endpoint), *(e for _, e in claims))
+        args = self._args(self._consumer, self._keys.queue(endpoint), *(e for _, e in claims))
         with self._op("touch"):
             kept = set(await self._scripts.touch(args=args))
         for job_id, entry in claims:  # taken over by another replica: not ours any more
@@ -249,7 +245,7 @@ class RedisJobStore:
                 self._claims.pop(job_id, None)
 
     async def reclaim(self, endpoint: str, min_idle_s: float, max_jobs: int) -> list[Job]:
-        stream = self._queue_key(endpoint)
+        stream = self._keys.queue(endpoint)
         with self._op("reclaim"):
             try:
                 reply = await self._client.xautoclaim(
@@ -270,17 +266,17 @@ class RedisJobStore:
     async def cancel(self, job_id: str) -> CancelOutcome:
         args = self._args(repr(self._wall()), self._retention_ms, CANCELLED_BY_CALLER, _token())
         with self._op("cancel"):
-            outcome = await self._scripts.cancel(keys=[self._job_key(job_id)], args=args)
+            outcome = await self._scripts.cancel(keys=[self._keys.job(job_id)], args=args)
         return CancelOutcome(outcome)
 
     async def get(self, job_id: str) -> Job | None:
         with self._op("get"):
-            record = await self._hgetall(self._job_key(job_id))
+            record = await self._hgetall(self._keys.job(job_id))
         return self._snapshot(record) if record else None
 
     async def by_idempotency_key(self, endpoint: str, tenant: str, key: str) -> Job | None:
         with self._op("get"):
-            job_id = await self._client.get(f"{self._prefix}:idem:{endpoint}:{tenant}:{key}")
+            job_id = await self._client.get(self._keys.idempotency(endpoint, tenant, key))
         return None if job_id is None else await self.get(job_id)
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> Job | None:
@@ -308,7 +304,7 @@ class RedisJobStore:
                 del self._waiters[job_id]
 
     async def backlog(self, endpoint: str) -> tuple[int, float]:
-        key = f"{self._prefix}:backlog:endpoint:{endpoint}"
+        key = self._keys.endpoint_backlog(endpoint)
         with self._op("backlog"):
             jobs, cost = await self._client.hmget(key, ["jobs", "cost"])  # type: ignore[misc]  # async
         return int(jobs or 0), float(cost or 0.0)
@@ -345,7 +341,7 @@ class RedisJobStore:
 
     async def _subscribe(self) -> PubSub:
         pubsub = self._pubsub = self._client.pubsub()
-        await pubsub.subscribe(f"{self._prefix}:events")
+        await pubsub.subscribe(self._keys.events)
         self._healthy = True
         return pubsub
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from scheduler.store import redis_scripts as lua
+from scheduler.store.keys import Keys
 
 log = structlog.get_logger("scheduler.store.redis_fleet")
 
@@ -32,23 +33,17 @@ class RedisFleetPolling:
         on_error: Callable[[str], None] = lambda op: None,
     ) -> None:
         self._client = client
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._replica_id = replica_id
         self._on_error = on_error
         self._lease = client.register_script(lua.LEASE)
         self._release = client.register_script(lua.RELEASE)
 
-    def _poll_key(self, endpoint: str) -> str:
-        return f"{self._prefix}:poll:{endpoint}"
-
-    def _warm_key(self, endpoint: str) -> str:
-        return f"{self._prefix}:warm:{endpoint}"
-
     async def may_route(self, endpoint: str, ttl_s: float) -> bool:
         try:
-            if await self._client.exists(self._warm_key(endpoint)):
+            if await self._client.exists(self._keys.warm(endpoint)):
                 return True
-            ours = await self._lease(keys=[self._poll_key(endpoint)],
+            ours = await self._lease(keys=[self._keys.poll(endpoint)],
                                      args=[self._replica_id, _ms(ttl_s)])  # fmt: skip
         except RedisError as exc:
             self._failed("poll_lease", endpoint, exc)
@@ -57,20 +52,20 @@ class RedisFleetPolling:
 
     async def got_worker(self, endpoint: str, warm_s: float) -> None:
         try:
-            await self._client.set(self._warm_key(endpoint), self._replica_id, px=_ms(warm_s))
+            await self._client.set(self._keys.warm(endpoint), self._replica_id, px=_ms(warm_s))
         except RedisError as exc:
             self._failed("poll_warm", endpoint, exc)
         await self.release(endpoint)
 
     async def no_worker(self, endpoint: str) -> None:
         try:
-            await self._client.delete(self._warm_key(endpoint))
+            await self._client.delete(self._keys.warm(endpoint))
         except RedisError as exc:
             self._failed("poll_cold", endpoint, exc)
 
     async def release(self, endpoint: str) -> None:
         try:
-            await self._release(keys=[self._poll_key(endpoint)], args=[self._replica_id])
+            await self._release(keys=[self._keys.poll(endpoint)], args=[self._replica_id])
         except RedisError as exc:
             self._failed("poll_release", endpoint, exc)
 

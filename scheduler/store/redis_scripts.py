@@ -2,32 +2,21 @@
 
 Every script gets the key prefix as ``ARGV[1]`` and the consumer group as ``ARGV[2]``, and
 derives the keys it touches from them and the job record (so it targets one Redis server, not
-a cluster). Key layout, under ``{prefix}:``:
-
-- ``job:{id}``: the job record (``base.to_record`` fields, plus ``entry``: its stream entry id,
-  ``claimed_by``, ``cancel_requested``, ``ended_by``: the call that ended it, so that a call
-  retried by the client after a lost reply answers as the first one did)
-- ``q:{endpoint}``: a Stream of queued jobs (field ``id``) with one consumer group
-- ``idem:{endpoint}:{tenant}:{key}``: idempotency key -> job id
-- ``backlog:endpoint:{endpoint}``, ``backlog:tenant:{tenant}``: hashes ``jobs``, ``cost`` of
-  unfinished jobs (deleted when ``jobs`` reaches 0)
-- ``events``: pub/sub channel, ``done <id>`` and ``cancel <id>``
+a cluster). The key layout and names are in ``scheduler.store.keys``.
 """
 
 from __future__ import annotations
 
-PRELUDE = r"""
+from scheduler.store.keys import lua_key_functions
+
+PRELUDE = (
+    r"""
 local prefix, group = ARGV[1], ARGV[2]
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, expired = true}
 
-local function job_key(id) return prefix .. ':job:' .. id end
-local function queue_key(endpoint) return prefix .. ':q:' .. endpoint end
-local function idem_key(endpoint, tenant, key)
-  return prefix .. ':idem:' .. endpoint .. ':' .. tenant .. ':' .. key
-end
-local function endpoint_key(endpoint) return prefix .. ':backlog:endpoint:' .. endpoint end
-local function tenant_key(tenant) return prefix .. ':backlog:tenant:' .. tenant end
-local events = prefix .. ':events'
+"""
+    + lua_key_functions()
+    + r"""
 
 local function as_table(flat)
   local out = {}
@@ -82,6 +71,7 @@ local function ended(key, record, retention_ms)
   redis.call('PUBLISH', events, 'done ' .. record.id)
 end
 """
+)
 
 # KEYS[1] job key. ARGV: prefix, group, max_depth, max_cost, tenant_max_jobs, tenant_max_cost
 # ('' = no limit), then the record as field, value pairs.

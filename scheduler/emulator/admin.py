@@ -22,12 +22,13 @@ It needs **no API key**: the emulator is a local test tool and binds 127.0.0.1 b
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import ValidationError
+
+from scheduler.emulator.envelope import json_object
 
 if TYPE_CHECKING:
     from scheduler.emulator.emulator import Emulator
@@ -38,11 +39,8 @@ DEFAULT_OUTAGE_S = 10.0
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    data = json.loads(raw)
-    if not isinstance(data, dict):
+    data = json_object(await request.read(), empty={})
+    if data is None:
         raise ValueError("body must be a JSON object")
     return data
 

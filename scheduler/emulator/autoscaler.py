@@ -10,7 +10,6 @@ signed (legacy workers: whole message) or WAITING with a status summary and a st
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from scheduler.emulator.envelope import json_object
 from scheduler.emulator.route_book import RateLimiter, RouteBook, WorkerView
 from scheduler.emulator.settings import EmulatorConfig
 from scheduler.emulator.signing import Signer
@@ -132,13 +132,13 @@ class Autoscaler:
         return web.Response(text=self.signer.public_pem, content_type="text/plain")
 
     async def handle_worker_status(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = json_object(await request.read())
         if body is None or not self.book.on_status(body, time.monotonic()):
             return _error(400, "unknown worker or bad report")
         return web.json_response({"ok": True})
 
     async def handle_delete_requests(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        body = json_object(await request.read())
         if body is None or not self.book.on_finished(body):
             return _error(400, "unknown worker or bad report")
         return web.json_response({"ok": True})
@@ -146,7 +146,7 @@ class Autoscaler:
     async def handle_route(self, request: web.Request) -> web.Response:
         if self.faults.delay_ms > 0:
             await asyncio.sleep(self.faults.delay_ms / 1000)
-        body = await _json_body(request)
+        body = json_object(await request.read())
         response, result = self._route(request, body)
         name = (body or {}).get("endpoint")
         label = name if isinstance(name, str) and name in self.book.endpoints else UNKNOWN_ENDPOINT
@@ -206,11 +206,3 @@ class Autoscaler:
             answer["signature"] = self.signer.sign_url(view.url)
         answer["__request_id"] = uuid.uuid4().hex
         return answer
-
-
-async def _json_body(request: web.Request) -> dict[str, Any] | None:
-    try:
-        data = json.loads(await request.read() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None

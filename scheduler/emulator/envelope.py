@@ -1,4 +1,5 @@
-"""Pure parsing of the worker envelope and the legacy worker's replay guard."""
+"""Pure parsing of request bodies (the worker envelope, JSON objects) and the legacy worker's
+replay guard."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from typing import Any
 from scheduler.emulator.signing import CURRENT_AUTH_FIELDS, LEGACY_AUTH_FIELDS, legacy_message
 
 LEGACY_HISTORY_LEN = 100
+
+
+def json_object(raw: bytes, empty: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """A body that should hold a JSON object: the object, ``empty`` for a blank body, or
+    None when it is not JSON or not an object."""
+    if not raw.strip():
+        return empty
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)

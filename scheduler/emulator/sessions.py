@@ -11,7 +11,6 @@ session and ``/session/health`` ``{"ok": false}``; ``session_auth`` must equal t
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import string
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from scheduler.emulator.envelope import json_object
 from scheduler.emulator.worker_state import RequestEntry, WorkerMetrics
 
 _ID_CHARS = string.ascii_letters + string.digits
@@ -94,14 +94,6 @@ def _session_entry(auth_data: dict[str, Any], now_epoch: float) -> RequestEntry:
     )
 
 
-async def _json_object(request: web.Request) -> dict[str, Any] | None:
-    try:
-        data = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _invalid_json() -> web.Response:
     return web.json_response({"error": "invalid JSON"}, status=422)
 
@@ -126,7 +118,7 @@ class SessionHandlers:
         ]
 
     async def create(self, request: web.Request) -> web.Response:
-        data = await _json_object(request)
+        data = json_object(await request.read())
         if data is None:
             return _invalid_json()
         auth_data, payload = data.get("auth_data"), data.get("payload") or {}
@@ -147,7 +139,7 @@ class SessionHandlers:
         )
 
     async def _lookup(self, request: web.Request) -> tuple[Session | None, web.Response | None]:
-        data = await _json_object(request)
+        data = json_object(await request.read())
         if data is None:
             return None, _invalid_json()
         sid = data.get("session_id")

@@ -249,8 +249,7 @@ class EndpointDispatcher:
         lc = config.lease
         self.pool.limits = LeaseLimits(lc.ttl_s, lc.idle_close_s, lc.min_budget_fraction,
                                        sequential_rest_s=lc.sequential_rest_s)  # fmt: skip
-        self.bucket.ready_at(self._clock())  # tokens earned so far at the old rate
-        self.bucket.rate_per_s, self.bucket.burst = config.route_rate_per_s, config.route_burst
+        self.bucket.set_rate(config.route_rate_per_s, config.route_burst, self._clock())
         ej, rb = config.ejection, config.retry_budget
         self.outliers.policy = EjectionPolicy(ej.consecutive_failures, ej.base_s, ej.max_s)
         self.retry_budget.ratio, self.retry_budget.min_retries = rb.ratio, rb.min_retries

@@ -127,3 +127,28 @@ def test_take_at_ready_at_succeeds_exactly(rate: float, burst: int, ops: list[Op
     bucket = TokenBucket(rate, burst, now=0.0)
     now, _, _ = run(bucket, ops)
     assert bucket.try_take(bucket.ready_at(now))
+
+
+@given(
+    rates=st.tuples(st.floats(0.1, 100), st.floats(0.1, 100)),
+    bursts=st.tuples(st.integers(1, 10), st.integers(1, 10)),
+    at=st.floats(0, 10),
+    asks=st.lists(st.floats(0, 10), max_size=5),
+)
+def test_ready_at_is_a_question_and_set_rate_keeps_what_was_earned(
+    rates: tuple[float, float], bursts: tuple[int, int], at: float, asks: list[float]
+) -> None:
+    """Asking ready_at changes nothing; a new rate applies from the change on."""
+    asked = TokenBucket(rates[0], bursts[0], now=0.0)
+    quiet = TokenBucket(rates[0], bursts[0], now=0.0)
+    for bucket in (asked, quiet):
+        while bucket.try_take(0.0):
+            pass
+    for when in asks:
+        asked.ready_at(when)
+    for bucket in (asked, quiet):
+        bucket.set_rate(rates[1], bursts[1], at)
+    assert asked.ready_at(at) == quiet.ready_at(at)
+    earned = min(float(bursts[1]), min(float(bursts[0]), at * rates[0]))
+    expected = at if earned >= 1.0 else at + (1.0 - earned) / rates[1]
+    assert quiet.ready_at(at) == pytest.approx(expected)

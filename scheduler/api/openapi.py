@@ -10,156 +10,30 @@ open paths marked as such.
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 from aiohttp import web
 
 from scheduler.api.context import CONFIG, SERVICE
-from scheduler.api.errors import REQUEST_ID_HEADER
 from scheduler.api.models import (
     MAX_ROUTE_CHARS,
     PROXY_TAIL_PATTERN,
-    JobRequest,
-    SessionRequest,
     check_worker_route,
 )
+from scheduler.api.openapi_schemas import (
+    ERROR_STATUS,
+    STRING,
+    Schema,
+    answer,
+    error_answer,
+    header,
+    header_param,
+    json_body,
+    model_schemas,
+    path_param,
+    ref,
+    response_schemas,
+)
 from scheduler.config import ENDPOINT_NAME, TENANT_NAME, AppConfig
-from scheduler.jobs import JobStatus
-
-Schema = dict[str, Any]
-SCHEMAS = "#/components/schemas/"
-ERROR_STATUS = {
-    400: "The body is not JSON, not UTF-8, or nested too deeply (`field`: `body`)",
-    401: "No bearer token, or not a valid one",
-    403: "The token may not use this endpoint, or X-Tenant names another tenant",
-    404: "No such endpoint, job or session (another tenant's are not found either)",
-    409: "The job already finished (cancel) or was cancelled (run)",
-    410: "The caller session's worker is gone",
-    413: "The body is larger than `server.max_body_bytes`",
-    422: "A field is invalid; `error.field` names it",
-    429: "Over a limit (queue depth or cost, tenant quota, session): retry after `Retry-After`",
-    502: "The job failed without an answer, or Vast or the worker failed the call",
-    503: "Draining, or no worker ready, or Vast is rate limiting: retry after `Retry-After`",
-    504: "The job's deadline passed before a worker answered (`field`: `timeout_s`)",
-}
-RETRY_AFTER_STATUS = (429, 503)
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": SCHEMAS + name}
-
-
-def json_body(schema: Schema) -> Schema:
-    return {"application/json": {"schema": schema}}
-
-
-def header(description: str, schema: Schema | None = None, required: bool = True) -> Schema:
-    return {"description": description, "required": required,
-            "schema": schema or {"type": "string"}}  # fmt: skip
-
-
-REQUEST_ID = header("The caller's X-Request-ID if sane, else a fresh one")
-
-
-def answer(description: str, content: Schema | None = None, **headers: Schema) -> Schema:
-    response: Schema = {"description": description,
-                        "headers": {REQUEST_ID_HEADER: REQUEST_ID, **headers}}  # fmt: skip
-    if content is not None:
-        response["content"] = content
-    return response
-
-
-def error_answer(status: int) -> Schema:
-    extra: dict[str, Schema] = {}
-    if status in RETRY_AFTER_STATUS:
-        extra["Retry-After"] = header("Seconds to wait", {"type": "string", "pattern": "^[0-9]+$"})
-    if status == 401:
-        extra["WWW-Authenticate"] = header("The bearer challenge")
-    return answer(ERROR_STATUS[status], json_body(ref("Error")), **extra)
-
-
-def model_schemas() -> dict[str, Schema]:
-    """The request models' JSON schemas, their nested models lifted into components."""
-    found: dict[str, Schema] = {}
-    for model in (JobRequest, SessionRequest):
-        schema = model.model_json_schema(ref_template=SCHEMAS + "{model}")
-        found.update(schema.pop("$defs", {}))
-        found[model.__name__] = schema
-    return found
-
-
-NUMBER = {"type": "number"}
-INTEGER = {"type": "integer"}
-STRING = {"type": "string"}
-NULLABLE_NUMBER = {"type": ["number", "null"]}
-
-
-def obj(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
-    return {"type": "object", "properties": properties, "required": required or []}
-
-
-def response_schemas() -> dict[str, Schema]:
-    job_props: dict[str, Schema] = {
-        "id": STRING, "endpoint": STRING, "route": STRING,
-        "status": ref("JobStatus"), "cost": NUMBER, "priority": INTEGER, "tenant": STRING,
-        "attempts": INTEGER, "created_at": {**NUMBER, "description": "Unix time, seconds"},
-        "timings": obj({"queued_s": NUMBER, "total_s": NUMBER}, ["queued_s", "total_s"]),
-        "idempotency_key": STRING, "history": {"type": "array", "items": STRING},
-        "error": STRING,
-        "result": obj({"status_code": INTEGER, "content_type": {"type": ["string", "null"]},
-                       "body": {"description": "JSON, text, or null once streamed"}},
-                      ["status_code", "content_type"]),
-    }  # fmt: skip
-    return {
-        "Error": obj({
-            "error": obj({"code": STRING, "message": STRING, "field": STRING},
-                         ["code", "message"]),
-            "request_id": {"type": ["string", "null"]},
-        }, ["error", "request_id"]),
-        "JobStatus": {"type": "string", "enum": [str(s) for s in JobStatus]},
-        "JobCreated": obj({"id": STRING, "status": ref("JobStatus"), "cost": NUMBER,
-                           "eta_s": NULLABLE_NUMBER}, ["id", "status", "cost", "eta_s"]),
-        "Job": obj(job_props, ["id", "endpoint", "route", "status", "cost", "priority",
-                               "tenant", "attempts", "created_at", "timings"]),
-        "Session": obj({"id": STRING, "cost": NUMBER, "inflight_cost": NUMBER,
-                        "inflight_jobs": INTEGER, "expires_in_s": NUMBER,
-                        "gone": {"type": "boolean"}},
-                       ["id", "cost", "inflight_cost", "inflight_jobs", "expires_in_s", "gone"]),
-        "Health": obj({"status": {"type": "string", "enum": ["ok", "ready", "draining"]}},
-                      ["status"]),
-        "Status": obj({"accepting": {"type": "boolean"},
-                       "store": obj({"backend": {"type": "string", "enum": ["memory", "redis"]},
-                                     "healthy": {"type": "boolean"}}, ["backend", "healthy"]),
-                       "endpoints": {"type": "object",
-                                     "additionalProperties": ref("EndpointStatus")}},
-                      ["accepting", "store", "endpoints"]),
-        "EndpointStatus": obj({
-            "queue_depth": INTEGER, "queued_cost": NUMBER, "inflight": INTEGER,
-            "max_concurrency": INTEGER, "max_depth": INTEGER,
-            "known_workers": {"type": "array", "items": STRING}, "leases": INTEGER,
-            "eta_s": NULLABLE_NUMBER, "throughput_cost_per_s": NUMBER,
-            "polling": {"type": "boolean"},
-            "fleet": obj({"unfinished_jobs": INTEGER, "unfinished_cost": NUMBER},
-                         ["unfinished_jobs", "unfinished_cost"]),
-        }, ["queue_depth", "queued_cost", "inflight", "max_depth"]),
-        "Reloaded": obj({
-            "status": {"type": "string", "enum": ["reloaded"]},
-            "changes": {"type": "array", "items": STRING,
-                        "description": "One `path: old -> new` per setting changed"},
-            "added_endpoints": {"type": "array", "items": STRING},
-            "updated_endpoints": {"type": "array", "items": STRING},
-        }, ["status", "changes", "added_endpoints", "updated_endpoints"]),
-    }  # fmt: skip
-
-
-def path_param(name: str, schema: Schema, description: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "schema": schema,
-            "description": description}  # fmt: skip
-
-
-def header_param(name: str, schema: Schema, description: str) -> Schema:
-    return {"name": name, "in": "header", "required": False, "schema": schema,
-            "description": description}  # fmt: skip
 
 
 def valid_route(route: str) -> bool:

@@ -212,11 +212,13 @@ def daemon_config(
 def _daemon_has_auth() -> bool:
     """Whether the daemon that will run has the hardening work's ``auth`` config section (read
     from its source: the bench process may import a different copy of the package)."""
-    try:
-        text = (SCHEDULER_SRC / "scheduler" / "config.py").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "class AuthConfig" in text and "auth: AuthConfig" in text
+    package = SCHEDULER_SRC / "scheduler"
+    for source in (package / "config.py", package / "config" / "daemon.py"):  # before/after split
+        with contextlib.suppress(OSError):
+            text = source.read_text(encoding="utf-8")
+            if "class AuthConfig" in text and "auth: AuthConfig" in text:
+                return True
+    return False
 
 
 def source_info() -> dict[str, Any]:

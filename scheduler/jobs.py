@@ -29,6 +29,7 @@ TERMINAL = frozenset(
 
 
 CANCELLED_BY_CALLER = "cancelled by caller"
+SHUTDOWN_REASON = "daemon shut down before the job finished"
 
 
 def new_job_id() -> str:

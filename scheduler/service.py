@@ -15,12 +15,11 @@ from scheduler.config import AppConfig, EndpointConfig
 from scheduler.core import cost
 from scheduler.core.queue import QueueFull
 from scheduler.dispatch import EndpointDispatcher
+from scheduler.dispatch.pinned import SessionNotFound
 from scheduler.feeder import CLAIM_BLOCK_S, StoreFeeder
-from scheduler.jobs import Job, JobMode, new_job_id
+from scheduler.jobs import SHUTDOWN_REASON, Job, JobMode, new_job_id
 from scheduler.observability.metrics import EndpointGauges, Metrics
-from scheduler.pinned import SessionNotFound
 from scheduler.seams import Forwarder, Router
-from scheduler.status_view import endpoint_status
 from scheduler.store.base import (
     Admission,
     CancelOutcome,
@@ -31,11 +30,11 @@ from scheduler.store.base import (
     StoreUnavailable,
 )
 from scheduler.store.memory import MemoryJobStore
+from scheduler.tasks import spawn
 from scheduler.webhooks import WebhookSender
 
 log = structlog.get_logger("scheduler.service")
 SWEEP_INTERVAL_S = 5.0
-SHUTDOWN_REASON = "daemon shut down before the job finished"
 
 
 class UnknownEndpoint(Exception):
@@ -159,11 +158,7 @@ class SchedulerService:
         self._feeding[name] = self._spawn(self.feeders[name].run(), f"feed-{name}")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_crash)
-        return task
+        return spawn(coro, self._tasks, name, _log_crash)
 
     async def close(self) -> None:
         """After ``abort_remaining``: stop every loop, let result writes end, close the store."""
@@ -259,7 +254,7 @@ class SchedulerService:
         estimator = cost.select(ep.cost, ep.routes, route)
         job_cost = cost.resolve(estimator, sub.payload, sub.cost)
         if estimator.calibrate and sub.cost is None:
-            job_cost = cost.clamp(dispatcher.calibrator.apply(job_cost), estimator)
+            job_cost = cost.clamp(dispatcher.settling.calibrator.apply(job_cost), estimator)
         timeout_s = sub.timeout_s or ep.default_timeout_s
         eta_s = dispatcher.eta_s()
         if ep.refuse_unmeetable_deadlines and eta_s is not None and eta_s > timeout_s:
@@ -334,10 +329,8 @@ class SchedulerService:
             task.add_done_callback(lambda _: self._activity.set())
 
     def _record(self, job: Job) -> None:
-        task = asyncio.create_task(self._write_result(job), name=f"result-{job.id}")
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        task.add_done_callback(lambda _: self._activity.set())
+        spawn(self._write_result(job), self._writes, f"result-{job.id}",
+              lambda _: self._activity.set())  # fmt: skip
 
     async def _write_result(self, job: Job) -> None:
         try:
@@ -363,7 +356,7 @@ class SchedulerService:
         return {
             "accepting": self.accepting,
             "store": {"backend": self.config.store.backend, "healthy": self.store.healthy()},
-            "endpoints": {name: endpoint_status(d, now) for name, d in self.dispatchers.items()},
+            "endpoints": {name: d.snapshot(now) for name, d in self.dispatchers.items()},
         }
 
     async def sweep_forever(self) -> None:

@@ -16,6 +16,7 @@ import structlog
 from scheduler.config import WebhookConfig
 from scheduler.core.retry import backoff_s
 from scheduler.observability.metrics import Metrics
+from scheduler.tasks import spawn
 
 log = structlog.get_logger("scheduler.webhooks")
 SIGNATURE_HEADER = "X-Vast-Scheduler-Signature"
@@ -59,10 +60,7 @@ class WebhookSender:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def send(self, job_id: str, url: str, document: dict[str, Any]) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._deliver(job_id, url, document), name=f"webhook-{job_id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return spawn(self._deliver(job_id, url, document), self.tasks, f"webhook-{job_id}")
 
     async def _deliver(self, job_id: str, url: str, document: dict[str, Any]) -> None:
         secret = self._config.secret

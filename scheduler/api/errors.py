@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from scheduler import fastjson
 from scheduler.api.context import CONFIG
 from scheduler.core.queue import QueueFull
-from scheduler.pinned import NoWorkerReady, SessionBusy, SessionGone, SessionNotFound
+from scheduler.dispatch.pinned import NoWorkerReady, SessionBusy, SessionGone, SessionNotFound
 from scheduler.service import (
     DeadlineUnmeetable,
     NotAccepting,

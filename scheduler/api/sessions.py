@@ -8,7 +8,7 @@ from scheduler.api.context import SERVICE
 from scheduler.api.errors import read_json
 from scheduler.api.models import SessionRequest
 from scheduler.auth import caller
-from scheduler.pinned import SessionNotFound
+from scheduler.dispatch.pinned import SessionNotFound
 
 
 async def open_session(request: web.Request) -> web.Response:

@@ -131,9 +131,16 @@ class LeasePool:
     def __iter__(self) -> Iterator[Lease]:
         return iter(list(self._leases.values()))
 
-    def new_lease(
-        self, worker_url: str, answer: Any, mode: ReuseMode, capacity: float, now: float
+    def make_lease(
+        self,
+        worker_url: str,
+        answer: Any,
+        mode: ReuseMode,
+        capacity: float,
+        now: float,
+        expires_at: float | None = None,
     ) -> Lease:
+        """A new lease with this pool's next id, not (yet) in the pool."""
         lease = Lease(
             lease_id=self._next_id,
             worker_url=worker_url,
@@ -141,11 +148,19 @@ class LeasePool:
             mode=mode,
             capacity=max(capacity, EPSILON),
             created_at=now,
-            expires_at=now + self.limits.ttl_s,
+            expires_at=now + self.limits.ttl_s if expires_at is None else expires_at,
         )
         self._next_id += 1
+        return lease
+
+    def add(self, lease: Lease) -> Lease:
         self._leases[lease.lease_id] = lease
         return lease
+
+    def new_lease(
+        self, worker_url: str, answer: Any, mode: ReuseMode, capacity: float, now: float
+    ) -> Lease:
+        return self.add(self.make_lease(worker_url, answer, mode, capacity, now))
 
     def pick(
         self,

@@ -80,6 +80,29 @@ class Calibrator:
         return estimate * self.ratio
 
 
+class CompletionRate:
+    """An endpoint's completed cost per second: EWMAs of cost and of the gap between
+    completions, divided (an EWMA of cost/gap samples overshoots when completions come in
+    bursts). 0 until two completions have been seen."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = check_alpha(alpha)
+        self.cost_per_s = 0.0
+        self._last: float | None = None
+        self._gap_s: float | None = None
+        self._cost = 0.0
+
+    def completed(self, cost: float, now: float) -> None:
+        if self._last is None:
+            self._cost = cost
+        else:
+            self._gap_s = ewma(self._gap_s, now - self._last, self.alpha)
+            self._cost = ewma(self._cost, cost, self.alpha)
+            if self._gap_s > 0:
+                self.cost_per_s = self._cost / self._gap_s
+        self._last = now
+
+
 class ThroughputMeter:
     """Per-worker throughput: EWMA of completed cost over EWMA of service time.
 

@@ -57,14 +57,33 @@ class Action(enum.Enum):
     RETRY = "retry"
 
 
-def decide(kind: str, status: int | None, reused: bool, detect_legacy: bool) -> Action:
-    """``kind``: "answered" (then ``status``), "gone", "timeout", "retryable_5xx", "malformed"
-    (the caller checks that timed-out and malformed jobs may run again: they may have run)."""
-    if kind == "gone":
+class AttemptKind(enum.StrEnum):
+    """How one attempt of a job on a worker ended."""
+
+    ANSWERED = "answered"  # the worker answered ``status`` (delivered, or a re-route status)
+    GONE = "gone"  # connection refused or lost before an answer: the worker is gone
+    TIMEOUT = "timeout"  # no answer in time (it may have run)
+    RETRYABLE_5XX = "retryable_5xx"  # a 5xx the endpoint allows to run again elsewhere
+    MALFORMED = "malformed"  # a 2xx that is not what it says, or cut short before the caller
+    EXPIRED = "expired"  # the job's deadline passed before a worker answered
+    CALLER_GONE = "caller_gone"  # the caller left: nobody wants the answer
+    BROKEN = "broken"  # the answer broke off after part of it reached the caller, or too large
+
+
+# Outcomes after which the job may have run on the worker: only an idempotent one goes again.
+MAY_HAVE_RUN = frozenset({AttemptKind.TIMEOUT, AttemptKind.RETRYABLE_5XX, AttemptKind.MALFORMED})
+# Outcomes that end the job whatever the worker's state: no retry, no worker penalty.
+FINAL = frozenset({AttemptKind.EXPIRED, AttemptKind.CALLER_GONE, AttemptKind.BROKEN})
+
+
+def decide(kind: AttemptKind, status: int | None, reused: bool, detect_legacy: bool) -> Action:
+    """What to do after an attempt; ``status`` is the worker's when it ``ANSWERED`` (the
+    caller checks that a job which may have run may run again)."""
+    if kind == AttemptKind.GONE:
         return Action.REROUTE_GONE
-    if kind in ("timeout", "retryable_5xx", "malformed"):
+    if kind in MAY_HAVE_RUN:
         return Action.RETRY
-    if kind != "answered" or status is None:
+    if kind != AttemptKind.ANSWERED or status is None:
         return Action.FAIL
     if 200 <= status < 300:
         return Action.SUCCEED

@@ -6,9 +6,9 @@ budgets, poller state) is read at scrape time by ``LiveStateCollector``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
@@ -45,6 +45,23 @@ class EndpointGauges:
     polling: int
     calibration_ratio: float
     throughput_cost_per_second: float
+
+    @classmethod
+    def of(cls, endpoint: str, snapshot: Mapping[str, Any]) -> EndpointGauges:
+        """From the endpoint's status snapshot (``EndpointDispatcher.snapshot``)."""
+        return cls(
+            endpoint=endpoint,
+            queue_depth=snapshot["queue_depth"],
+            queued_cost=snapshot["queued_cost"],
+            inflight_jobs=snapshot["inflight"],
+            leases=snapshot["leases"],
+            leased_workers=snapshot["lease_workers"],
+            inflight_cost=snapshot["leased_inflight_cost"],
+            budget_cost=snapshot["leased_budget"],
+            polling=int(snapshot["polling"]),
+            calibration_ratio=snapshot["calibration"]["ratio"],
+            throughput_cost_per_second=snapshot["throughput_cost_per_s"],
+        )
 
 
 _GAUGE_HELP = {

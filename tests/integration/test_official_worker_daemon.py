@@ -49,7 +49,8 @@ async def sample_inflight(daemon: Daemon, url: str, out: list[tuple[float, float
     """Every 10 ms: the cost the daemon has in flight on the worker at ``url``."""
     dispatcher = daemon.service.dispatchers[ENDPOINT]
     for _ in range(6000):  # bounded: at most 60 s
-        cost = sum(lease.inflight_cost for lease in dispatcher.pool if lease.worker_url == url)
+        pool = dispatcher.leasing.pool
+        cost = sum(lease.inflight_cost for lease in pool if lease.worker_url == url)
         out.append((time.monotonic(), cost))
         await asyncio.sleep(0.01)
 

@@ -84,7 +84,7 @@ async def test_ten_times_capacity_admits_what_fits_and_refuses_the_rest_with_ret
             late = retry_after[len(retry_after) // 2 :]
             assert 1 <= statistics.median(late) <= 5, late
             dispatcher = daemon.service.dispatcher("busy")
-            assert dispatcher.throughput_cost_per_s > 0
+            assert dispatcher.settling.completions.cost_per_s > 0
             assert dispatcher.queue.queued_cost <= MAX_QUEUED_COST
             # Nothing is kept for refused jobs: only the admitted ones are in the store.
             assert len(daemon.service.store) == len(admitted)

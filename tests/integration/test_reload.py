@@ -328,13 +328,15 @@ async def test_reconfigure_adjusts_every_component_and_keeps_queued_jobs(
             assert len(dispatcher.queue) == 5  # nothing dropped
             assert dispatcher.queue.max_depth == 50
             assert dispatcher.queue.weight_of("team") == 2.0
-            assert (dispatcher.bucket.rate_per_s, dispatcher.bucket.burst) == (3.0, 4)
-            assert str(dispatcher.mode) == "sequential"
-            budget = dispatcher.retry_budget
+            bucket = dispatcher.routing.bucket
+            assert (bucket.rate_per_s, bucket.burst) == (3.0, 4)
+            assert str(dispatcher.leasing.mode) == "sequential"
+            budget = dispatcher.settling.retry_budget
             assert (budget.ratio, budget.min_retries, budget.window_s) == (0.5, 1, 2.0)
-            assert dispatcher.outliers.policy.consecutive_failures == 2
-            assert (dispatcher.pool.limits.ttl_s, dispatcher.pool.limits.idle_close_s) == (10, 1)
-            assert dispatcher.calibrator.alpha == 0.5
+            assert dispatcher.settling.outliers.policy.consecutive_failures == 2
+            limits = dispatcher.leasing.pool.limits
+            assert (limits.ttl_s, limits.idle_close_s) == (10, 1)
+            assert dispatcher.settling.calibrator.alpha == 0.5
             for job_id in ids:
                 job = daemon.service.get(job_id)
                 assert job is not None

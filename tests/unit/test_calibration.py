@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.calibration import MAX_RATIO, MIN_RATIO, Calibrator, ThroughputMeter
+from scheduler.core.calibration import (
+    MAX_RATIO,
+    MIN_RATIO,
+    Calibrator,
+    CompletionRate,
+    ThroughputMeter,
+)
 
 NAN = float("nan")
 INF = float("inf")
@@ -169,3 +175,23 @@ def test_meter_feeds_calibrator() -> None:
         calibrator.observe(estimated=50.0, service_time_s=1.0, throughput=throughput)
     assert calibrator.ratio == pytest.approx(2.0)
     assert calibrator.apply(50.0) == pytest.approx(100.0)
+
+
+def test_completion_rate_is_zero_until_two_completions() -> None:
+    rate = CompletionRate()
+    assert rate.cost_per_s == 0.0
+    rate.completed(100.0, now=5.0)
+    assert rate.cost_per_s == 0.0
+    rate.completed(100.0, now=5.5)
+    assert rate.cost_per_s == pytest.approx(200.0)
+
+
+@given(costs=st.lists(st.floats(0.1, 1e6), min_size=2, max_size=4), gap_s=st.floats(1e-3, 100))
+def test_completion_rate_converges_on_a_steady_stream(costs: list[float], gap_s: float) -> None:
+    """Jobs of repeating costs, one every ``gap_s``: the rate settles near mean cost / gap."""
+    rate = CompletionRate()
+    for index in range(400):
+        rate.completed(costs[index % len(costs)], now=index * gap_s)
+    mean = sum(costs) / len(costs)
+    spread = (max(costs) - min(costs)) / mean
+    assert rate.cost_per_s == pytest.approx(mean / gap_s, rel=0.01 + spread)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler.core.assignments import Lease
+from scheduler.core.retry import AttemptKind as Kind
 from scheduler.core.retry import Outcome, classify_status
 from scheduler.delivery import (
     AnswerCutShort,
@@ -22,9 +23,7 @@ from scheduler.vast.types import WorkerError
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    # answered | gone | timeout | retryable_5xx | malformed (error_kind cut_short: cut off
-    # before it reached the caller) | expired | caller_gone | broken (after it did)
-    kind: str
+    kind: Kind
     status: int | None = None
     error_kind: str | None = None
     detail: str | None = None
@@ -36,7 +35,7 @@ async def attempt(
     job: Job,
     lease: Lease,
     remaining_s: float,
-    may_retry_5xx: Callable[[], bool],
+    may_run_again: Callable[[], bool],
     clock: Callable[[], float],
 ) -> AttemptResult:
     started = clock()
@@ -47,27 +46,27 @@ async def attempt(
                 waited = clock() - started
                 # Answers that never reach the caller: the job goes to another worker instead.
                 if classify_status(resp.status) is Outcome.RETRY_ELSEWHERE:
-                    return AttemptResult("answered", resp.status, headers_after_s=waited)
-                if resp.status >= 500 and may_retry_5xx():
-                    return AttemptResult("retryable_5xx", resp.status, headers_after_s=waited)
+                    return AttemptResult(Kind.ANSWERED, resp.status, headers_after_s=waited)
+                if resp.status >= 500 and may_run_again():
+                    return AttemptResult(Kind.RETRYABLE_5XX, resp.status, headers_after_s=waited)
                 # The answer has started: from here the deadline no longer applies.
                 deadline.reschedule(None)
                 try:
                     body = await job.delivery.deliver(resp)
                 except MalformedAnswer as exc:
-                    return AttemptResult("malformed", resp.status, "malformed", str(exc), waited)
+                    return AttemptResult(Kind.MALFORMED, resp.status, "malformed", str(exc), waited)
                 except AnswerCutShort as exc:
                     # No answer, nothing sent to the caller, the job ran: retried as after a
                     # malformed answer (idempotent endpoints only), under its own label.
-                    return AttemptResult("malformed", resp.status, "cut_short", str(exc), waited)
+                    return AttemptResult(Kind.MALFORMED, resp.status, "cut_short", str(exc), waited)
                 job.result = JobResult(resp.status, resp.content_type, body)
-                return AttemptResult("answered", resp.status, headers_after_s=waited)
+                return AttemptResult(Kind.ANSWERED, resp.status, headers_after_s=waited)
     except TimeoutError:
-        return AttemptResult("expired", detail="deadline passed before a worker answered")
+        return AttemptResult(Kind.EXPIRED, detail="deadline passed before a worker answered")
     except WorkerError as exc:
-        kind = "timeout" if exc.kind == "timeout" else "gone"
+        kind = Kind.TIMEOUT if exc.kind == "timeout" else Kind.GONE
         return AttemptResult(kind, error_kind=exc.kind, detail=str(exc))
     except CallerGone:
-        return AttemptResult("caller_gone", detail="caller went away")
+        return AttemptResult(Kind.CALLER_GONE, detail="caller went away")
     except (ResultTooLarge, StreamBroken) as exc:
-        return AttemptResult("broken", detail=str(exc))
+        return AttemptResult(Kind.BROKEN, detail=str(exc))

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from scheduler.core.assignments import Lease, ReuseMode
-from scheduler.seams import Forwarder
-from scheduler.vast.types import Ready, RouteResult, Waiting, WorkerError
+from scheduler.core.assignments import Lease
+from scheduler.vast.types import Ready, RouteResult, Waiting
 
 RouteCall = Callable[[float, int | None], Awaitable[RouteResult]]
+
+
+class PinnedLeases(Protocol):
+    """How caller sessions get and end their leases (``dispatch.leasing.Leasing``)."""
+
+    async def open_pinned(self, ready: Ready, lifetime_s: float) -> Lease: ...
+
+    async def end_session(self, lease: Lease) -> None: ...
+
+
 WAIT_POLL_S = 0.5
 
 
@@ -60,8 +68,8 @@ class PinnedSession:
 class PinnedSessions:
     """The caller sessions of one endpoint (bounded)."""
 
-    def __init__(self, forwarder: Forwarder, clock: Callable[[], float], limit: int = 1024):
-        self._forwarder = forwarder
+    def __init__(self, leases: PinnedLeases, clock: Callable[[], float], limit: int = 1024):
+        self._leases = leases
         self._clock = clock
         self.limit = limit
         self._sessions: dict[str, PinnedSession] = {}
@@ -80,12 +88,9 @@ class PinnedSessions:
         self._opening += 1
         try:
             ready = await self._route_until_ready(route, cost, wait_s)
-            session_id = await self._forwarder.create_session(ready, lifetime_s)
+            lease = await self._leases.open_pinned(ready, lifetime_s)
         finally:
             self._opening -= 1
-        now = self._clock()
-        lease = Lease(0, ready.url, ready, ReuseMode.SESSION, ready.cost, now, float("inf"))
-        lease.session_id = session_id
         pinned = PinnedSession("ses_" + secrets.token_urlsafe(12), lease, lifetime_s)
         self._sessions[pinned.id] = pinned
         return pinned
@@ -153,7 +158,4 @@ class PinnedSessions:
     async def _end(self, pinned: PinnedSession) -> None:
         pinned.gone = True
         pinned.lease.retired = True
-        session_id = pinned.lease.session_id
-        if session_id is not None:
-            with contextlib.suppress(WorkerError):
-                await self._forwarder.end_session(pinned.lease.answer, session_id)
+        await self._leases.end_session(pinned.lease)

@@ -1,0 +1,120 @@
+"""Route answers become leases here and only here, for the endpoint's pool and for caller
+sessions alike; Vast sessions are opened and ended with them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from scheduler.config import EndpointConfig
+from scheduler.core.assignments import Lease, LeasePool, ReuseMode
+from scheduler.dispatch.context import (
+    MAX_REMEMBERED_WORKERS,
+    EndpointContext,
+    lease_limits,
+    log,
+    reuse_mode,
+)
+from scheduler.seams import Forwarder
+from scheduler.tasks import spawn
+from scheduler.vast.types import Ready, SessionRefused, WorkerError
+
+Unreachable = Callable[[str, str], None]  # worker URL, error kind
+
+
+class Leasing:
+    def __init__(self, ctx: EndpointContext, forwarder: Forwarder, unreachable: Unreachable):
+        self._ctx = ctx
+        self._forwarder = forwarder
+        self._unreachable = unreachable
+        self.pool = LeasePool(lease_limits(ctx.config))
+        self.mode = reuse_mode(ctx.config.reuse)
+        self.legacy_detected = False
+        self._sessionless_workers: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def open(self, ready: Ready) -> Lease | None:
+        """A lease in the pool for a ready answer, with a Vast session when the mode wants one
+        and the worker has room for it; None when the worker cannot be reached."""
+        mode = self.mode
+        session_id = None
+        if mode is ReuseMode.SESSION and ready.url in self._sessionless_workers:
+            mode = ReuseMode.SEQUENTIAL
+        if mode is ReuseMode.SESSION:
+            try:
+                session_id = await self._forwarder.create_session(
+                    ready, self._ctx.config.lease.session_lifetime_s
+                )
+            except SessionRefused:
+                mode = ReuseMode.SEQUENTIAL  # at max_sessions or no session support
+                self._remember_sessionless(ready.url)
+            except WorkerError as exc:
+                self._unreachable(ready.url, exc.kind)
+                return None
+        now = self._ctx.clock()
+        lease = self.pool.add(self.pool.make_lease(ready.url, ready, mode, ready.cost, now))
+        lease.session_id = session_id
+        self._ctx.metrics.leases_opened.labels(self._ctx.name, str(mode)).inc()
+        log.info("lease.opened", endpoint=self._ctx.name, lease_id=lease.lease_id,
+                 mode=str(mode), capacity=ready.cost, session=session_id is not None)  # fmt: skip
+        self._ctx.wakeup.set()
+        return lease
+
+    async def open_pinned(self, ready: Ready, lifetime_s: float) -> Lease:
+        """A caller session's lease: a Vast session of its own, kept out of the pool (only the
+        caller's jobs run on it). Raises the worker's error when it cannot be opened."""
+        session_id = await self._forwarder.create_session(ready, lifetime_s)
+        now = self._ctx.clock()
+        lease = self.pool.make_lease(
+            ready.url, ready, ReuseMode.SESSION, ready.cost, now, expires_at=float("inf")
+        )
+        lease.session_id = session_id
+        return lease
+
+    def _remember_sessionless(self, url: str) -> None:
+        if len(self._sessionless_workers) >= MAX_REMEMBERED_WORKERS:
+            self._sessionless_workers.clear()  # rare; forgetting only costs one refused create
+        self._sessionless_workers.add(url)
+
+    def close_idle(self, now: float) -> None:
+        """Close the leases that are done (idle and retired, expired or unused too long)."""
+        for lease in self.pool.collect(now):
+            log.info("lease.closed", endpoint=self._ctx.name, lease_id=lease.lease_id,
+                     completed=lease.completed, retired=lease.retired)  # fmt: skip
+            if lease.session_id is not None:
+                spawn(self.end_session(lease), self._background, f"session-end-{self._ctx.name}")
+
+    async def end_session(self, lease: Lease) -> None:
+        session_id = lease.session_id
+        if session_id is None:
+            return
+        # A failure means the worker is gone or reaps the session itself after its lifetime.
+        with contextlib.suppress(WorkerError):
+            await self._forwarder.end_session(lease.answer, session_id)
+
+    def switch_to_never(self) -> None:
+        """Legacy (replay-protected) workers: one route answer per job from now on."""
+        if self.mode is ReuseMode.NEVER:
+            return
+        self.mode = ReuseMode.NEVER
+        self.legacy_detected = True
+        self._retire_all()
+        log.warning("endpoint.legacy_workers_detected", endpoint=self._ctx.name, reuse="never")
+
+    def _retire_all(self) -> None:
+        for lease in self.pool:  # they finish what they run, then close
+            self.pool.retire(lease)
+
+    def reconfigure(self, config: EndpointConfig) -> None:
+        self.pool.limits = lease_limits(config)
+        mode = reuse_mode(config.reuse)
+        if mode is not self.mode and not (self.legacy_detected and config.reuse == "auto"):
+            self.mode = mode
+            self._retire_all()
+
+    async def close_all(self) -> None:
+        """On the way out: every lease retired and closed, their sessions ended."""
+        self._retire_all()
+        self.close_idle(self._ctx.clock())
+        await asyncio.gather(*self._background, return_exceptions=True)

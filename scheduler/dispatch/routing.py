@@ -1,0 +1,357 @@
+"""Route calls for one endpoint: batches of queued jobs, the one poller while Vast has no worker
+ready, the token bucket that spaces calls, and what recent calls answered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from scheduler.config import EndpointConfig
+from scheduler.core.assignments import Lease, ReuseMode
+from scheduler.core.batching import BatchLimits, take_batch
+from scheduler.core.ratelimit import TokenBucket
+from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
+from scheduler.dispatch.leasing import Leasing
+from scheduler.jobs import Job, JobStatus
+from scheduler.seams import Router
+from scheduler.store.base import FleetPolling
+from scheduler.tasks import spawn
+from scheduler.vast.types import (
+    Ready,
+    RouteBadRequest,
+    RouteError,
+    RouteRateLimited,
+    RouteResult,
+    RouteUnauthorized,
+    Waiting,
+)
+
+MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
+RECENT_ROUTES = 20  # route answers kept for the status page
+FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
+StartJob = Callable[[Job, Lease], None]
+FleetBacklog = Callable[[str], Awaitable[tuple[int, float]]]
+
+
+@dataclass(slots=True)
+class Batch:
+    job_ids: list[str]
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """One route call as the status page shows it; ``detail``: worker URL, status or error."""
+
+    at: float  # clock time the call started
+    outcome: str  # ready | no_worker | rate_limited | error
+    cost: float
+    latency_s: float
+    detail: str
+
+
+class Routing:
+    def __init__(
+        self,
+        ctx: EndpointContext,
+        router: Router,
+        leasing: Leasing,
+        start_job: StartJob,
+        fleet: FleetPolling,
+        fleet_backlog: FleetBacklog | None,
+    ) -> None:
+        self._ctx = ctx
+        self._router = router
+        self._leasing = leasing
+        self._start_job = start_job
+        self._fleet = fleet
+        self._fleet_backlog = fleet_backlog
+        now = ctx.clock()
+        self.bucket = TokenBucket(ctx.config.route_rate_per_s, ctx.config.route_burst, now)
+        self.reserved: dict[str, Batch] = {}  # job id -> the batch routing for it
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self._errors = 0  # route errors in a row
+        self._retry_at = now  # no route call before this (back-off after errors, 429s)
+        self._hold_route_at = now
+        self.known_workers: dict[str, float] = {}
+        self.last_waiting: Waiting | None = None
+        self.recent: deque[RouteRecord] = deque(maxlen=RECENT_ROUTES)
+        self.error_counts: Counter[str] = Counter()
+
+    @property
+    def polling(self) -> bool:
+        return self._poller is not None and not self._poller.done()
+
+    def reconfigure(self, config: EndpointConfig) -> None:
+        self.bucket.set_rate(config.route_rate_per_s, config.route_burst, self._ctx.clock())
+
+    def delay_until(self, until: float) -> None:
+        """No new route call before ``until`` (a worker refused a job: Vast may well answer
+        the same worker again at once)."""
+        self._retry_at = max(self._retry_at, until)
+
+    # batches ----------------------------------------------------------------------------
+    def maybe_route(self, now: float, free_slots: int, holding: bool) -> float | None:
+        """Start a batch route call for queued jobs that no lease takes; returns when to look
+        again. ``holding``: the last placement kept jobs for busy workers."""
+        queue = self._ctx.queue
+        if not len(queue) or free_slots <= 0 or self.polling:
+            return None
+        # With no lease yet nothing says a worker is ready: probe with one call, not a stampede.
+        max_inflight = self._ctx.config.max_route_inflight if len(self._leasing.pool) else 1
+        if len(self.tasks) >= max_inflight:
+            return None
+        if now < self._retry_at:
+            return self._retry_at
+        if holding:
+            if now < self._hold_route_at:
+                return self._hold_route_at
+            self._hold_route_at = now + self._ctx.config.placement.held_route_interval_s
+        linger_until = self._linger_until(now)
+        if linger_until is not None:
+            return linger_until
+        if not self.bucket.try_take(now):
+            return self.bucket.ready_at(now)
+        self._route_next_batch(free_slots)
+        return now  # look again at once: more batches may go out in parallel
+
+    def _route_next_batch(self, free_slots: int) -> None:
+        config, queue = self._ctx.config, self._ctx.queue
+        max_jobs = 1 if self._leasing.mode is not ReuseMode.SESSION else config.batch.max_jobs
+        limits = BatchLimits(min(max_jobs, free_slots), config.batch.max_cost)
+        job_ids, cost = take_batch(queue.peek, queue.pop, limits)
+        if not job_ids:
+            return
+        batch = Batch(job_ids, cost)
+        metrics, name = self._ctx.metrics, self._ctx.name
+        metrics.lease_lookups.labels(name, "miss").inc(len(job_ids))
+        metrics.route_batch_jobs.labels(name).observe(len(job_ids))
+        for job_id in job_ids:
+            self.reserved[job_id] = batch
+            self._ctx.jobs[job_id].status = JobStatus.ROUTING
+        spawn(self._route_batch(batch), self.tasks, f"route-{name}",
+              lambda _: self._ctx.wakeup.set())  # fmt: skip
+
+    def _linger_until(self, now: float) -> float | None:
+        linger_s = self._ctx.config.batch.linger_ms / 1000
+        queue = self._ctx.queue
+        if linger_s <= 0 or len(queue) >= self._ctx.config.batch.max_jobs:
+            return None
+        head = queue.peek()
+        if head is None:
+            return None
+        ready_at = self._ctx.jobs[head[0]].created_mono + linger_s
+        return ready_at if ready_at > now else None
+
+    async def _route_batch(self, batch: Batch) -> None:
+        name = self._ctx.name
+        if not len(self._leasing.pool) and not await self._fleet.may_route(name, self.poll_ttl_s()):
+            self.release(batch)  # cold, and another replica is the fleet's poller
+            self._start_poller(None)
+            return
+        try:
+            result = await self.route(batch.cost, None)
+        except RouteError as exc:
+            self.failed(exc, batch)
+            return
+        if isinstance(result, Waiting):
+            self.release(batch)
+            self._start_poller(result.request_idx)
+            return
+        lease = await self._leasing.open(result)
+        if lease is None:
+            self._batch_attempt_failed(batch)
+            return
+        self._place_batch(batch, lease)
+
+    def _batch_attempt_failed(self, batch: Batch) -> None:
+        """The routed worker could not be reached: that counts as an attempt for each job."""
+        jobs = self._ctx.jobs
+        for job_id in batch.job_ids:
+            job = jobs.get(job_id)
+            if job is not None and not job.finished and job_id in self.reserved:
+                job.attempts += 1
+                job.history += ("reroute_gone:session_open",)
+        max_attempts = self._ctx.config.max_attempts
+        exhausted = [
+            job_id for job_id in batch.job_ids
+            if job_id in self.reserved and jobs[job_id].attempts >= max_attempts
+        ]  # fmt: skip
+        for job_id in exhausted:
+            self.reserved.pop(job_id, None)
+            job = jobs[job_id]
+            self._ctx.finish(job, JobStatus.FAILED, f"gave up after {job.attempts} attempts")
+        self.release(batch)
+
+    def failed(self, exc: RouteError, batch: Batch | None) -> None:
+        """A route call failed: back off (or wait out Vast's 429), and give the batch back."""
+        now = self._ctx.clock()
+        if isinstance(exc, RouteBadRequest | RouteUnauthorized):
+            # Nothing queued here can succeed until the config is fixed: fail the batch only,
+            # later jobs try again (the key may be rotated under us).
+            for job_id in batch.job_ids if batch else []:
+                self.reserved.pop(job_id, None)
+                job = self._ctx.jobs.get(job_id)
+                if job is not None and not job.finished:
+                    self._ctx.finish(job, JobStatus.FAILED, str(exc))
+            return
+        self._errors += 1
+        if isinstance(exc, RouteRateLimited):
+            delay = exc.retry_after_s or self._ctx.backoff(self._errors)
+            self.bucket.block_until(now + delay)
+        else:
+            self._retry_at = now + self._ctx.backoff(self._errors)
+        if batch is not None:
+            self.release(batch)
+
+    def release(self, batch: Batch) -> None:
+        """Put a batch's jobs back at the head of the queue, in order."""
+        for job_id in reversed(batch.job_ids):
+            if self.reserved.pop(job_id, None) is None:
+                continue
+            job = self._ctx.jobs.get(job_id)
+            if job is None or job.finished:
+                continue
+            self._ctx.requeue_front(job)
+
+    def _place_batch(self, batch: Batch, lease: Lease) -> None:
+        now = self._ctx.clock()
+        pool, horizon_s = self._leasing.pool, self._ctx.config.placement.horizon_s
+        leftover = []
+        for job_id in batch.job_ids:
+            job = self._ctx.jobs.get(job_id)
+            if job is None or job.finished or job_id not in self.reserved:
+                self.reserved.pop(job_id, None)
+                continue
+            if pool.admits(lease, job.cost, now, horizon_s):
+                self.reserved.pop(job_id, None)
+                self._start_job(job, lease)
+            else:
+                leftover.append(job_id)
+        if leftover:
+            self.release(Batch(leftover, 0.0))
+
+    # one route call ---------------------------------------------------------------------
+    async def route(self, cost: float, request_idx: int | None) -> RouteResult:
+        """One route call, measured, logged and remembered for the status page."""
+        ctx = self._ctx
+        started = ctx.clock()
+        outcome = "error"
+        detail = "interrupted"  # cancelled or an unexpected exception
+        try:
+            result = await self._router.route(ctx.name, cost, request_idx)
+            outcome = "ready" if isinstance(result, Ready) else "no_worker"
+            detail = result.url if isinstance(result, Ready) else result.status
+            ctx.metrics.route_batch_cost.labels(ctx.name).observe(cost)
+            if isinstance(result, Waiting):
+                await self._no_worker(result, cost)
+            else:
+                await self._ready(result, cost, started)
+            return result
+        except RouteError as exc:
+            outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
+            detail = exc.kind
+            self.error_counts[exc.kind] += 1
+            log.warning("route.error", endpoint=ctx.name, kind=exc.kind, error=str(exc))
+            raise
+        finally:
+            latency_s = ctx.clock() - started
+            ctx.metrics.route_calls.labels(ctx.name, outcome).inc()
+            ctx.metrics.route_latency.labels(ctx.name, outcome).observe(latency_s)
+            self.recent.append(RouteRecord(started, outcome, cost, latency_s, detail))
+
+    async def _no_worker(self, result: Waiting, cost: float) -> None:
+        ctx = self._ctx
+        await self._fleet.no_worker(ctx.name)
+        self.last_waiting = result
+        ctx.metrics.no_worker.labels(ctx.name).inc()
+        log.info("route.no_worker", endpoint=ctx.name, cost=cost,
+                 request_idx=result.request_idx, status=result.status)  # fmt: skip
+
+    async def _ready(self, result: Ready, cost: float, started: float) -> None:
+        ctx = self._ctx
+        if not len(self._leasing.pool):
+            await self._fleet.got_worker(ctx.name, ctx.config.lease.ttl_s)
+        self._errors = 0
+        if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
+            self.known_workers.pop(next(iter(self.known_workers)))
+        self.known_workers[result.url] = ctx.clock()
+        log.info("route.ready", endpoint=ctx.name, cost=cost, reqnum=result.reqnum,
+                 latency_s=round(ctx.clock() - started, 6))  # fmt: skip
+
+    async def route_with_token(self, cost: float, request_idx: int | None) -> RouteResult:
+        await self._wait_for_token()
+        return await self.route(cost, request_idx)
+
+    async def _wait_for_token(self) -> None:
+        for _ in range(MAX_TOKEN_WAITS):
+            now = self._ctx.clock()
+            if self.bucket.try_take(now):
+                return
+            await asyncio.sleep(max(0.001, self.bucket.ready_at(now) - now))
+
+    # the poller -------------------------------------------------------------------------
+    def _start_poller(self, request_idx: int | None) -> None:
+        if not self.polling:
+            name = f"poll-{self._ctx.name}"
+            self._poller = asyncio.create_task(self._poll(request_idx), name=name)
+            self._poller.add_done_callback(lambda _: self._ctx.wakeup.set())
+
+    async def _poll(self, request_idx: int | None) -> None:
+        """The endpoint's one poller while Vast has no worker ready: it carries ``request_idx``
+        and declares the whole backlog's cost (capped) so the autoscaler scales for all of it."""
+        ctx = self._ctx
+        waits = 0
+        following = False
+        while len(ctx.queue) and not self._head_fits_a_lease():
+            waits += 1
+            poll = ctx.config.poll
+            delay = ctx.backoff(waits)
+            await asyncio.sleep(min(delay, FOLLOWER_CHECK_S) if following else delay)
+            following = not await self._fleet.may_route(ctx.name, self.poll_ttl_s())
+            if following:
+                continue  # another replica polls for the fleet: wait for its worker
+            await self._wait_for_token()
+            cost = min(max(await self._backlog_cost(), 1.0), poll.max_cost)
+            try:
+                result = await self.route(cost, request_idx)
+            except RouteError as exc:
+                self.failed(exc, None)
+                continue
+            if isinstance(result, Waiting):
+                request_idx = result.request_idx if result.request_idx is not None else request_idx
+                continue
+            await self._leasing.open(result)
+            return
+        await self._fleet.release(ctx.name)  # the backlog is gone or has room: nothing to poll for
+
+    def poll_ttl_s(self) -> float:
+        """The fleet's poll lease outlives the longest wait between two polls."""
+        return 3 * self._ctx.config.poll.max_s + 5.0
+
+    async def _backlog_cost(self) -> float:
+        """What the autoscaler should scale for: every replica's unfinished jobs if shared."""
+        fleet_cost = (
+            0.0 if self._fleet_backlog is None else (await self._fleet_backlog(self._ctx.name))[1]
+        )
+        return max(self._ctx.queue.queued_cost, fleet_cost)
+
+    def _head_fits_a_lease(self) -> bool:
+        head = self._ctx.queue.peek()
+        now = self._ctx.clock()
+        return head is not None and self._leasing.pool.pick(head[1], now, self._ctx.rng) is not None
+
+    # the way out ------------------------------------------------------------------------
+    async def abort(self, reason: str) -> None:
+        """Stop routing: cancel the calls and the poller, fail the jobs they were for."""
+        for task in [*self.tasks, *([self._poller] if self._poller else [])]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._poller is not None:
+            await asyncio.gather(self._poller, return_exceptions=True)
+        for reserved_id in list(self.reserved):
+            self._ctx.finish(self._ctx.jobs[reserved_id], JobStatus.FAILED, reason)
+        self.reserved.clear()

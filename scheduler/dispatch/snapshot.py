@@ -1,0 +1,85 @@
+"""The live state of one endpoint, read from its collaborators in one place: ``GET /v1/status``,
+the status page and the Prometheus gauges all come from this one view."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from scheduler.core.assignments import Lease
+from scheduler.dispatch.routing import RouteRecord
+from scheduler.vast.types import Waiting, summarise_counts
+
+if TYPE_CHECKING:  # the dispatcher imports this module to build its snapshot
+    from scheduler.dispatch.endpoint import EndpointDispatcher
+
+
+def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
+    pool, routing, settling = d.leasing.pool, d.routing, d.settling
+    return {
+        "queue_depth": len(d.queue),
+        "queued_cost": d.queue.queued_cost,
+        "inflight": d.inflight,
+        "max_concurrency": d.config.max_concurrency,
+        "max_depth": d.config.queue.max_depth,
+        "known_workers": sorted(routing.known_workers),
+        "leases": len(pool),
+        "lease_workers": len(pool.workers()),
+        "leased_budget": pool.budget(),
+        "leased_inflight_cost": pool.inflight_cost(),
+        "lease_details": [lease_view(lease, now) for lease in pool],
+        "reuse": str(d.leasing.mode),
+        "legacy_detected": d.leasing.legacy_detected,
+        "polling": routing.polling,
+        "eta_s": d.eta_s(),
+        "throughput_cost_per_s": settling.completions.cost_per_s,
+        "calibration": {
+            "ratio": settling.calibrator.ratio,
+            "samples": settling.calibrator.samples,
+        },
+        "last_no_worker": waiting_view(routing.last_waiting),
+        # newest first
+        "recent_routes": [route_view(r, now) for r in reversed(routing.recent)],
+        "errors": {
+            "worker": dict(sorted(settling.worker_error_counts.items())),
+            "route": dict(sorted(routing.error_counts.items())),
+            "ejected_workers": len(settling.outliers.ejected(now)),
+            "ejections": settling.outliers.ejections_total,
+        },
+    }
+
+
+def waiting_view(waiting: Waiting | None) -> dict[str, Any] | None:
+    if waiting is None:
+        return None
+    return {
+        "status": waiting.status,
+        "worker_counts": waiting.worker_counts,
+        "state": summarise_counts(waiting.worker_counts),
+        "request_idx": waiting.request_idx,
+    }
+
+
+def lease_view(lease: Lease, now: float) -> dict[str, Any]:
+    return {
+        "lease_id": lease.lease_id,
+        "worker_url": lease.worker_url,
+        "mode": str(lease.mode),
+        "session": lease.session_id is not None,
+        "capacity": lease.capacity,
+        "budget": lease.budget,
+        "inflight_cost": lease.inflight_cost,
+        "inflight_jobs": lease.inflight_jobs,
+        "completed": lease.completed,
+        "retired": lease.retired,
+        "expires_in_s": round(max(0.0, lease.expires_at - now), 3),
+    }
+
+
+def route_view(record: RouteRecord, now: float) -> dict[str, Any]:
+    return {
+        "age_s": round(max(0.0, now - record.at), 3),
+        "outcome": record.outcome,
+        "cost": record.cost,
+        "latency_s": round(record.latency_s, 6),
+        "detail": record.detail,
+    }

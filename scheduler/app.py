@@ -17,20 +17,20 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from scheduler.api.auth import auth_middleware
 from scheduler.api.context import CONFIG, METRICS, SERVICE
 from scheduler.api.errors import METRICS_HOOK, api_middleware
 from scheduler.api.routes import add_routes
-from scheduler.auth import auth_middleware
 from scheduler.config import AppConfig
-from scheduler.delivery import BufferedDelivery
 from scheduler.emulator.emulator import Emulator
+from scheduler.jobs.delivery import BufferedDelivery
+from scheduler.jobs.service import SchedulerService
+from scheduler.jobs.webhooks import WebhookSender
 from scheduler.observability.metrics import Metrics
-from scheduler.service import SchedulerService
 from scheduler.store.base import FleetPolling, JobStore
 from scheduler.vast.networks import worker_networks_of
 from scheduler.vast.route_client import RouteClient
 from scheduler.vast.worker_client import WorkerClient, make_ssl_context
-from scheduler.webhooks import WebhookSender
 
 log = structlog.get_logger("scheduler.app")
 AUTOSCALER_URL: web.AppKey[str] = web.AppKey("autoscaler_url", str)
@@ -134,7 +134,8 @@ async def shared_store(
         yield None, None
         return
     # Imported here: a memory-only daemon never loads the Redis client.
-    from scheduler.store.redis import RedisJobStore, connect
+    from scheduler.store.redis import RedisJobStore
+    from scheduler.store.redis_client import connect
     from scheduler.store.redis_fleet import RedisFleetPolling
 
     settings = config.store.redis

@@ -12,10 +12,10 @@ import structlog
 from aiohttp import web
 
 from scheduler.api.context import SERVICE
+from scheduler.api.reload import CONFIG_PATH, reload_on_signal
 from scheduler.app import create_app
 from scheduler.config import AppConfig
 from scheduler.listen import listen
-from scheduler.reload import CONFIG_PATH, reload_on_signal
 
 log = structlog.get_logger("scheduler.serve")
 # Handlers still open once the jobs have drained (rare: a stream mid-way) get this long.

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler.api.context import METRICS, SERVICE
-from scheduler.reload import reload, reload_answer, require_admin
+from scheduler.api.reload import reload, reload_answer, require_admin
 from scheduler.store.base import StoreUnavailable
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from scheduler.config import AppConfig
+from scheduler.jobs.service import SchedulerService
 from scheduler.observability.metrics import Metrics
-from scheduler.service import SchedulerService
 
 CONFIG: web.AppKey[AppConfig] = web.AppKey("config", AppConfig)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)

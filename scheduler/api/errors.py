@@ -17,7 +17,7 @@ from scheduler import fastjson
 from scheduler.api.context import CONFIG
 from scheduler.core.queue import QueueFull
 from scheduler.dispatch.pinned import NoWorkerReady, SessionBusy, SessionGone, SessionNotFound
-from scheduler.service import (
+from scheduler.jobs.admission import (
     DeadlineUnmeetable,
     NotAccepting,
     Overloaded,

@@ -6,17 +6,17 @@ from typing import Any
 
 from aiohttp import web
 
+from scheduler.api.auth import caller
 from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, ApiError, read_json
 from scheduler.api.models import JobRequest
-from scheduler.auth import caller
 from scheduler.config import TENANT_NAME
 from scheduler.core.queue import DEFAULT_TENANT
-from scheduler.delivery import BufferedDelivery, Delivery
 from scheduler.jobs import Job, JobMode
-from scheduler.service import NotAccepting, Overloaded, Quota, Submission
+from scheduler.jobs.admission import NotAccepting, Overloaded, Quota, Submission
+from scheduler.jobs.delivery import BufferedDelivery, Delivery
+from scheduler.jobs.webhooks import check_webhook_url
 from scheduler.store.base import Enqueued
-from scheduler.webhooks import check_webhook_url
 
 TENANT_HEADER = "X-Tenant"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from scheduler.api.auth import caller
 from scheduler.api.context import SERVICE
 from scheduler.api.errors import read_json
 from scheduler.api.models import SessionRequest
-from scheduler.auth import caller
 from scheduler.dispatch.pinned import SessionNotFound
 
 

@@ -14,15 +14,15 @@ from scheduler.api.context import CONFIG, SERVICE
 from scheduler.api.errors import REQUEST_ID, REQUEST_ID_HEADER, ApiError, read_json
 from scheduler.api.jobs import admit, parse_submission
 from scheduler.api.models import check_worker_route
-from scheduler.delivery import (
+from scheduler.jobs import Job, JobMode, JobResult, JobStatus
+from scheduler.jobs.admission import Submission
+from scheduler.jobs.delivery import (
     AnswerStart,
     BufferedDelivery,
     CallerGone,
     StreamBroken,
     StreamDelivery,
 )
-from scheduler.jobs import Job, JobMode, JobResult, JobStatus
-from scheduler.service import Submission
 
 # Hop-by-hop or re-computed headers never copied from the worker to the caller.
 _DROPPED_HEADERS = frozenset(

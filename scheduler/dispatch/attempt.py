@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from scheduler.core.assignments import Lease
 from scheduler.core.retry import AttemptKind as Kind
 from scheduler.core.retry import Outcome, classify_status
-from scheduler.delivery import (
+from scheduler.dispatch.seams import Forwarder
+from scheduler.jobs import Job, JobResult
+from scheduler.jobs.delivery import (
     AnswerCutShort,
     CallerGone,
     MalformedAnswer,
     ResultTooLarge,
     StreamBroken,
 )
-from scheduler.jobs import Job, JobResult
-from scheduler.seams import Forwarder
 from scheduler.vast.types import WorkerError
 
 

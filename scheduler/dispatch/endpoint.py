@@ -22,11 +22,11 @@ from scheduler.dispatch.context import EndpointContext, FinishHook, log
 from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.pinned import PinnedSession, PinnedSessions
 from scheduler.dispatch.routing import FleetBacklog, Routing
+from scheduler.dispatch.seams import Forwarder, Router
 from scheduler.dispatch.settle import Settling
 from scheduler.dispatch.snapshot import endpoint_snapshot
 from scheduler.jobs import CANCELLED_BY_CALLER, SHUTDOWN_REASON, Job, JobStatus
 from scheduler.observability.metrics import EndpointGauges, Metrics
-from scheduler.seams import Forwarder, Router
 from scheduler.store.base import FleetPolling, LocalPolling
 
 

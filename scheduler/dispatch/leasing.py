@@ -16,7 +16,7 @@ from scheduler.dispatch.context import (
     log,
     reuse_mode,
 )
-from scheduler.seams import Forwarder
+from scheduler.dispatch.seams import Forwarder
 from scheduler.tasks import spawn
 from scheduler.vast.types import Ready, SessionRefused, WorkerError
 

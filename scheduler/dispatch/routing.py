@@ -14,8 +14,8 @@ from scheduler.core.batching import BatchLimits, take_batch
 from scheduler.core.ratelimit import TokenBucket
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
 from scheduler.dispatch.leasing import Leasing
+from scheduler.dispatch.seams import Router
 from scheduler.jobs import Job, JobStatus
-from scheduler.seams import Router
 from scheduler.store.base import FleetPolling
 from scheduler.tasks import spawn
 from scheduler.vast.types import (

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scheduler.delivery import Delivery
 from scheduler.jobs import Job, JobMode, JobResult, JobStatus
+from scheduler.jobs.delivery import Delivery
 
 
 @dataclass(frozen=True, slots=True)

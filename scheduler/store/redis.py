@@ -20,17 +20,11 @@ from itertools import chain
 from typing import Any, cast
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scheduler.config import RedisConfig
 from scheduler.jobs import CANCELLED_BY_CALLER, Job, JobMode
-from scheduler.store import redis_scripts as lua
 from scheduler.store.base import (
     Admission,
     CancelListener,
@@ -44,6 +38,7 @@ from scheduler.store.base import (
     to_record,
 )
 from scheduler.store.keys import Keys
+from scheduler.store.redis_client import Scripts
 
 log = structlog.get_logger("scheduler.store.redis")
 
@@ -52,27 +47,7 @@ TERMINAL_FIELDS = ("status", "result", "error", "attempts", "history", "error_st
                    "queued_s", "total_s", "payload")  # fmt: skip
 LISTEN_POLL_S = 1.0  # how long one pub/sub read waits before looping (cancellation points)
 LISTEN_BACKOFF_S = (0.1, 5.0)  # first and longest sleep before re-subscribing
-RETRY_BACKOFF_S = (0.05, 1.0)  # redis-py's per-command retries: base and cap
 TOUCH_BATCH = 500  # entry ids per script call (Lua's unpack has a stack limit)
-
-
-def connect(config: RedisConfig) -> Redis:
-    """A client with the config's timeouts, a bounded pool that waits for a free connection
-    (up to the connect timeout), and retries with exponential back-off on connection errors
-    and timeouts."""
-    base, cap = RETRY_BACKOFF_S
-    retry = Retry(ExponentialBackoff(cap=cap, base=base), config.retries,
-                  supported_errors=(RedisConnectionError, RedisTimeoutError))  # fmt: skip
-    pool = BlockingConnectionPool.from_url(
-        config.url.get_secret_value(),
-        max_connections=config.max_connections,
-        timeout=config.connect_timeout_s,
-        socket_timeout=config.socket_timeout_s,
-        socket_connect_timeout=config.connect_timeout_s,
-        retry=retry,
-        decode_responses=True,
-    )
-    return Redis.from_pool(pool)
 
 
 class RedisJobStore:
@@ -106,7 +81,7 @@ class RedisJobStore:
         socket_timeout = kwargs.get("socket_timeout")
         # A blocking read must answer before the socket times out (or it would be retried).
         self._block_cap_s = socket_timeout / 2 if socket_timeout else float("inf")
-        self._scripts = _Scripts(client)
+        self._scripts = Scripts(client)
         self._claims: dict[str, tuple[str, str]] = {}  # job id -> (endpoint, stream entry id)
         self._cursors: dict[str, str] = {}  # endpoint -> where the next reclaim scan starts
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -392,16 +367,6 @@ class RedisJobStore:
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
-
-
-class _Scripts:
-    def __init__(self, client: Redis) -> None:
-        self.enqueue = client.register_script(lua.ENQUEUE)
-        self.mark_claimed = client.register_script(lua.MARK_CLAIMED)
-        self.finish = client.register_script(lua.FINISH)
-        self.requeue = client.register_script(lua.REQUEUE)
-        self.touch = client.register_script(lua.TOUCH)
-        self.cancel = client.register_script(lua.CANCEL)
 
 
 def _token() -> str:

@@ -16,8 +16,8 @@ from scheduler.app import create_app
 from scheduler.config import AppConfig
 from scheduler.emulator.emulator import Emulator
 from scheduler.emulator.settings import EmulatorConfig
+from scheduler.jobs.service import SchedulerService
 from scheduler.serve import bound, shutdown, start_runner
-from scheduler.service import SchedulerService
 
 API_KEY = "test-vast-key-0123456789"
 

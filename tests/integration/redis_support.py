@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from scheduler.config import RedisConfig
-from scheduler.store.redis import connect
+from scheduler.store.redis_client import connect
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -14,8 +14,8 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from scheduler.api.auth import Principal, TokenTable, bearer_token
 from scheduler.app import create_app
-from scheduler.auth import Principal, TokenTable, bearer_token
 from scheduler.config import TokenConfig, load_config
 from tests.integration.harness import (
     Daemon,
@@ -270,7 +270,7 @@ def test_lookup_compares_with_every_token_whichever_matches(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("scheduler.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("scheduler.api.auth.hmac.compare_digest", counting)
     for presented, expected in [(secrets[0], "t0"), (secrets[-1], "t7"), ("nope", None),
                                 (secrets[3] + "x", None), ("", None)]:  # fmt: skip
         calls.clear()

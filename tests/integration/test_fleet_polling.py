@@ -7,7 +7,7 @@ import asyncio
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from scheduler.store.redis import connect
+from scheduler.store.redis_client import connect
 from scheduler.store.redis_fleet import RedisFleetPolling
 from tests.integration.redis_support import redis_client, redis_config, redis_prefix
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from scheduler.feeder import CLAIM_BLOCK_S
+from scheduler.dispatch.feeder import CLAIM_BLOCK_S
 from tests.integration.harness import (
     Daemon,
     daemon_config,

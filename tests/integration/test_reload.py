@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 import yaml
 
+from scheduler.api.reload import CONFIG_PATH
 from scheduler.app import create_app
 from scheduler.config import load_config
-from scheduler.reload import CONFIG_PATH
 from scheduler.serve import bound, shutdown, start_runner
 from tests.integration.harness import (
     API_KEY,

@@ -19,12 +19,13 @@ import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
-from scheduler.delivery import BufferedDelivery
 from scheduler.jobs import Job, JobMode, JobResult, JobStatus, new_job_id
+from scheduler.jobs.delivery import BufferedDelivery
 from scheduler.store import redis_scripts
 from scheduler.store.base import Admission, CancelOutcome, JobStore, StoreFull, StoreUnavailable
 from scheduler.store.memory import MemoryJobStore
-from scheduler.store.redis import GROUP, RedisJobStore, connect
+from scheduler.store.redis import GROUP, RedisJobStore
+from scheduler.store.redis_client import connect
 from tests.integration.redis_support import redis_client, redis_config, redis_prefix
 
 __all__ = ["redis_client", "redis_prefix"]  # fixtures, imported for pytest

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.config import AppConfig
-from scheduler.reload import Plan, Refused, plan_reload, split_problem
+from scheduler.config.reload_plan import Plan, Refused, plan_reload, split_problem
 
 TOKEN = "old-token-0123456789abcdef"
 NEW_TOKEN = "new-token-0123456789abcdef"

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.delivery import BufferedDelivery
 from scheduler.jobs import Job, JobResult, JobStatus
+from scheduler.jobs.delivery import BufferedDelivery
 from scheduler.store.base import from_record, to_record
 
 texts = st.text(max_size=40)

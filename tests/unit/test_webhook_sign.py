@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.config import WebhookConfig
-from scheduler.webhooks import check_webhook_url, sign
+from scheduler.jobs.webhooks import check_webhook_url, sign
 
 NOT_CONFIGURED = "webhooks are not configured (server.webhook.secret)"
 NOT_HTTP = "must be an http(s) URL"

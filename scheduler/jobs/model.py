@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from scheduler.delivery import CLOSED, Delivery
+from scheduler.jobs.delivery import CLOSED, Delivery
 
 JobMode = Literal["async", "sync", "proxy"]
 

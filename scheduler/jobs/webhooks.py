@@ -18,7 +18,7 @@ from scheduler.core.retry import backoff_s
 from scheduler.observability.metrics import Metrics
 from scheduler.tasks import spawn
 
-log = structlog.get_logger("scheduler.webhooks")
+log = structlog.get_logger("scheduler.jobs.webhooks")
 SIGNATURE_HEADER = "X-Vast-Scheduler-Signature"
 
 

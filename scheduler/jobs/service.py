@@ -5,23 +5,29 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from scheduler import fastjson
 from scheduler.config import AppConfig, EndpointConfig
-from scheduler.core import cost
 from scheduler.core.queue import QueueFull
 from scheduler.dispatch import EndpointDispatcher
+from scheduler.dispatch.feeder import CLAIM_BLOCK_S, StoreFeeder
 from scheduler.dispatch.pinned import SessionNotFound
-from scheduler.feeder import CLAIM_BLOCK_S, StoreFeeder
-from scheduler.jobs import SHUTDOWN_REASON, Job, JobMode, new_job_id
+from scheduler.dispatch.seams import Forwarder, Router
+from scheduler.jobs import SHUTDOWN_REASON, Job, JobMode
+from scheduler.jobs.admission import (
+    NotAccepting,
+    Overloaded,
+    Submission,
+    UnknownEndpoint,
+    check_cost,
+    limits,
+    new_job,
+)
+from scheduler.jobs.webhooks import WebhookSender
 from scheduler.observability.metrics import EndpointGauges, Metrics
-from scheduler.seams import Forwarder, Router
 from scheduler.store.base import (
-    Admission,
     CancelOutcome,
     Enqueued,
     FleetPolling,
@@ -31,60 +37,9 @@ from scheduler.store.base import (
 )
 from scheduler.store.memory import MemoryJobStore
 from scheduler.tasks import spawn
-from scheduler.webhooks import WebhookSender
 
-log = structlog.get_logger("scheduler.service")
+log = structlog.get_logger("scheduler.jobs.service")
 SWEEP_INTERVAL_S = 5.0
-
-
-class UnknownEndpoint(Exception):
-    pass
-
-
-class DeadlineUnmeetable(Exception):
-    def __init__(self, eta_s: float) -> None:
-        super().__init__(f"the backlog needs about {eta_s:.0f}s, past the job's deadline")
-        self.eta_s = eta_s
-
-
-class NotAccepting(Exception):
-    """The daemon is draining: new jobs go elsewhere."""
-
-
-class Overloaded(Exception):
-    """Admission refused for now (queue depth or cost, a tenant's quota): 429, retry later."""
-
-    def __init__(self, reason: str, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.reason = reason  # also the jobs_rejected label: a bounded set of names
-        self.retry_after_s = retry_after_s
-
-
-class TooCostly(Exception):
-    """A job that could never be admitted: its cost alone is over a limit (422, field cost)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """How much one tenant may have queued, over all endpoints; None: unlimited."""
-
-    max_jobs: int | None = None
-    max_cost: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    endpoint: str
-    route: str | None
-    payload: Any
-    cost: float | None
-    priority: int
-    timeout_s: float | None
-    idempotency_key: str | None
-    webhook_url: str | None
-    tenant: str = "default"
-    session: str | None = None
-    quota: Quota | None = None
 
 
 class SchedulerService:
@@ -168,8 +123,8 @@ class SchedulerService:
         await self.store.close()
 
     def reconfigure(self, config: AppConfig) -> None:
-        """Live reload, checked by ``scheduler.reload``: new settings for the endpoints there
-        are (their jobs stay), loops for the new ones."""
+        """Live reload (planned by ``scheduler.config.reload_plan``): new settings for the endpoints
+        there are (their jobs stay), loops for the new ones."""
         self.config = config
         for name, ep in config.endpoints.items():
             if name not in self.dispatchers:
@@ -198,7 +153,9 @@ class SchedulerService:
         ``TooCostly``, ``DeadlineUnmeetable``, ``StoreUnavailable``, the pinned-session errors).
         ``stream``: the caller reads the answer as it comes, so the job runs on this replica."""
         dispatcher = self.dispatcher(sub.endpoint)
-        job = self._new_job(dispatcher, sub, mode, delivery, request_id)
+        if not self.accepting:
+            raise NotAccepting()
+        job = new_job(dispatcher, sub, mode, delivery, request_id, self._clock())
         if sub.session is not None:
             pinned = dispatcher.sessions.find(sub.session)
             if pinned is not None and pinned.owner not in (None, sub.tenant):
@@ -206,12 +163,12 @@ class SchedulerService:
             dispatcher.submit_pinned(job, sub.session)
             self._keep_local(job)
         else:
-            self._check_cost(dispatcher, job, sub.quota)
+            check_cost(dispatcher, job, sub.quota)
             if stream and self.store.shared:
                 self._submit_local(dispatcher, job)
             else:
                 try:
-                    enqueued = await self.store.enqueue(job, self._admission(dispatcher, sub.quota))
+                    enqueued = await self.store.enqueue(job, limits(dispatcher, sub.quota))
                 except StoreFull as exc:
                     raise Overloaded(exc.reason, str(exc), dispatcher.retry_after_s()) from exc
                 if not enqueued.created:
@@ -231,58 +188,6 @@ class SchedulerService:
         except QueueFull as exc:
             raise Overloaded("queue_full", str(exc), dispatcher.retry_after_s()) from exc
         self._keep_local(job)
-
-    @staticmethod
-    def _admission(dispatcher: EndpointDispatcher, quota: Quota | None) -> Admission:
-        """The store counts unfinished jobs; the endpoint's limits are on waiting ones, so the
-        jobs running here are allowed on top (other replicas' are not known: with Redis the
-        limit is a little stricter while the fleet is busy)."""
-        queue = dispatcher.config.queue
-        quota = quota or Quota()
-        max_cost = None if queue.max_cost is None else queue.max_cost + dispatcher.inflight_cost()
-        return Admission(queue.max_depth + dispatcher.inflight, max_cost, quota.max_jobs,
-                         quota.max_cost)  # fmt: skip
-
-    def _new_job(
-        self, dispatcher: EndpointDispatcher, sub: Submission, mode: JobMode, delivery: Any,
-        request_id: str | None,
-    ) -> Job:  # fmt: skip
-        if not self.accepting:
-            raise NotAccepting()
-        ep = dispatcher.config
-        route = sub.route or ep.default_route
-        estimator = cost.select(ep.cost, ep.routes, route)
-        job_cost = cost.resolve(estimator, sub.payload, sub.cost)
-        if estimator.calibrate and sub.cost is None:
-            job_cost = cost.clamp(dispatcher.settling.calibrator.apply(job_cost), estimator)
-        timeout_s = sub.timeout_s or ep.default_timeout_s
-        eta_s = dispatcher.eta_s()
-        if ep.refuse_unmeetable_deadlines and eta_s is not None and eta_s > timeout_s:
-            raise DeadlineUnmeetable(eta_s)
-        return Job(
-            id=new_job_id(),
-            endpoint=sub.endpoint,
-            route=route,
-            payload=fastjson.dumps(sub.payload),  # ASCII: lone surrogates too
-            cost=job_cost,
-            priority=sub.priority,
-            timeout_s=timeout_s,
-            mode=mode,
-            delivery=delivery,
-            created_mono=self._clock(),
-            idempotency_key=sub.idempotency_key,
-            webhook_url=sub.webhook_url,
-            request_id=request_id,
-            tenant=sub.tenant,
-        )
-
-    @staticmethod
-    def _check_cost(dispatcher: EndpointDispatcher, job: Job, quota: Quota | None) -> None:
-        """Refuse a job whose cost alone is over the endpoint's or its tenant's cost limit."""
-        for whose, limit in (("the endpoint", dispatcher.config.queue.max_cost),
-                             (f"tenant {job.tenant}", (quota or Quota()).max_cost)):  # fmt: skip
-            if limit is not None and job.cost > limit:
-                raise TooCostly(f"cost {job.cost:g} is over {whose}'s queued-cost limit {limit:g}")
 
     def now(self) -> float:
         return self._clock()

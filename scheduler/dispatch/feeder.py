@@ -19,7 +19,7 @@ from scheduler.dispatch import EndpointDispatcher
 from scheduler.jobs import Job
 from scheduler.store.base import JobStore, StoreUnavailable
 
-log = structlog.get_logger("scheduler.feeder")
+log = structlog.get_logger("scheduler.dispatch.feeder")
 CLAIM_BLOCK_S = 1.0
 UNSHARED_CLAIM = 10_000  # per call with the memory store: everything there is, in practice
 ERROR_PAUSE_S = (0.1, 5.0)  # pause after a failed claim: doubles from the first to the second

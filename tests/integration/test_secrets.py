@@ -45,7 +45,7 @@ auth:
   open_paths: [/healthz, /readyz, /metrics]
   tokens:
     - {{name: alpha, token: "${{TOKEN_ALPHA}}"}}
-    - {{name: beta, token: "${{TOKEN_BETA}}", endpoints: [echo], max_queued_jobs: 1}}
+    - {{name: beta, token: "${{TOKEN_BETA}}", endpoints: [held], max_queued_jobs: 1}}
     - {{name: ops, token: "{ops_token}", admin: true}}
 vast:
   autoscaler_url: {autoscaler}
@@ -54,6 +54,10 @@ logging: {{format: json, level: debug}}
 endpoints:
   echo: {{max_attempts: 2}}
   other: {{max_attempts: 2}}
+  # Beta's first job lingers here (no route call for 10 s), so it is still queued when beta's
+  # second comes: its quota is what refuses that one, however slow the machine (on echo the
+  # first job failed at its route call, and freed the quota, before the second on a busy day).
+  held: {{max_attempts: 2, batch: {{linger_ms: 10000}}}}
 """
 
 
@@ -81,8 +85,8 @@ async def exercise(
     requests = [
         ("POST", "/v1/endpoints/echo/run", {"payload": {"x": 1}}, alpha),  # route 401
         ("POST", "/v1/endpoints/echo/jobs", {"payload": {}, "webhook": hook}, alpha),
-        ("POST", "/v1/endpoints/echo/jobs", {"payload": {}}, beta),
-        ("POST", "/v1/endpoints/echo/jobs", {"payload": {}}, beta),  # over beta's quota: 429
+        ("POST", "/v1/endpoints/held/jobs", {"payload": {}}, beta),
+        ("POST", "/v1/endpoints/held/jobs", {"payload": {}}, beta),  # over beta's quota: 429
         ("POST", "/v1/endpoints/other/jobs", {"payload": {}}, beta),  # not beta's: 403
         ("POST", "/v1/endpoints/echo/jobs", {"payload": {}, "cost": -1}, alpha),
         ("POST", "/v1/endpoints/nope/jobs", {"payload": {}}, alpha),

@@ -7,18 +7,19 @@ import contextlib
 import itertools
 import time
 
+from scheduler.emulator.settings import EmulatedEndpoint
 from scheduler.emulator.workload import WorkQueue
 
 _MAX_SLEEP_S = 1.0
 
 
 class Processor:
-    """Serves work at ``perf / slow_factor`` units per second, shared or FIFO."""
+    """Serves work by the endpoint's service model, ``slow_factor`` times slower."""
 
-    def __init__(self, perf: float, shared: bool) -> None:
-        self._perf = perf
+    def __init__(self, settings: EmulatedEndpoint) -> None:
+        self._perf = settings.perf
         self._factor = 1.0
-        self._queue = WorkQueue(rate=perf, shared=shared, now=time.monotonic())
+        self._queue = WorkQueue.for_endpoint(settings, now=time.monotonic())
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()

@@ -7,7 +7,8 @@ Example::
       route_min_interval_ms: 50
       endpoints:
         echo: {workers: 2, perf: 10000}
-        llm: {workers: 1, cold_start_s: 5, workload: max_tokens, parallel: false}
+        llm: {workers: 1, cold_start_s: 5, workload: max_tokens, service: batching}
+        comfy: {workers: 1, service: fifo}
         old: {workers: 1, mode: legacy}
 """
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WorkerMode = Literal["current", "legacy"]
 WorkloadKind = Literal["constant", "max_tokens"]
+ServiceModel = Literal["processor_sharing", "fifo", "batching"]
+_PARALLEL_SERVICE: dict[bool, ServiceModel] = {True: "processor_sharing", False: "fifo"}
 
 
 class _Frozen(BaseModel):
@@ -32,8 +35,38 @@ class EmulatedEndpoint(_Frozen):
     ``constant`` = ``workload_units`` per request (the official default is 100);
     ``max_tokens`` = the payload's ``max_tokens`` (``default_max_tokens`` when absent or
     not a positive number) times ``workload_units_per_token``.
-    A request takes ``workload / perf`` seconds of service; ``parallel`` workers share
-    ``perf`` between the requests in flight (processor sharing), others serve FIFO.
+
+    Service model (``service``; ``perf`` is the rate of one request alone, cost units/s, so
+    a request alone always takes ``workload / perf`` seconds):
+
+    - ``processor_sharing`` (default): n requests in flight each progress at ``perf / n``;
+    - ``fifo``: one request at a time at ``perf``, the others wait in arrival order (the
+      official worker with ``allow_parallel_requests=False``, or a one-at-a-time model);
+    - ``batching``: a continuous-batching inference server (vLLM, TGI): up to ``max_batch``
+      requests progress at once, each at ``perf / (1 + batch_slowdown * (n - 1))`` with n
+      the number in the batch; the rest wait FIFO and join as soon as a slot frees.
+
+    ``parallel`` is the older spelling: ``true`` = ``processor_sharing``, ``false`` =
+    ``fifo``; giving both ``parallel`` and a ``service`` that disagrees is an error.
+
+    What the worker reports, after the official worker (``vastai`` 1.9.1,
+    ``serverless/server/lib/backend.py`` and ``data_types.py``):
+
+    - ``max_perf`` is what its load-time benchmark measures: ``BenchmarkConfig.concurrency``
+      requests (default 10) sent together when the handler has
+      ``allow_parallel_requests``, else 1, and ``throughput = total_workload /
+      time_elapsed`` (the best of its runs). The emulated worker computes that same
+      measurement on its own service model, at ``benchmark_concurrency`` for
+      ``processor_sharing`` and ``batching`` and at 1 for ``fifo``: ``perf`` for the first
+      two, and for ``batching`` its throughput with that many in the batch,
+      ``c * perf / (1 + batch_slowdown * (c - 1))`` when ``c <= max_batch`` (10 requests,
+      slowdown 0.02: 8.47 x ``perf``);
+    - the 429 check is the official one: refused when the in-flight workload (session
+      entries left out) over ``max_perf`` exceeds ``max_queue_time_s``.
+
+    Assumed, not taken from the worker: a real benchmark's requests are all alike and its
+    timing noise is absent here (one exact run); the batch slowdown is linear in the batch
+    size, and a waiting request costs nothing until it joins the batch.
     """
 
     workers: int = Field(default=2, ge=0, le=256)
@@ -41,7 +74,10 @@ class EmulatedEndpoint(_Frozen):
     cold_start_s: float = Field(default=0.0, ge=0)
     max_queue_time_s: float = Field(default=30.0, gt=0)
     max_sessions: int = Field(default=10, ge=0)
-    parallel: bool = True
+    service: ServiceModel = "processor_sharing"
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    batch_slowdown: float = Field(default=0.02, ge=0, le=1)
+    benchmark_concurrency: int = Field(default=10, ge=1, le=4096)
     mode: WorkerMode = "current"
     workload: WorkloadKind = "constant"
     workload_units: float = Field(default=100.0, gt=0)
@@ -49,9 +85,30 @@ class EmulatedEndpoint(_Frozen):
     default_max_tokens: int = Field(default=16, gt=0)
     stream_chunks_max: int = Field(default=16, gt=0, le=1000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _parallel_is_an_alias(cls, data: Any) -> Any:
+        """``parallel: true|false`` stands for ``service: processor_sharing|fifo``."""
+        if not isinstance(data, dict) or "parallel" not in data:
+            return data
+        data = dict(data)
+        parallel = data.pop("parallel")
+        if not isinstance(parallel, bool):
+            raise ValueError("parallel must be true or false")
+        implied = _PARALLEL_SERVICE[parallel]
+        if data.setdefault("service", implied) != implied:
+            raise ValueError(
+                f"parallel: {str(parallel).lower()} means service: {implied},"
+                f" not {data['service']!r}: give service alone"
+            )
+        return data
+
     def with_overrides(self, overrides: dict[str, Any]) -> EmulatedEndpoint:
         """A validated copy with some fields replaced (used when adding a worker)."""
-        return EmulatedEndpoint.model_validate({**self.model_dump(), **overrides})
+        base = self.model_dump()
+        if "parallel" in overrides:  # the alias replaces the endpoint's service
+            base.pop("service")
+        return EmulatedEndpoint.model_validate({**base, **overrides})
 
 
 def _default_endpoints() -> dict[str, EmulatedEndpoint]:

@@ -32,7 +32,7 @@ from scheduler.emulator.signing import (
 )
 from scheduler.emulator.worker_io import ClientGone, ResponseWriter
 from scheduler.emulator.worker_state import RequestEntry, WorkerCounters, WorkerMetrics
-from scheduler.emulator.workload import workload_of
+from scheduler.emulator.workload import benchmark_perf, workload_of
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +84,7 @@ class EmulatedWorker:
     def _fresh_state(self) -> None:
         settings = self.spec.settings
         self.metrics = WorkerMetrics()
-        self.processor = Processor(settings.perf, shared=settings.parallel)
+        self.processor = Processor(settings)
         self.sessions = SessionHandlers(
             SessionTable(settings.max_sessions, self._rng), self.metrics, self._on_session_close
         )
@@ -178,7 +178,7 @@ class EmulatedWorker:
         remaining = self.spec.settings.cold_start_s - (time.monotonic() - self._started_at)
         await asyncio.sleep(max(remaining, 0.0))
         self.metrics.loadtime_s = max(time.monotonic() - self._started_at, 1e-3)
-        self.metrics.max_perf = self.spec.settings.perf
+        self.metrics.max_perf = benchmark_perf(self.spec.settings)
         self.state = "ready"
         log.info("emulator.worker_ready", worker_id=self.id, loadtime_s=self.metrics.loadtime_s)
         await self._report_status()
@@ -351,6 +351,8 @@ class EmulatedWorker:
             "state": self.state,
             "mode": self.spec.settings.mode,
             "perf": self.spec.settings.perf,
+            "service": self.spec.settings.service,
+            "max_perf": self.metrics.max_perf,
             "slow_factor": self.processor.slow_factor,
             "garbage": self.writer.garbage,
             "trickle_byte_delay_ms": self.writer.trickle_byte_delay_ms,

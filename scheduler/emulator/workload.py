@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.emulator.settings import EmulatedEndpoint
+from scheduler.emulator.settings import EmulatedEndpoint, ServiceModel
 
 _EPSILON_UNITS = 1e-6  # rounding residue: a job this close to done is done
 
@@ -35,16 +35,31 @@ def queue_time_s(workloads: list[float], perf: float) -> float:
 
 @dataclass
 class WorkQueue:
-    """Jobs with remaining work served at ``rate`` units/s.
+    """Jobs with remaining work, served by one of the service models (see EmulatedEndpoint).
 
-    ``shared`` True: processor sharing (each of n jobs progresses at rate/n).
-    ``shared`` False: FIFO (only the oldest job progresses, at the full rate).
+    ``rate`` is the rate of one job alone (units/s). ``processor_sharing``: each of n jobs
+    progresses at rate/n. ``fifo``: only the oldest job progresses, at the full rate.
+    ``batching``: the oldest ``max_batch`` jobs progress, each at
+    ``rate / (1 + batch_slowdown * (n - 1))`` with n of them in the batch; a job leaving
+    the batch lets the oldest waiting one in at once (continuous batching).
     """
 
     rate: float
-    shared: bool
+    service: ServiceModel = "processor_sharing"
+    max_batch: int = 32
+    batch_slowdown: float = 0.02
     now: float = 0.0
     remaining: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def for_endpoint(cls, endpoint: EmulatedEndpoint, now: float = 0.0) -> WorkQueue:
+        return cls(
+            rate=endpoint.perf,
+            service=endpoint.service,
+            max_batch=endpoint.max_batch,
+            batch_slowdown=endpoint.batch_slowdown,
+            now=now,
+        )
 
     def add(self, job: int, work: float, now: float) -> list[int]:
         done = self.advance(now)
@@ -73,13 +88,30 @@ class WorkQueue:
             done += self._pop_finished()
         return done
 
+    def in_service(self) -> list[int]:
+        """The jobs progressing now, oldest first (the others wait)."""
+        jobs = list(self.remaining)
+        if self.service == "fifo":
+            return jobs[:1]
+        if self.service == "batching":
+            return jobs[: self.max_batch]
+        return jobs
+
+    def job_rate(self) -> float:
+        """The rate at which each job in service progresses now (units/s)."""
+        n = len(self.in_service())
+        if n == 0 or self.service == "fifo":
+            return self.rate
+        if self.service == "batching":
+            return self.rate / (1 + self.batch_slowdown * (n - 1))
+        return self.rate / n
+
     def next_completion_in(self) -> float | None:
         """Seconds until the next job finishes at the current rate; None when idle."""
-        if not self.remaining:
+        serving = self.in_service()
+        if not serving:
             return None
-        if self.shared:
-            return min(self.remaining.values()) * len(self.remaining) / self.rate
-        return next(iter(self.remaining.values())) / self.rate
+        return min(self.remaining[job] for job in serving) / self.job_rate()
 
     def _serve(self, dt: float) -> float:
         """Serve until ``dt`` runs out or the next job finishes; return the time left."""
@@ -87,13 +119,9 @@ class WorkQueue:
         if step is None:
             return 0.0
         used = min(step, dt)
-        if self.shared:
-            share = used * self.rate / len(self.remaining)
-            for job in self.remaining:
-                self.remaining[job] -= share
-        else:
-            head = next(iter(self.remaining))
-            self.remaining[head] -= used * self.rate
+        served = used * self.job_rate()
+        for job in self.in_service():
+            self.remaining[job] -= served
         return dt - used
 
     def _pop_finished(self) -> list[int]:
@@ -102,3 +130,23 @@ class WorkQueue:
         for job in done:
             del self.remaining[job]
         return done
+
+
+def benchmark_perf(endpoint: EmulatedEndpoint) -> float:
+    """The ``max_perf`` the official worker's benchmark would measure on this model.
+
+    It sends ``concurrency`` equal requests together (1 when its handler serves FIFO) and
+    takes ``total_workload / time_elapsed``; the work of a request cancels out.
+    """
+    concurrency = 1 if endpoint.service == "fifo" else endpoint.benchmark_concurrency
+    queue = WorkQueue.for_endpoint(endpoint)
+    for job in range(concurrency):
+        queue.add(job, 1.0, 0.0)
+    elapsed = 0.0
+    for _ in range(concurrency + 1):
+        step = queue.next_completion_in()
+        if step is None:
+            break
+        elapsed += step
+        queue.advance(elapsed)
+    return concurrency / elapsed

@@ -1,4 +1,4 @@
-"""The pure service model: processor sharing and FIFO, and payload workloads."""
+"""The pure service models (processor sharing, FIFO, batching) and payload workloads."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.emulator.settings import EmulatedEndpoint
-from scheduler.emulator.workload import WorkQueue, queue_time_s, workload_of
+from scheduler.emulator.workload import WorkQueue, benchmark_perf, queue_time_s, workload_of
 
 works = st.lists(st.floats(0.1, 1000), min_size=1, max_size=8)
+services = st.sampled_from(["processor_sharing", "fifo", "batching"])
 
 
 def _run_to_end(queue: WorkQueue, step: float, limit: int = 100_000) -> dict[int, float]:
@@ -30,7 +31,7 @@ def _run_to_end(queue: WorkQueue, step: float, limit: int = 100_000) -> dict[int
 def test_all_work_done_exactly_when_total_work_over_rate(
     work: list[float], rate: float, shared: bool
 ) -> None:
-    queue = WorkQueue(rate=rate, shared=shared)
+    queue = WorkQueue(rate=rate, service="processor_sharing" if shared else "fifo")
     for job, units in enumerate(work):
         queue.add(job, units, 0.0)
     finished = _run_to_end(queue, step=0.5)
@@ -39,7 +40,7 @@ def test_all_work_done_exactly_when_total_work_over_rate(
 
 
 def test_processor_sharing_equal_jobs_finish_together() -> None:
-    queue = WorkQueue(rate=100, shared=True)
+    queue = WorkQueue(rate=100, service="processor_sharing")
     for job in range(3):
         queue.add(job, 100, 0.0)
     assert queue.next_completion_in() == pytest.approx(3.0)
@@ -47,7 +48,7 @@ def test_processor_sharing_equal_jobs_finish_together() -> None:
 
 
 def test_fifo_serves_in_arrival_order() -> None:
-    queue = WorkQueue(rate=100, shared=False)
+    queue = WorkQueue(rate=100, service="fifo")
     queue.add(1, 100, 0.0)
     queue.add(2, 50, 0.0)
     assert queue.advance(1.0) == [1]
@@ -55,7 +56,7 @@ def test_fifo_serves_in_arrival_order() -> None:
 
 
 def test_slower_rate_midway() -> None:
-    queue = WorkQueue(rate=100, shared=True)
+    queue = WorkQueue(rate=100, service="processor_sharing")
     queue.add(1, 100, 0.0)
     queue.set_rate(50, 0.5)
     assert queue.advance(1.49) == []
@@ -69,3 +70,126 @@ def test_workload_kinds_and_queue_time() -> None:
     assert workload_of({"max_tokens": 7}, tokens) == 14
     assert workload_of({"max_tokens": "x"}, tokens) == 32
     assert queue_time_s([100, 200], 100) == 3.0
+
+
+def _batching(rate: float, max_batch: int, slowdown: float) -> WorkQueue:
+    return WorkQueue(rate=rate, service="batching", max_batch=max_batch, batch_slowdown=slowdown)
+
+
+@settings(max_examples=50, deadline=None)
+@given(work=works, rate=st.floats(1, 1e4), max_batch=st.integers(1, 10),
+       slowdown=st.floats(0, 1))  # fmt: skip
+def test_batching_serves_everything_no_later_than_one_at_a_time(
+    work: list[float], rate: float, max_batch: int, slowdown: float
+) -> None:
+    """Work conservation: a busy batch serves n * rate / (1 + s(n-1)) >= rate units/s, so
+    the last job ends by sum(work) / rate (exactly then at slowdown 1, or one at a time);
+    and no job ends before it could alone (work / rate)."""
+    queue = _batching(rate, max_batch, slowdown)
+    for job, units in enumerate(work):
+        queue.add(job, units, 0.0)
+    finished = _run_to_end(queue, step=0.5)
+    assert set(finished) == set(range(len(work)))
+    assert max(finished.values()) <= sum(work) / rate * (1 + 1e-6)
+    if slowdown == 1 or max_batch == 1 or len(work) == 1:
+        assert max(finished.values()) == pytest.approx(sum(work) / rate, rel=1e-6)
+    for job, units in enumerate(work):
+        assert finished[job] >= units / rate * (1 - 1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(work=works, rate=st.floats(1, 1e4), slowdown=st.floats(0, 1))
+def test_batching_completion_order(work: list[float], rate: float, slowdown: float) -> None:
+    """All in one batch: a smaller job never ends after a bigger one; batch of 1: FIFO."""
+    together = _batching(rate, len(work), slowdown)
+    one_by_one = _batching(rate, 1, slowdown)
+    for job, units in enumerate(work):
+        together.add(job, units, 0.0)
+        one_by_one.add(job, units, 0.0)
+    by_finish = _run_to_end(together, step=0.5)
+    for a in range(len(work)):
+        for b in range(len(work)):
+            if work[a] < work[b]:
+                assert by_finish[a] <= by_finish[b]
+    in_order = _run_to_end(one_by_one, step=0.5)
+    assert sorted(in_order, key=lambda j: (in_order[j], j)) == list(range(len(work)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 32), cost=st.floats(1, 1000), rate=st.floats(1, 1e4),
+       slowdown=st.floats(0, 1))  # fmt: skip
+def test_batch_started_together_ends_together(
+    n: int, cost: float, rate: float, slowdown: float
+) -> None:
+    """n <= max_batch equal jobs started together all end at cost * (1 + s(n-1)) / rate;
+    one alone takes cost / rate."""
+    queue = _batching(rate, 32, slowdown)
+    for job in range(n):
+        queue.add(job, cost, 0.0)
+    expected = cost * (1 + slowdown * (n - 1)) / rate
+    assert queue.next_completion_in() == pytest.approx(expected, rel=1e-9)
+    finished = _run_to_end(queue, step=expected / 3)
+    assert set(finished) == set(range(n))
+    assert all(at == pytest.approx(expected, rel=1e-6) for at in finished.values())
+
+
+def test_the_job_past_max_batch_waits_then_joins_when_a_slot_frees() -> None:
+    queue = _batching(100, 4, 0.1)
+    for job in range(5):
+        queue.add(job, 100, 0.0)
+    assert queue.in_service() == [0, 1, 2, 3]
+    batch_s = 100 * (1 + 0.1 * 3) / 100  # 1.3 s for the four together
+    assert queue.advance(batch_s - 0.01) == []
+    assert queue.remaining[4] == 100  # waiting costs nothing and serves nothing
+    assert queue.advance(batch_s) == [0, 1, 2, 3]
+    assert queue.next_completion_in() == pytest.approx(1.0)  # alone now: cost / rate
+    assert queue.advance(batch_s + 1.0) == [4]
+
+
+def test_continuous_batching_lets_a_waiting_job_in_as_soon_as_one_leaves() -> None:
+    queue = _batching(100, 2, 0.0)
+    queue.add(1, 50, 0.0)
+    queue.add(2, 200, 0.0)
+    queue.add(3, 100, 0.0)
+    assert queue.advance(0.5) == [1]  # job 3 joins now, not when the batch of two ends
+    assert queue.in_service() == [2, 3]
+    assert queue.advance(1.5) == [3]
+    assert queue.advance(2.0) == [2]
+    queue.add(4, 100, 2.0)
+    queue.remove(4, 2.5)  # a cancelled job leaves its slot as well
+    assert queue.remaining == {}
+
+
+def test_benchmark_perf_is_the_throughput_at_the_benchmark_concurrency() -> None:
+    """What the official worker's benchmark measures: concurrency requests together (1 when
+    it serves FIFO), total workload over elapsed time."""
+    assert benchmark_perf(EmulatedEndpoint(perf=1000)) == pytest.approx(1000)
+    assert benchmark_perf(EmulatedEndpoint(perf=1000, service="fifo")) == pytest.approx(1000)
+    batching = EmulatedEndpoint(perf=1000, service="batching")
+    assert benchmark_perf(batching) == pytest.approx(10 * 1000 / 1.18)
+    narrow = batching.with_overrides({"max_batch": 4, "batch_slowdown": 0.0})
+    # Ten requests, four at a time: three rounds of one request's time.
+    assert benchmark_perf(narrow) == pytest.approx(10 * 1000 / 3)
+    alone = batching.with_overrides({"benchmark_concurrency": 1})
+    assert benchmark_perf(alone) == pytest.approx(1000)
+
+
+def test_service_settings_and_the_parallel_alias() -> None:
+    assert EmulatedEndpoint().service == "processor_sharing"
+    assert EmulatedEndpoint.model_validate({"parallel": True}).service == "processor_sharing"
+    assert EmulatedEndpoint.model_validate({"parallel": False}).service == "fifo"
+    both = {"parallel": False, "service": "fifo"}
+    assert EmulatedEndpoint.model_validate(both).service == "fifo"
+    wrongs = [
+        {"parallel": True, "service": "batching"},
+        {"parallel": False, "service": "processor_sharing"},
+        {"batch_slowdown": 1.5},
+        {"max_batch": 0},
+    ]
+    for wrong in wrongs:
+        with pytest.raises(ValueError, match=r"parallel|batch"):
+            EmulatedEndpoint.model_validate(wrong)
+    fifo = EmulatedEndpoint.model_validate({"parallel": False})
+    assert fifo.with_overrides({"service": "batching"}).service == "batching"
+    assert fifo.with_overrides({"parallel": True}).service == "processor_sharing"
+    assert fifo.with_overrides({"perf": 5}).service == "fifo"

@@ -10,11 +10,12 @@
 The worker runs ``official_worker_app.py`` (read its docstring: the workload of a request is
 ``payload["cost"]``, default 100; the fake model sleeps ``payload["sleep_s"]`` or waits for
 ``worker.release(http, payload["hold"])``; ``/fifo`` is a FIFO handler, ``/stream``
-streams JSON lines). It is registered with the emulator as an external worker, started with
-its own environment (plain HTTP, signatures checked, reports to the emulator), awaited until
-the emulator has a ready report from it (``loadtime`` > 0, empty ``error_msg``), and
-terminated (then killed) on the way out. Its output goes to ``worker.log`` in a scratch
-directory, quoted in errors. ``official_workers(emu, count)`` starts several at once.
+streams JSON lines; ``/batch`` (parallel) and ``/batch_fifo`` (FIFO) front a batching
+model). It is registered with the emulator as an external worker, started with its own
+environment (plain HTTP, signatures checked, reports to the emulator), awaited until the
+emulator has a ready report from it (``loadtime`` > 0, empty ``error_msg``), and terminated
+(then killed) on the way out. Its output goes to ``worker.log`` in a scratch directory,
+quoted in errors. ``official_workers(emu, count)`` starts several at once.
 """
 
 from __future__ import annotations

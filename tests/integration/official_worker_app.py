@@ -6,7 +6,7 @@ holds the official worker's own variables (``WORKER_PORT``, ``WORKER_HTTP_PORT``
 ``UNSECURED``, ``USE_SSL``, ``MASTER_TOKEN``); its working directory is a scratch directory
 (the worker caches its benchmark result in ``./.has_benchmark``).
 
-The worker serves three handlers (plus its own ``/session/*`` routes) on
+The worker serves five handlers (plus its own ``/session/*`` routes) on
 127.0.0.1:``WORKER_PORT``; the **workload** of a request (what it adds to the reported
 ``cur_load``) is ``payload["cost"]``, default 100 (the official worker falls back to 100
 itself when the value is not a finite number >= 0):
@@ -16,7 +16,11 @@ itself when the value is not a finite number >= 0):
 - ``POST /fifo``: ``allow_parallel_requests=False`` (the worker's FIFO queue, one request
   at a time), ``max_queue_time`` from ``--fifo-max-queue-time-s``; same model route;
 - ``POST /stream``: a streamed answer, passed through by the worker's default response
-  generator (it streams when the model answers ``application/x-ndjson``).
+  generator (it streams when the model answers ``application/x-ndjson``);
+- ``POST /batch``: ``allow_parallel_requests=True`` in front of the batching model route,
+  no 429 check (how a vLLM endpoint is set up);
+- ``POST /batch_fifo``: ``allow_parallel_requests=False`` (the worker's FIFO queue) in
+  front of the same batching model, no 429 check.
 
 The fake model server (same process, 127.0.0.1, free port) answers:
 
@@ -25,6 +29,10 @@ The fake model server (same process, 127.0.0.1, free port) answers:
   released key stays released: one key per test), with
   ``{"echo": payload}``, or with ``{"error": ...}`` and status ``payload["status"]`` when
   that is given (a ``500`` is passed through by the worker);
+- ``POST /batch`` and ``POST /batch_fifo``: a batching server (vLLM-like) shared by both
+  routes: up to ``BATCH_SIZE`` (16) calls in progress at once, each taking
+  ``payload["cost"] / BATCH_PERF`` seconds (default cost 100 at 500 units/s: 0.2 s) however
+  many run beside it; more wait for a slot in arrival order; answers ``{"echo": payload}``;
 - ``POST /stream``: ``payload["chunks"]`` (default 3) JSON lines ``{"i", "produced_at"}``
   (``produced_at``: ``time.monotonic()``, comparable with the test process's on Linux); with
   ``hold``, the last line only after that key is released;
@@ -68,6 +76,8 @@ LOADED_LINE = "fake model loaded"
 DEFAULT_SLEEP_S = 0.01
 DEFAULT_COST = 100.0
 DEFAULT_CHUNKS = 3
+BATCH_SIZE = 16  # the batching model's slots
+BATCH_PERF = 500.0  # cost units per second of one call, alone or in a full batch
 PARENT_POLL_S = 0.5
 HOLD_LIMIT_S = 30.0  # a held model call answers anyway after this: nothing waits for ever
 MAX_RECORDS = 10_000
@@ -76,6 +86,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MODEL_RECORDS: list[dict[str, Any]] = []
 WORKER_RECORDS: list[dict[str, Any]] = []
 RELEASED: dict[str, asyncio.Event] = {}
+BATCH_SLOTS = asyncio.Semaphore(BATCH_SIZE)  # binds to the running loop at first use
 
 
 def _is_local(host: object) -> bool:
@@ -123,10 +134,14 @@ async def _hold(payload: dict[str, Any]) -> None:
                 await _released(str(key)).wait()
 
 
+def _model_call(request: web.Request, payload: dict[str, Any]) -> dict[str, Any]:
+    return _record(MODEL_RECORDS, {"route": request.path, "n": payload.get("n"),
+                                   "start": time.monotonic(), "end": None})  # fmt: skip
+
+
 async def _generate(request: web.Request) -> web.Response:
     payload = await request.json()
-    entry = _record(MODEL_RECORDS, {"route": request.path, "n": payload.get("n"),
-                                    "start": time.monotonic(), "end": None})  # fmt: skip
+    entry = _model_call(request, payload)
     try:
         await asyncio.sleep(float(payload.get("sleep_s", DEFAULT_SLEEP_S)))
         await _hold(payload)
@@ -135,6 +150,18 @@ async def _generate(request: web.Request) -> web.Response:
     status = int(payload.get("status", 200))
     if status != 200:
         return web.json_response({"error": f"fake model failed ({status})"}, status=status)
+    return web.json_response({"echo": payload})
+
+
+async def _batch(request: web.Request) -> web.Response:
+    """The batching model: a slot (FIFO wait), then cost / BATCH_PERF seconds in it."""
+    payload = await request.json()
+    async with BATCH_SLOTS:
+        entry = _model_call(request, payload)  # recorded once in the batch, not while waiting
+        try:
+            await asyncio.sleep(workload(payload) / BATCH_PERF)
+        finally:
+            entry["end"] = time.monotonic()
     return web.json_response({"echo": payload})
 
 
@@ -172,6 +199,8 @@ async def _start_model_server() -> tuple[web.AppRunner, int]:
             web.post("/generate", _generate),
             web.post("/fifo", _generate),
             web.post("/stream", _stream),
+            web.post("/batch", _batch),
+            web.post("/batch_fifo", _batch),
             web.post("/release", _release),
             web.get("/records", _records),
             web.get("/health", _health),
@@ -218,6 +247,18 @@ def _worker_config(args: argparse.Namespace, model_port: int, model_log: Path) -
         HandlerConfig(
             route="/stream",
             allow_parallel_requests=True,
+            max_queue_time=None,
+            workload_calculator=workload,
+        ),
+        HandlerConfig(
+            route="/batch",
+            allow_parallel_requests=True,
+            max_queue_time=None,
+            workload_calculator=workload,
+        ),
+        HandlerConfig(
+            route="/batch_fifo",
+            allow_parallel_requests=False,
             max_queue_time=None,
             workload_calculator=workload,
         ),

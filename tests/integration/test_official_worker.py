@@ -160,3 +160,47 @@ async def test_in_flight_request_is_reported_in_cur_load(official: Shared) -> No
     assert during, [r.body for r in worker.reports()]
     assert all(b["cur_load"] >= 250 and b["num_requests_working"] >= 1 for b in during)
     await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=done_at)
+
+
+async def _timed_calls(
+    http: aiohttp.ClientSession, emu: Emulator, path: str, ns: list[str], cost: float
+) -> list[float]:
+    """Sends one request per ``n`` to ``path`` together; each one's seconds to its answer."""
+    answers = [await routed(http, emu, cost=cost) for _ in ns]
+    started = time.monotonic()
+
+    async def timed(answer: dict[str, Any], n: str) -> float:
+        payload = {"cost": cost, "n": n}
+        assert await call_worker(http, answer, payload, path=path) == (200, {"echo": payload})
+        return time.monotonic() - started
+
+    return list(await asyncio.gather(*(timed(a, n) for a, n in zip(answers, ns, strict=True))))
+
+
+def _most_at_once(records: dict[str, list[dict[str, Any]]], ns: list[str]) -> int:
+    """The most model calls among ``ns`` that were in progress at the same instant."""
+    calls = [c for c in records["model"] if c["n"] in ns]
+    return max(sum(1 for o in calls if o["start"] <= c["start"] < o["end"]) for c in calls)
+
+
+async def test_parallel_handler_lets_a_batching_model_serve_eight_in_the_time_of_one(
+    official: Shared,
+) -> None:
+    """In front of a batching model server (vLLM-like: a call takes cost / 500 s however
+    many run beside it), the worker's parallel handler passes 8 concurrent requests on
+    together and they end in about the time of one; its FIFO handler, in front of the same
+    model, passes them one at a time and they take about 8 times as long."""
+    emu, http, worker = official
+    cost = 200.0  # 0.4 s of model time per call
+    (alone,) = await _timed_calls(http, emu, "/batch", ["batch-alone"], cost)
+    batched_ns = [f"batch-{i}" for i in range(8)]
+    batched = await _timed_calls(http, emu, "/batch", batched_ns, cost)
+    queued_ns = [f"batch-fifo-{i}" for i in range(8)]
+    queued = await _timed_calls(http, emu, "/batch_fifo", queued_ns, cost)
+    records = await worker.records(http)
+    assert alone >= cost / 500 * 0.95
+    assert max(batched) < 3 * alone, (alone, batched)
+    assert _most_at_once(records, batched_ns) == 8
+    assert _most_at_once(records, queued_ns) == 1
+    assert max(queued) >= 8 * cost / 500 * 0.95, queued
+    assert max(queued) >= 4 * alone, (alone, queued)

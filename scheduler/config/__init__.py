@@ -23,6 +23,7 @@ from scheduler.config.daemon import (
 from scheduler.config.endpoint import (
     ENDPOINT_NAME,
     BatchConfig,
+    CapacityConfig,
     CostConfig,
     EjectionConfig,
     EndpointConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "AppConfig",
     "AuthConfig",
     "BatchConfig",
+    "CapacityConfig",
     "ConfigError",
     "CostConfig",
     "EjectionConfig",

@@ -117,11 +117,32 @@ class EjectionConfig(Model):
 
 
 class PlacementConfig(Model):
-    # A busy worker takes a job only if it would finish within this long at its measured rate;
-    # longer for workers whose throughput grows with concurrency (batching inference servers).
-    horizon_s: float = Field(0.1, gt=0, le=3600)
+    # Optional: a busy worker takes a job only if it would finish within this long at its
+    # measured rate, on top of its concurrency limit. None (the default): the limit decides.
+    horizon_s: float | None = Field(None, gt=0, le=3600)
     # While jobs wait for a busy worker, one batch is still routed this often (new workers).
     held_route_interval_s: float = Field(2.0, gt=0, le=3600)
+
+
+class CapacityConfig(Model):
+    """Per-worker concurrency limits learnt from completions (``scheduler.core.capacity``)."""
+
+    enabled: bool = True  # false: a worker takes what its leases' budgets allow
+    initial_limit: int = Field(1, gt=0, le=10_000)
+    max_limit: int = Field(256, gt=0, le=10_000)
+    startup_gain: float = Field(1.25, gt=1, le=10)
+    probe_every: int = Field(8, gt=0, le=10_000)
+    probe_step: float = Field(1.25, gt=1, le=10)
+    probe_rounds: int = Field(2, gt=0, le=100)
+    probe_efficiency: float = Field(0.5, gt=0, le=1)
+    congestion_ratio: float = Field(2.0, gt=1, le=100)
+    backoff: float = Field(0.7, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _initial_within_max(self) -> CapacityConfig:
+        if self.initial_limit > self.max_limit:
+            raise ValueError("initial_limit must be <= max_limit")
+        return self
 
 
 class EndpointConfig(Model):
@@ -133,7 +154,9 @@ class EndpointConfig(Model):
     default_timeout_s: float = Field(300.0, gt=0)
     max_timeout_s: float = Field(3600.0, gt=0)
     max_attempts: int = Field(5, gt=0, le=100)
-    max_concurrency: int = Field(64, gt=0)
+    # Jobs routing or running at once; None (the default): bounded by the leases and the
+    # workers' concurrency limits alone.
+    max_concurrency: int | None = Field(None, gt=0)
     reuse: Literal["auto", "session", "sequential", "never"] = "auto"
     batch: BatchConfig = BatchConfig()
     lease: LeaseConfig = LeaseConfig()
@@ -144,6 +167,7 @@ class EndpointConfig(Model):
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     ejection: EjectionConfig = EjectionConfig()
     placement: PlacementConfig = PlacementConfig()
+    capacity: CapacityConfig = CapacityConfig()
     # The queue's own rule (finite, > 0), so check-config refuses what start-up would.
     tenant_weights: dict[str, TenantWeight] = Field(default_factory=dict)
     refuse_unmeetable_deadlines: bool = False

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.core.calibration import BusyMeter
+from scheduler.core.capacity import Capacity, Change, Sent
 
 EPSILON = 1e-9
 
@@ -89,15 +90,16 @@ class Lease:
 
 
 def admitted_finish(
-    load: float, jobs: int, cost: float, rate: float | None, horizon_s: float
+    load: float, jobs: int, cost: float, rate: float | None, horizon_s: float | None
 ) -> float | None:
     """Seconds until a job of ``cost`` would finish on a worker with ``load`` cost in ``jobs``
     jobs, clearing ``rate`` cost per second (0 before its rate is measured: admitted); None
-    when the worker does not admit it: busy, and the job would finish past ``horizon_s``."""
+    when the worker does not admit it: busy, and the job would finish past ``horizon_s``
+    (None: no horizon, the worker's concurrency limit alone decides)."""
     if not rate:
         return 0.0
     finish = (load + cost) / rate
-    return finish if jobs == 0 or finish <= horizon_s else None
+    return finish if jobs == 0 or horizon_s is None or finish <= horizon_s else None
 
 
 BUSY_ALPHA = 0.05  # decay of the per-worker busy-rate sums, per completion (see tests)
@@ -119,9 +121,12 @@ class LeaseLimits:
 class LeasePool:
     """The leases of one endpoint."""
 
-    def __init__(self, limits: LeaseLimits, meter: BusyMeter | None = None) -> None:
+    def __init__(
+        self, limits: LeaseLimits, meter: BusyMeter | None = None, capacity: Capacity | None = None
+    ) -> None:
         self.limits = limits
         self.meter = meter or BusyMeter(alpha=BUSY_ALPHA)
+        self.capacity = capacity  # per-worker concurrency limits; None: leases alone bound it
         self._leases: dict[int, Lease] = {}
         self._next_id = 1
 
@@ -196,12 +201,13 @@ class LeasePool:
         now: float,
         rng: random.Random,
         excluded: frozenset[str] = frozenset(),
-        horizon_s: float = 0.0,
+        horizon_s: float | None = None,
     ) -> Lease | Held | None:
         """Earliest expected finish among the workers that admit the job (see the module
         docstring); ``None`` when no lease has room (route for more), ``HOLD`` when leases have
-        room but every such worker is busy past ``horizon_s``. Until every worker with room has
-        a measured rate (a new worker, the first jobs), ``pick``'s two choices decide."""
+        room but every such worker is at its concurrency limit or busy past ``horizon_s``.
+        Until every worker with room has a measured rate (a new worker, the first jobs),
+        ``pick``'s two choices decide."""
         room: dict[str, Lease] = {}
         for lease in self._leases.values():
             url = lease.worker_url
@@ -211,23 +217,42 @@ class LeasePool:
                     room[url] = lease
         if not room:
             return None
-        rates = {url: self.meter.throughput(url) for url in room}
-        if len(room) > 1 and None in rates.values():
-            return self.pick(cost, now, rng, excluded, self.meter.throughput)
         loads = self._loads()
+        at_limit = self._at_limit(room, loads, now)
+        if len(at_limit) == len(room):
+            return HOLD
+        rates = {url: self.meter.throughput(url) for url in room if url not in at_limit}
+        if len(rates) > 1 and None in rates.values():
+            return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput)
         best_finish, chosen = float("inf"), None
-        for url, lease in room.items():
-            finish = admitted_finish(*loads.get(url, (0.0, 0)), cost, rates[url], horizon_s)
+        for url, rate in rates.items():
+            finish = admitted_finish(*loads.get(url, (0.0, 0)), cost, rate, horizon_s)
             if finish is not None and finish < best_finish:
-                best_finish, chosen = finish, lease
+                best_finish, chosen = finish, room[url]
         return HOLD if chosen is None else chosen
 
-    def admits(self, lease: Lease, cost: float, now: float, horizon_s: float) -> bool:
+    def _at_limit(
+        self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float
+    ) -> frozenset[str]:
+        """The workers among ``room`` that hold as many jobs as their limit allows (each is
+        told it held a job back: that is what lets its limit grow)."""
+        capacity = self.capacity
+        if capacity is None:
+            return frozenset()
+        full = [url for url in room if loads.get(url, (0.0, 0))[1] >= capacity.limit(url)]
+        for url in full:
+            capacity.blocked(url, now)
+        return frozenset(full)
+
+    def admits(self, lease: Lease, cost: float, now: float, horizon_s: float | None) -> bool:
         """Whether ``lease`` may take a job of ``cost`` now: room, and its worker admits it."""
         if not lease.has_room(cost, now):
             return False
         url = lease.worker_url
         load, jobs = self._loads().get(url, (0.0, 0))
+        if self.capacity is not None and jobs >= self.capacity.limit(url):
+            self.capacity.blocked(url, now)
+            return False
         return admitted_finish(load, jobs, cost, self.meter.throughput(url), horizon_s) is not None
 
     def _loads(self) -> dict[str, tuple[float, int]]:
@@ -239,15 +264,30 @@ class LeasePool:
                 loads[lease.worker_url] = (cost + lease.inflight_cost, jobs + lease.inflight_jobs)
         return loads
 
-    def acquire(self, lease: Lease, cost: float, now: float) -> None:
+    def acquire(self, lease: Lease, cost: float, now: float) -> Sent | None:
+        """A job goes out on ``lease``; what it returns goes back to ``release``."""
         lease.inflight_cost += cost
         lease.inflight_jobs += 1
         lease.uses += 1
         lease.last_used = now
         self.meter.started(lease.worker_url, now)
+        return None if self.capacity is None else self.capacity.started(lease.worker_url, now)
 
-    def release(self, lease: Lease, cost: float, now: float, succeeded: bool) -> None:
+    def release(
+        self,
+        lease: Lease,
+        cost: float,
+        now: float,
+        succeeded: bool,
+        latency_s: float | None = None,
+        sent: Sent | None = None,
+    ) -> Change | None:
+        """A job on ``lease`` ended; returns a change of its worker's concurrency limit."""
         self.meter.finished(lease.worker_url, cost, now, succeeded)
+        change = None
+        if self.capacity is not None and sent is not None:
+            url = lease.worker_url
+            change = self.capacity.finished(url, sent, cost, latency_s, now, succeeded)
         last = lease.inflight_jobs <= 1  # reset to exactly 0 so float drift cannot pile up
         lease.inflight_cost = 0.0 if last else max(0.0, lease.inflight_cost - cost)
         lease.inflight_jobs = max(0, lease.inflight_jobs - 1)
@@ -258,6 +298,7 @@ class LeasePool:
             lease.completed += 1
             step = lease.capacity * self.limits.increase_fraction
             lease.budget = min(lease.capacity, lease.budget + step)
+        return change
 
     def shrink(self, lease: Lease) -> None:
         """Multiplicative decrease: the worker answered 429."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import structlog
 
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import LeaseLimits, ReuseMode
+from scheduler.core.capacity import CapacityPolicy
 from scheduler.core.health import EjectionPolicy, RetryBudget
 from scheduler.core.queue import JobQueue
 from scheduler.core.retry import backoff_s
@@ -33,6 +35,24 @@ def lease_limits(config: EndpointConfig) -> LeaseLimits:
     lc = config.lease
     return LeaseLimits(lc.ttl_s, lc.idle_close_s, lc.min_budget_fraction,
                        sequential_rest_s=lc.sequential_rest_s)  # fmt: skip
+
+
+def capacity_policy(config: EndpointConfig) -> CapacityPolicy | None:
+    """None when the endpoint turns per-worker limits off."""
+    c = config.capacity
+    if not c.enabled:
+        return None
+    return CapacityPolicy(
+        initial_limit=c.initial_limit, max_limit=c.max_limit, startup_gain=c.startup_gain,
+        probe_every=c.probe_every, probe_step=c.probe_step, probe_rounds=c.probe_rounds,
+        probe_efficiency=c.probe_efficiency, congestion_ratio=c.congestion_ratio,
+        backoff=c.backoff,
+    )  # fmt: skip
+
+
+def max_concurrency(config: EndpointConfig) -> float:
+    """The endpoint's cap on jobs routing or running; inf when none is set."""
+    return math.inf if config.max_concurrency is None else config.max_concurrency
 
 
 def ejection_policy(config: EndpointConfig) -> EjectionPolicy:

@@ -16,9 +16,10 @@ from typing import Any
 
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Held, Lease
+from scheduler.core.capacity import Sent
 from scheduler.core.queue import JobQueue
 from scheduler.dispatch.attempt import AttemptResult, attempt
-from scheduler.dispatch.context import EndpointContext, FinishHook, log
+from scheduler.dispatch.context import EndpointContext, FinishHook, log, max_concurrency
 from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.pinned import PinnedSession, PinnedSessions
 from scheduler.dispatch.routing import FleetBacklog, Routing
@@ -197,7 +198,8 @@ class EndpointDispatcher:
     def retry_after_s(self) -> int:
         eta = self.eta_s()
         if eta is None:
-            return max(1, min(60, len(self.queue) // max(1, self.config.max_concurrency)))
+            slots = self.config.max_concurrency or self.inflight
+            return max(1, min(60, len(self.queue) // max(1, slots)))
         return max(1, min(600, round(eta)))
 
     # the loop ---------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class EndpointDispatcher:
             self.ctx.finish(job, JobStatus.EXPIRED, "deadline passed while queued")
         self.leasing.close_idle(now)
         self._place(now)
-        free_slots = self.config.max_concurrency - self.inflight
+        free_slots = max_concurrency(self.config) - self.inflight
         return self.routing.maybe_route(now, free_slots, self._holding)
 
     async def _sleep(self, wake_at: float | None) -> None:
@@ -237,7 +239,8 @@ class EndpointDispatcher:
         excluded = self.settling.outliers.ejected(now)
         horizon_s = self.config.placement.horizon_s
         self._holding = False
-        while len(self.queue) and self.inflight < self.config.max_concurrency:
+        cap = max_concurrency(self.config)
+        while len(self.queue) and self.inflight < cap:
             head = self.queue.peek()
             if head is None:
                 return
@@ -255,12 +258,12 @@ class EndpointDispatcher:
     # one job on one lease ---------------------------------------------------------------
     def _start(self, job: Job, lease: Lease) -> None:
         now = self.ctx.clock()
-        self.leasing.pool.acquire(lease, job.cost, now)
+        sent = self.leasing.pool.acquire(lease, job.cost, now)
         self.settling.outliers.dispatched(lease.worker_url, now)
-        task = asyncio.create_task(self._run_job(job, lease), name=f"job-{job.id}")
+        task = asyncio.create_task(self._run_job(job, lease, sent), name=f"job-{job.id}")
         self._running[job.id] = task
 
-    async def _run_job(self, job: Job, lease: Lease) -> None:
+    async def _run_job(self, job: Job, lease: Lease, sent: Sent | None) -> None:
         ctx = self.ctx
         now = ctx.clock()
         if job.started_mono is None:
@@ -278,17 +281,17 @@ class EndpointDispatcher:
                 self.settling.may_run_again(job), ctx.clock,
             )  # fmt: skip
         except asyncio.CancelledError:
-            self.leasing.pool.release(lease, job.cost, ctx.clock(), succeeded=False)
+            self.leasing.release(lease, job.cost, False, sent)
             reason = CANCELLED_BY_CALLER if job.cancel_requested else SHUTDOWN_REASON
             status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED
             ctx.finish(job, status, reason)
             raise
         except Exception:
             log.exception("job.crashed", job_id=job.id, endpoint=self.name)
-            self.leasing.pool.release(lease, job.cost, ctx.clock(), succeeded=False)
+            self.leasing.release(lease, job.cost, False, sent)
             ctx.finish(job, JobStatus.FAILED, "internal error")
         else:
-            self.settling.settle(job, lease, result)
+            self.settling.settle(job, lease, result, sent, ctx.clock() - now)
         finally:
             self._running.pop(job.id, None)
             if len(self.queue):  # room for the next; with nothing queued the loop sleeps on

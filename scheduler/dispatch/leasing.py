@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, LeasePool, ReuseMode
+from scheduler.core.capacity import Capacity, CapacityPolicy, Sent
 from scheduler.dispatch.context import (
     MAX_REMEMBERED_WORKERS,
     EndpointContext,
+    capacity_policy,
     lease_limits,
     log,
     reuse_mode,
@@ -28,7 +30,9 @@ class Leasing:
         self._ctx = ctx
         self._forwarder = forwarder
         self._unreachable = unreachable
-        self.pool = LeasePool(lease_limits(ctx.config))
+        policy = capacity_policy(ctx.config)
+        self.capacity = Capacity(policy or CapacityPolicy())
+        self.pool = LeasePool(lease_limits(ctx.config), capacity=self.capacity if policy else None)
         self.mode = reuse_mode(ctx.config.reuse)
         self.legacy_detected = False
         self._sessionless_workers: set[str] = set()
@@ -72,6 +76,23 @@ class Leasing:
         lease.session_id = session_id
         return lease
 
+    def release(
+        self,
+        lease: Lease,
+        cost: float,
+        succeeded: bool,
+        sent: Sent | None,
+        latency_s: float | None = None,
+    ) -> None:
+        """A job on ``lease`` ended (``sent``: what its start returned; ``latency_s``: send to
+        answer read, for a success)."""
+        change = self.pool.release(lease, cost, self._ctx.clock(), succeeded, latency_s, sent)
+        if change is not None:
+            ctx = self._ctx
+            ctx.metrics.limit_changes.labels(ctx.name, change.reason).inc()
+            log.info("worker.limit_changed", endpoint=ctx.name, old=change.old, new=change.new,
+                     reason=change.reason, lease_id=lease.lease_id)  # fmt: skip
+
     def _remember_sessionless(self, url: str) -> None:
         if len(self._sessionless_workers) >= MAX_REMEMBERED_WORKERS:
             self._sessionless_workers.clear()  # rare; forgetting only costs one refused create
@@ -108,6 +129,10 @@ class Leasing:
 
     def reconfigure(self, config: EndpointConfig) -> None:
         self.pool.limits = lease_limits(config)
+        policy = capacity_policy(config)
+        if policy is not None:
+            self.capacity.policy = policy  # what was learnt per worker is kept
+        self.pool.capacity = self.capacity if policy is not None else None
         mode = reuse_mode(config.reuse)
         if mode is not self.mode and not (self.legacy_detected and config.reuse == "auto"):
             self.mode = mode

@@ -94,7 +94,7 @@ class Routing:
         self._retry_at = max(self._retry_at, until)
 
     # batches ----------------------------------------------------------------------------
-    def maybe_route(self, now: float, free_slots: int, holding: bool) -> float | None:
+    def maybe_route(self, now: float, free_slots: float, holding: bool) -> float | None:
         """Start a batch route call for queued jobs that no lease takes; returns when to look
         again. ``holding``: the last placement kept jobs for busy workers."""
         queue = self._ctx.queue
@@ -118,10 +118,10 @@ class Routing:
         self._route_next_batch(free_slots)
         return now  # look again at once: more batches may go out in parallel
 
-    def _route_next_batch(self, free_slots: int) -> None:
+    def _route_next_batch(self, free_slots: float) -> None:
         config, queue = self._ctx.config, self._ctx.queue
         max_jobs = 1 if self._leasing.mode is not ReuseMode.SESSION else config.batch.max_jobs
-        limits = BatchLimits(min(max_jobs, free_slots), config.batch.max_cost)
+        limits = BatchLimits(int(min(max_jobs, free_slots)), config.batch.max_cost)
         job_ids, cost = take_batch(queue.peek, queue.pop, limits)
         if not job_ids:
             return

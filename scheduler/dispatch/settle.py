@@ -10,6 +10,7 @@ from collections.abc import Callable
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, ReuseMode
 from scheduler.core.calibration import Calibrator, CompletionRate, ThroughputMeter
+from scheduler.core.capacity import Sent
 from scheduler.core.health import OutlierDetector
 from scheduler.core.retry import FINAL, Action, AttemptKind, decide
 from scheduler.core.retry import worker_error_kind as error_kind_of
@@ -74,20 +75,21 @@ class Settling:
 
         return allowed
 
-    def settle(self, job: Job, lease: Lease, result: AttemptResult) -> None:
+    def settle(
+        self, job: Job, lease: Lease, result: AttemptResult, sent: Sent | None, elapsed_s: float
+    ) -> None:
         ctx = self._ctx
         now = ctx.clock()
-        pool = self._leasing.pool
         if result.headers_after_s is not None:
             self._worker_latency.observe(result.headers_after_s)
         if result.kind in FINAL:
-            pool.release(lease, job.cost, now, succeeded=False)
+            self._leasing.release(lease, job.cost, False, sent)
             ctx.finish(job, FINAL_STATUS.get(result.kind, JobStatus.FAILED), result.detail)
             return
         reused = lease.uses > 1  # this attempt is one use: was the answer sent before it?
         action = decide(result.kind, result.status, reused, ctx.config.reuse == "auto")
         succeeded = action is Action.SUCCEED
-        pool.release(lease, job.cost, now, succeeded)
+        self._leasing.release(lease, job.cost, succeeded, sent, elapsed_s if succeeded else None)
         if succeeded:
             self.outliers.success(lease.worker_url)
             self.completions.completed(job.cost, now)

@@ -11,6 +11,9 @@ from scheduler.vast.types import Waiting, summarise_counts
 
 if TYPE_CHECKING:  # the dispatcher imports this module to build its snapshot
     from scheduler.dispatch.endpoint import EndpointDispatcher
+    from scheduler.dispatch.leasing import Leasing
+
+MAX_WORKER_VIEWS = 64
 
 
 def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
@@ -27,6 +30,7 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
         "leased_budget": pool.budget(),
         "leased_inflight_cost": pool.inflight_cost(),
         "lease_details": [lease_view(lease, now) for lease in pool],
+        "workers": worker_views(d.leasing),
         "reuse": str(d.leasing.mode),
         "legacy_detected": d.leasing.legacy_detected,
         "polling": routing.polling,
@@ -46,6 +50,32 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
             "ejections": settling.outliers.ejections_total,
         },
     }
+
+
+def worker_views(leasing: Leasing) -> list[dict[str, Any]]:
+    """Per leased worker: its concurrency limit (None when limits are off), what it holds,
+    what it delivers and its latency floor; at most ``MAX_WORKER_VIEWS``, busiest first."""
+    pool, capacity = leasing.pool, leasing.pool.capacity
+    held: dict[str, list[float]] = {}
+    for lease in pool:
+        jobs_cost = held.setdefault(lease.worker_url, [0, 0.0])
+        jobs_cost[0] += lease.inflight_jobs
+        jobs_cost[1] += lease.inflight_cost
+    views = []
+    for url, (jobs, cost) in sorted(held.items(), key=lambda item: (-item[1][0], item[0])):
+        state = capacity.state(url) if capacity is not None else None
+        views.append({
+            "worker_url": url,
+            "limit": capacity.limit(url) if capacity is not None else None,
+            "phase": str(state.phase) if state is not None else None,
+            "inflight_jobs": int(jobs),
+            "inflight_cost": cost,
+            "throughput_cost_per_s": pool.meter.throughput(url),
+            "latency_floor_s_per_cost": state.floor if state is not None else None,
+        })  # fmt: skip
+        if len(views) == MAX_WORKER_VIEWS:
+            break
+    return views
 
 
 def waiting_view(waiting: Waiting | None) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ class EndpointGauges:
     polling: int
     calibration_ratio: float
     throughput_cost_per_second: float
+    concurrency_limit: float  # summed over the leased workers (0 while limits are off)
 
     @classmethod
     def of(cls, endpoint: str, snapshot: Mapping[str, Any]) -> EndpointGauges:
@@ -61,6 +62,7 @@ class EndpointGauges:
             polling=int(snapshot["polling"]),
             calibration_ratio=snapshot["calibration"]["ratio"],
             throughput_cost_per_second=snapshot["throughput_cost_per_s"],
+            concurrency_limit=sum(w["limit"] or 0 for w in snapshot["workers"]),
         )
 
 
@@ -75,6 +77,7 @@ _GAUGE_HELP = {
     "polling": "1 while the endpoint's single poller waits for a ready worker",
     "calibration_ratio": "Observed over estimated cost (EWMA)",
     "throughput_cost_per_second": "Completed workload units per second (EWMA)",
+    "concurrency_limit": "Jobs the leased workers may hold at once, summed (learnt limits)",
 }
 
 
@@ -165,6 +168,13 @@ class Metrics:
         )
         # API
         self.http_requests = counter("http_requests", "API requests", ["handler", "code"])
+        # per-worker concurrency limits (scheduler.core.capacity); reason: startup,
+        # startup_done, probe, probe_kept, probe_dropped, congestion
+        self.limit_changes = counter(
+            "worker_limit_changes",
+            "Changes of a worker's concurrency limit",
+            ["endpoint", "reason"],
+        )
         # webhooks, one per finished job with a webhook URL; outcome: delivered, abandoned
         # (every attempt failed), cut (the daemon stopped before it got through)
         self.webhooks = counter("webhooks", "Webhooks by final outcome", ["outcome"])

@@ -422,12 +422,24 @@ def test_api_key_file_problems(vast: str, message: str) -> None:
 
 def test_placement_defaults_and_limits() -> None:
     config = parse_config("endpoints: {a: {}, b: {placement: {horizon_s: 2.5}}}", env={})
-    assert config.endpoints["a"].placement.horizon_s == 0.1
+    assert config.endpoints["a"].placement.horizon_s is None  # the concurrency limit decides
     assert config.endpoints["a"].placement.held_route_interval_s == 2.0
     assert config.endpoints["b"].placement.horizon_s == 2.5
     problems = problems_of("endpoints: {a: {placement: {horizon_s: 0, speed: 1}}}")
     assert any(p.startswith("endpoints.a.placement.horizon_s:") for p in problems), problems
     assert any(p.startswith("endpoints.a.placement.speed:") for p in problems), problems
+
+
+def test_capacity_defaults_and_limits() -> None:
+    config = parse_config("endpoints: {a: {}, b: {capacity: {enabled: false}}}", env={})
+    a, b = config.endpoints["a"], config.endpoints["b"]
+    assert a.capacity.enabled and a.capacity.initial_limit == 1
+    assert a.max_concurrency is None  # leases and worker limits bound it, not a job count
+    assert not b.capacity.enabled
+    problems = problems_of("endpoints: {a: {capacity: {initial_limit: 9, max_limit: 4}}}")
+    assert any(p.startswith("endpoints.a.capacity") for p in problems), problems
+    problems = problems_of("endpoints: {a: {capacity: {backoff: 1}}}")
+    assert any(p.startswith("endpoints.a.capacity.backoff:") for p in problems), problems
 
 
 @settings(max_examples=200, deadline=None)

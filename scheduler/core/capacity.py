@@ -1,0 +1,295 @@
+"""How many jobs each worker should hold at once, learnt from what the daemon observes. Pure:
+time is passed in.
+
+A worker's useful concurrency depends on what serves behind it, and the daemon cannot know it
+in advance: a batching inference server (vLLM, TGI) serves 32 requests in about the time of
+one, so its throughput grows with concurrency up to its batch size; a FIFO worker (ComfyUI,
+the official worker's default queue) or one that shares its speed between requests delivers
+the same throughput at any concurrency, and what it holds beyond one job only waits there.
+
+The controller measures each worker in rounds and climbs its throughput curve, in the spirit of
+BBR and of Envoy's adaptive concurrency filter. A round is the turnover of the jobs sent at the
+current limit (``limit`` of them completed), so that a verdict on a limit rests on jobs that
+ran under it. Its throughput comes from Little's law: jobs held on average over the round,
+over the mean latency per unit of cost of its jobs. With jobs alike that is the delivered cost
+per second; with mixed sizes it still rises with concurrency on a batching worker (latency per
+unit of cost stays put) and not on a FIFO one (small jobs wait behind large ones), and unlike
+counting completed cost it does not swing with which jobs happened to finish in the round. Only
+jobs sent into a worker already at the limit count: the first ones after a raise meet a worker
+emptier than the limit will keep it, and would make a FIFO worker look faster at two jobs than
+at one.
+
+* **Start-up.** From ``initial_limit`` the limit doubles after every round in which the worker
+  was held at its limit (jobs waited in the daemon for it) while delivered throughput grew by
+  at least ``startup_gain`` over the round before. When a doubling does not pay, the limit
+  falls back to the last one that did: a FIFO worker settles at one or two jobs, a batching
+  one at about its batch size, within a handful of rounds.
+* **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
+  job), and kept only if throughput grew by at least ``probe_efficiency`` of the proportional
+  gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is not enough);
+  a worker whose batch grew, or a share freed by others, is found again.
+* **Congestion.** Latency per unit of cost is compared with what it was when the current limit
+  was measured. When it exceeds ``congestion_ratio`` times that without more throughput, jobs
+  are queueing at the worker (it slowed down, or others fill it): the limit is cut by
+  ``backoff``. This also makes replicas that share a worker give way to each other, as TCP
+  flows do on a shared link.
+
+The floor (the least latency per cost seen, let slowly drift up so that a changed worker is
+measured again) is kept for the status view.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_WORKERS = 4096
+MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict, after this
+
+
+class Phase(enum.StrEnum):
+    STARTUP = "startup"
+    STEADY = "steady"
+    PROBING = "probing"
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPolicy:
+    initial_limit: int = 1
+    max_limit: int = 256
+    startup_gain: float = 1.25  # a doubling must raise throughput by this factor to go on
+    probe_every: int = 8  # rounds at a steady limit between probes
+    probe_step: float = 1.25  # a probe raises the limit by this factor (at least one job)
+    probe_rounds: int = 2  # a probe must pay in this many rounds in a row to be kept
+    probe_efficiency: float = 0.5  # share of the proportional throughput gain a probe must show
+    congestion_ratio: float = 2.0  # latency per cost beyond this times the floor: queueing
+    backoff: float = 0.7  # the limit's cut on congestion
+    floor_drift: float = 0.02  # per round, so a floor from an old, faster worker is forgotten
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.initial_limit <= self.max_limit:
+            raise ValueError("initial_limit must be in [1, max_limit]")
+        if self.startup_gain <= 1 or self.probe_step <= 1 or self.congestion_ratio <= 1:
+            raise ValueError("startup_gain, probe_step and congestion_ratio must be > 1")
+        if not 0 < self.backoff < 1 or not 0 < self.probe_efficiency <= 1:
+            raise ValueError("backoff must be in (0, 1) and probe_efficiency in (0, 1]")
+        if self.probe_every < 1 or self.probe_rounds < 1 or not 0 <= self.floor_drift < 1:
+            raise ValueError("probe_every and probe_rounds must be >= 1, floor_drift in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the controller notes when a job is sent: given back when it ends."""
+
+    epoch: int  # the round it was sent in
+    at: float
+    full: bool  # it brought the worker to its limit: its latency is the limit's
+
+
+@dataclass(slots=True)
+class _Round:
+    started_at: float
+    held_s: float = 0.0  # integral of jobs held over the round's time (job-seconds)
+    completions: int = 0  # of jobs sent in this round
+    latency_per_cost: float = 0.0  # summed over its successes (s per unit of cost)
+    samples: int = 0
+    blocked: bool = False  # a job waited in the daemon because of this worker's limit
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of a worker's limit, for metrics and logs."""
+
+    worker: str
+    old: int
+    new: int
+    reason: str  # startup | startup_done | probe | probe_kept | probe_dropped | congestion
+
+
+@dataclass(slots=True)
+class WorkerState:
+    limit: int
+    phase: Phase = Phase.STARTUP
+    epoch: int = 0
+    inflight: int = 0  # jobs held now (sent, not ended)
+    changed_at: float = 0.0  # when ``inflight`` last changed
+    round: _Round = field(default_factory=lambda: _Round(0.0))
+    base_limit: int = 0  # the last limit whose throughput was measured in a held round
+    base_rate: float = 0.0  # delivered cost per second at base_limit
+    base_latency: float = 0.0  # latency per cost (s per unit) at base_limit
+    floor: float | None = None  # least latency per cost seen (s per unit), drifting up
+    latency: float | None = None  # the last round's latency per cost
+    rate: float = 0.0  # the last round's delivered cost per second
+    steady_rounds: int = 0
+    probe_wins: int = 0  # rounds in a row the current probe paid
+    changes: list[Change] = field(default_factory=list)
+
+
+class Capacity:
+    """Per-worker concurrency limits (at most ``max_workers`` workers, least recent out)."""
+
+    def __init__(self, policy: CapacityPolicy, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+        self.policy = policy
+        self.max_workers = max_workers
+        self._workers: OrderedDict[str, WorkerState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def state(self, worker: str) -> WorkerState | None:
+        return self._workers.get(worker)
+
+    def limit(self, worker: str) -> int:
+        state = self._workers.get(worker)
+        return self.policy.initial_limit if state is None else state.limit
+
+    def _state(self, worker: str, now: float) -> WorkerState:
+        state = self._workers.get(worker)
+        if state is None:
+            state = WorkerState(limit=self.policy.initial_limit, changed_at=now)
+            state.round = _Round(now)
+            self._workers[worker] = state
+            while len(self._workers) > self.max_workers:
+                self._workers.popitem(last=False)
+        else:
+            self._workers.move_to_end(worker)
+        return state
+
+    @staticmethod
+    def _hold(state: WorkerState, now: float, change: int) -> None:
+        state.round.held_s += state.inflight * max(0.0, now - state.changed_at)
+        state.inflight = max(0, state.inflight + change)
+        state.changed_at = now
+
+    def started(self, worker: str, now: float) -> Sent:
+        state = self._state(worker, now)
+        self._hold(state, now, +1)
+        return Sent(state.epoch, now, state.inflight >= state.limit)
+
+    def blocked(self, worker: str, now: float) -> None:
+        """A queued job could not go to ``worker`` because it was at its limit."""
+        self._state(worker, now).round.blocked = True
+
+    def finished(
+        self,
+        worker: str,
+        sent: Sent,
+        cost: float,
+        latency_s: float | None,
+        now: float,
+        succeeded: bool,
+    ) -> Change | None:
+        """A job sent as ``sent`` ended; returns the limit's change when its round ended."""
+        state = self._state(worker, now)
+        self._hold(state, now, -1)
+        if sent.epoch != state.epoch:
+            return None  # sent under an earlier limit: no verdict on this one
+        current = state.round
+        current.completions += 1
+        valid = latency_s is not None and latency_s > 0 and math.isfinite(latency_s)
+        counts = sent.full or not current.blocked  # an unheld round: every job is its state
+        if succeeded and valid and counts and cost > 0 and math.isfinite(cost):
+            current.latency_per_cost += latency_s / cost  # type: ignore[operator]  # valid
+            current.samples += 1
+        if current.completions < state.limit:
+            return None
+        if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
+            return None  # no job sent at the limit has ended yet
+        state.epoch += 1
+        state.round = _Round(now)
+        return self._end_round(worker, state, current, now)
+
+    def forget(self, worker: str) -> None:
+        self._workers.pop(worker, None)
+
+    # one round's verdict ------------------------------------------------------------------
+    def _end_round(
+        self, worker: str, state: WorkerState, done: _Round, now: float
+    ) -> Change | None:
+        elapsed = now - done.started_at
+        if not done.samples or elapsed <= 0:
+            return None  # nothing to learn from (failures only)
+        latency = done.latency_per_cost / done.samples
+        rate = done.held_s / elapsed / latency
+        state.rate, state.latency = rate, latency
+        p = self.policy
+        state.floor = (
+            latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
+        )
+        old = state.limit
+        reason = self._verdict(state, rate, latency, done.blocked)
+        if reason is None or state.limit == old:
+            return None
+        change = Change(worker, old, state.limit, reason)
+        state.changes.append(change)
+        del state.changes[:-8]
+        return change
+
+    def _verdict(self, state: WorkerState, rate: float, latency: float, held: bool) -> str | None:
+        if state.phase is Phase.STARTUP and held:
+            return self._startup(state, rate, latency)
+        congested = state.base_latency > 0 and (
+            latency > self.policy.congestion_ratio * state.base_latency
+        )
+        if state.phase is Phase.PROBING:
+            return self._judge_probe(state, rate, latency, congested)
+        if congested and rate < state.base_rate * 1.1:
+            return self._cut(state, rate, latency)
+        if state.phase is Phase.STEADY and held:
+            return self._steady(state, rate, latency)
+        return None
+
+    def _set_base(self, state: WorkerState, rate: float, latency: float) -> None:
+        state.base_limit, state.base_rate, state.base_latency = state.limit, rate, latency
+
+    def _startup(self, state: WorkerState, rate: float, latency: float) -> str:
+        p = self.policy
+        if state.base_limit == 0 or rate >= state.base_rate * p.startup_gain:
+            self._set_base(state, rate, latency)
+            state.limit = min(p.max_limit, state.limit * 2)
+            if state.limit == state.base_limit:
+                state.phase = Phase.STEADY
+            return "startup"
+        state.phase = Phase.STEADY
+        state.steady_rounds = 0
+        state.limit = state.base_limit
+        return "startup_done"
+
+    def _steady(self, state: WorkerState, rate: float, latency: float) -> str | None:
+        p = self.policy
+        state.steady_rounds += 1
+        state.base_rate += 0.5 * (rate - state.base_rate)
+        state.base_latency += 0.5 * (latency - state.base_latency)
+        if state.steady_rounds < p.probe_every or state.limit >= p.max_limit:
+            return None
+        state.phase = Phase.PROBING
+        state.limit = min(p.max_limit, max(state.limit + 1, math.ceil(state.limit * p.probe_step)))
+        return "probe"
+
+    def _judge_probe(
+        self, state: WorkerState, rate: float, latency: float, congested: bool
+    ) -> str | None:
+        p = self.policy
+        proportional = state.limit / max(state.base_limit, 1) - 1
+        if not congested and rate >= state.base_rate * (1 + p.probe_efficiency * proportional):
+            state.probe_wins += 1
+            if state.probe_wins < p.probe_rounds:
+                return None  # one more round at the probe's limit
+            self._set_base(state, rate, latency)
+            verdict = "probe_kept"
+        else:
+            state.limit = state.base_limit
+            verdict = "probe_dropped"
+        state.phase = Phase.STEADY
+        state.steady_rounds = 0
+        state.probe_wins = 0
+        return verdict
+
+    def _cut(self, state: WorkerState, rate: float, latency: float) -> str:
+        state.phase = Phase.STEADY
+        state.steady_rounds = 0
+        state.limit = max(1, math.floor(state.limit * self.policy.backoff))
+        self._set_base(state, rate, latency)
+        return "congestion"

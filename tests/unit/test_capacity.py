@@ -1,0 +1,234 @@
+"""The per-worker concurrency controller (``scheduler.core.capacity``) against simulated workers.
+
+The workers are the emulator's own service models (``WorkQueue``: processor sharing, FIFO,
+continuous batching), driven in simulated time by a closed loop: ``demand`` jobs are always
+outstanding, those the worker's limit does not admit wait in the "daemon", and every
+completion is replaced at once. No clock, no sockets: each run is exact and repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Sent
+from scheduler.emulator.workload import WorkQueue
+
+W = "http://worker"
+RTT_S = 0.0001  # the network's share of every job's latency (well below any service time here)
+
+
+@dataclass
+class Sim:
+    worker: WorkQueue
+    demand: int
+    costs: list[float]
+    capacity: Capacity = field(default_factory=lambda: Capacity(CapacityPolicy()))
+    now: float = 0.0
+    started: dict[int, Sent] = field(default_factory=dict)
+    waiting: deque[int] = field(default_factory=deque)
+    completions: int = 0
+    next_id: int = 0
+    limits: list[tuple[float, int]] = field(default_factory=list)  # (time, limit) per change
+
+    def __post_init__(self) -> None:
+        for _ in range(self.demand):
+            self._arrive()
+
+    def _arrive(self) -> None:
+        self.waiting.append(self.next_id)
+        self.next_id += 1
+
+    def cost(self, job: int) -> float:
+        """Drawn from ``costs``, the same for the same job (a strict rotation of sizes could
+        line a job's size up with its place in a round, as real traffic does not)."""
+        return random.Random(job).choice(self.costs)
+
+    def _dispatch(self) -> None:
+        while self.waiting and len(self.started) < self.capacity.limit(W):
+            job = self.waiting.popleft()
+            self.started[job] = self.capacity.started(W, self.now)
+            self._finish(self.worker.add(job, self.cost(job), self.now))
+        if self.waiting:
+            self.capacity.blocked(W, self.now)
+
+    def _finish(self, jobs: list[int]) -> None:
+        for job in jobs:
+            sent = self.started.pop(job)
+            latency = self.now - sent.at + RTT_S
+            change = self.capacity.finished(W, sent, self.cost(job), latency, self.now, True)
+            if change is not None:
+                self.limits.append((self.now, change.new))
+            self.completions += 1
+            self._arrive()
+
+    def run(self, *, until_s: float | None = None, completions: int | None = None) -> None:
+        """Advance until a time or a number of completions (bounded either way)."""
+        for _ in range(1_000_000):
+            if until_s is not None and self.now >= until_s:
+                return
+            if completions is not None and self.completions >= completions:
+                return
+            self._dispatch()
+            step = self.worker.next_completion_in()
+            assert step is not None, "the worker idles with jobs waiting"
+            self.now += max(step, 1e-9)
+            self._finish(self.worker.advance(self.now))
+        raise AssertionError("simulation did not finish")
+
+    @property
+    def limit(self) -> int:
+        return self.capacity.limit(W)
+
+
+def fifo(perf: float) -> WorkQueue:
+    return WorkQueue(rate=perf, service="fifo")
+
+
+def shared(perf: float) -> WorkQueue:
+    return WorkQueue(rate=perf, service="processor_sharing")
+
+
+def batching(perf: float, max_batch: int, slowdown: float) -> WorkQueue:
+    return WorkQueue(rate=perf, service="batching", max_batch=max_batch, batch_slowdown=slowdown)
+
+
+costs = st.lists(st.sampled_from([20.0, 100.0, 400.0]), min_size=1, max_size=5)
+
+
+@settings(max_examples=30, deadline=None)
+# Service times of 1 ms and more: 10x the simulated network time and above (where a job's
+# round trip is a large share of its latency, holding a third job hides it and does pay).
+@given(perf=st.floats(200, 20_000), job_costs=costs, demand=st.integers(4, 96))
+def test_a_fifo_or_sharing_worker_is_held_at_one_or_two_jobs(
+    perf: float, job_costs: list[float], demand: int
+) -> None:
+    """Throughput does not grow with concurrency: what the worker holds beyond a job or two
+    only waits there. The limit it settles at is 1 or 2; a probe raises it by one job for one
+    round every few rounds, and is dropped."""
+    for worker in (fifo(perf), shared(perf)):
+        sim = Sim(worker, demand, job_costs)
+        sim.run(completions=150)
+        settled = len(sim.limits)
+        sim.run(completions=550)
+        state = sim.capacity.state(W)
+        assert state is not None
+        assert state.base_limit <= 2, sim.limits
+        assert all(limit <= 3 for _, limit in sim.limits[settled:]), sim.limits
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    max_batch=st.sampled_from([4, 8, 16, 32]),
+    slowdown=st.floats(0.0, 0.03),
+    job_costs=st.lists(st.just(100.0), min_size=1, max_size=1)
+    | st.lists(st.sampled_from([50.0, 100.0, 150.0]), min_size=2, max_size=4),
+)
+def test_a_batching_worker_reaches_90_percent_of_its_batch_within_5_s(
+    max_batch: int, slowdown: float, job_costs: list[float]
+) -> None:
+    """About 500 ms per request alone; demand well above the batch. Once there, probes above
+    the batch are dropped and the limit stays between the batch and twice it."""
+    sim = Sim(batching(200.0, max_batch, slowdown), 3 * max_batch, job_costs)
+    sim.run(until_s=5.0)
+    assert sim.limit >= 0.9 * max_batch, sim.limits
+    settled = len(sim.limits)
+    sim.run(until_s=40.0)
+    assert all(0.9 * max_batch <= limit <= 2 * max_batch for _, limit in sim.limits[settled:])
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert 0.9 * max_batch <= state.base_limit <= 1.25 * max_batch, sim.limits
+
+
+def test_a_larger_batch_takes_one_more_doubling() -> None:
+    sim = Sim(batching(200.0, 64, 0.02), 192, [100.0, 150.0])
+    sim.run(until_s=10.0)
+    assert sim.limit >= 0.9 * 64, sim.limits
+
+
+@pytest.mark.parametrize("max_batch", [8, 32])
+def test_a_batching_worker_that_slows_down_4x_is_backed_off_within_a_few_rounds(
+    max_batch: int,
+) -> None:
+    sim = Sim(batching(200.0, max_batch, 0.02), 3 * max_batch, [100.0])
+    sim.run(until_s=20.0)
+    before = sim.limit
+    assert before >= 0.9 * max_batch
+    sim.worker.set_rate(50.0, sim.now)
+    changed_at = len(sim.limits)
+    sim.run(completions=sim.completions + 3 * before)
+    cuts = [limit for _, limit in sim.limits[changed_at:] if limit < before]
+    assert cuts, sim.limits[changed_at:]
+
+
+def test_a_steady_limit_is_probed_and_a_probe_that_does_not_pay_is_dropped() -> None:
+    sim = Sim(fifo(1000.0), 8, [100.0])
+    sim.run(completions=400)
+    reasons = [c.reason for c in sim.capacity.state(W).changes]  # type: ignore[union-attr]
+    assert "probe" in reasons, reasons
+    assert "probe_dropped" in reasons, reasons
+    assert sim.limit <= 2
+
+
+def test_the_limit_stays_within_policy_bounds() -> None:
+    policy = CapacityPolicy(initial_limit=2, max_limit=6)
+    sim = Sim(batching(200.0, 32, 0.0), 64, [100.0], Capacity(policy))
+    sim.run(until_s=30.0)
+    assert all(2 <= limit <= 6 for _, limit in sim.limits) or not sim.limits
+    assert sim.limit == 6
+
+
+def test_a_round_without_jobs_held_back_does_not_raise_the_limit() -> None:
+    """Demand below the limit: nothing says more concurrency would pay."""
+    sim = Sim(batching(200.0, 32, 0.0), 3, [100.0])
+    sim.run(until_s=20.0)
+    assert sim.limit <= 4, sim.limits
+
+
+def test_state_starts_in_startup_and_a_new_worker_gets_the_initial_limit() -> None:
+    capacity = Capacity(CapacityPolicy(initial_limit=3))
+    assert capacity.limit("http://new") == 3
+    capacity.started("http://new", 0.0)
+    state = capacity.state("http://new")
+    assert state is not None
+    assert state.phase is Phase.STARTUP
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"initial_limit": 0}, {"initial_limit": 9, "max_limit": 4}, {"startup_gain": 1.0},
+     {"backoff": 1.0}, {"probe_every": 0}, {"congestion_ratio": 1.0}],
+)  # fmt: skip
+def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each names its own field
+        CapacityPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_failures_and_bad_samples_teach_nothing() -> None:
+    capacity = Capacity(CapacityPolicy(initial_limit=1))
+    capacity.blocked(W, 0.0)
+    for now in (1.0, 2.0, 3.0):
+        for cost, latency, ok in (
+            (100.0, 1.0, False),
+            (math.nan, 1.0, True),
+            (100.0, math.inf, True),
+        ):
+            sent = capacity.started(W, now - 0.5)
+            assert capacity.finished(W, sent, cost, latency, now, ok) is None
+    assert capacity.limit(W) == 1
+
+
+def test_a_job_sent_under_an_earlier_limit_gives_no_verdict() -> None:
+    capacity = Capacity(CapacityPolicy(initial_limit=1))
+    old = capacity.started(W, 0.0)
+    capacity.blocked(W, 0.0)
+    first = capacity.started(W, 0.0)
+    assert capacity.finished(W, first, 100.0, 0.5, 0.5, True) is not None  # round 0 ends: 1 -> 2
+    assert capacity.limit(W) == 2
+    assert capacity.finished(W, old, 100.0, 1.0, 1.0, True) is None  # from round 0: no verdict

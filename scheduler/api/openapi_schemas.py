@@ -7,6 +7,7 @@ from typing import Any
 
 from scheduler.api.errors import REQUEST_ID_HEADER
 from scheduler.api.models import JobRequest, SessionRequest
+from scheduler.core.capacity import Phase
 from scheduler.jobs import JobStatus
 
 Schema = dict[str, Any]
@@ -75,6 +76,7 @@ NUMBER = {"type": "number"}
 INTEGER = {"type": "integer"}
 STRING = {"type": "string"}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
+NULLABLE_INTEGER = {"type": ["integer", "null"]}
 
 
 def obj(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
@@ -118,13 +120,33 @@ def response_schemas() -> dict[str, Schema]:
                       ["accepting", "store", "endpoints"]),
         "EndpointStatus": obj({
             "queue_depth": INTEGER, "queued_cost": NUMBER, "inflight": INTEGER,
-            "max_concurrency": INTEGER, "max_depth": INTEGER,
+            "max_concurrency": {**NULLABLE_INTEGER,
+                                "description": "null: no cap (leases and worker limits bound it)"},
+            "max_depth": INTEGER,
             "known_workers": {"type": "array", "items": STRING}, "leases": INTEGER,
+            "workers": {"type": "array", "items": ref("WorkerStatus"),
+                        "description": "Each leased worker, busiest first"},
             "eta_s": NULLABLE_NUMBER, "throughput_cost_per_s": NUMBER,
             "polling": {"type": "boolean"},
             "fleet": obj({"unfinished_jobs": INTEGER, "unfinished_cost": NUMBER},
                          ["unfinished_jobs", "unfinished_cost"]),
         }, ["queue_depth", "queued_cost", "inflight", "max_depth"]),
+        "WorkerStatus": obj({
+            "worker_url": STRING,
+            "limit": {**NULLABLE_INTEGER, "minimum": 1,
+                      "description": "Jobs the worker may hold at once, learnt from completions; "
+                                     "null when the endpoint sets `capacity.enabled: false`"},
+            "phase": {"type": ["string", "null"], "enum": [*(str(p) for p in Phase), None],
+                      "description": "How the limit is being learnt; null as `limit`"},
+            "inflight_jobs": INTEGER, "inflight_cost": NUMBER,
+            "throughput_cost_per_s": {**NULLABLE_NUMBER,
+                                      "description": "Cost per busy second; null until measured"},
+            "latency_floor_s_per_cost": {
+                **NULLABLE_NUMBER,
+                "description": "Least latency per unit of cost over a round (s), drifting up "
+                               "slowly; null until measured"},
+        }, ["worker_url", "limit", "phase", "inflight_jobs", "inflight_cost",
+            "throughput_cost_per_s", "latency_floor_s_per_cost"]),
         "Reloaded": obj({
             "status": {"type": "string", "enum": ["reloaded"]},
             "changes": {"type": "array", "items": STRING,

@@ -24,6 +24,7 @@ from scheduler.api.context import SERVICE
 
 TEMPLATE = files("scheduler.api").joinpath("static/status.html").read_text(encoding="utf-8")
 DASH = "\u2013"
+FLOOR_PER_COST = 100  # the workers table shows latency floors in ms per this much cost
 
 
 def _hashes(tag: str) -> str:
@@ -77,6 +78,16 @@ def secs(x: float | None) -> str:
     return DASH if x is None else f"{num(x)} s"
 
 
+def cap(x: int | None) -> str:
+    """The endpoint's ``max_concurrency``, as the in-flight tile's subtitle."""
+    return "no cap" if x is None else f"of {num(x)}"
+
+
+def floor_ms(s_per_cost: float | None) -> str:
+    """A latency floor (seconds per unit of cost) as milliseconds per 100 units of cost."""
+    return DASH if s_per_cost is None else f"{num(s_per_cost * FLOOR_PER_COST * 1000)} ms"
+
+
 def span(k: str, text: str) -> Html:
     return el("span", {"data-k": k}, text)
 
@@ -118,7 +129,7 @@ def tiles(name: str, e: Mapping[str, Any]) -> Html:
         tile(f"{name}/queued_cost", "Queued cost", num(e["queued_cost"]),
              "ETA ", span(f"{name}/eta_s", secs(e["eta_s"]))),
         tile(f"{name}/inflight", "In-flight jobs", num(e["inflight"]),
-             f"of {num(e['max_concurrency'])}"),
+             span(f"{name}/max_concurrency", cap(e["max_concurrency"]))),
         tile(f"{name}/leases", "Cached workers", num(e["leases"]),
              span(f"{name}/lease_workers", num(e["lease_workers"])), " distinct"),
         tile(f"{name}/leased_budget", "Leased budget", num(e["leased_budget"]),
@@ -154,6 +165,31 @@ def lease_row(name: str, lease: Mapping[str, Any]) -> Html:
     )  # fmt: skip
 
 
+def worker_row(name: str, worker: Mapping[str, Any]) -> Html:
+    url = worker["worker_url"]
+
+    def cell(field: str, text: str, **attrs: object) -> Html:
+        return el("td", {**attrs, "data-k": f"{name}/worker/{url}/{field}"}, text)
+
+    limit = worker["limit"]
+    use = (
+        el("meter", {"min": 0, "max": limit, "value": worker["inflight_jobs"]})
+        if limit is not None
+        else None
+    )
+    return el(
+        "tr", {},
+        cell("worker_url", url, **{"class": "url", "title": url}),
+        cell("limit", num(limit)),
+        cell("phase", DASH if worker["phase"] is None else worker["phase"]),
+        cell("inflight_jobs", num(worker["inflight_jobs"])),
+        el("td", {}, use),
+        cell("inflight_cost", num(worker["inflight_cost"])),
+        cell("throughput_cost_per_s", num(worker["throughput_cost_per_s"])),
+        cell("latency_floor", floor_ms(worker["latency_floor_s_per_cost"])),
+    )  # fmt: skip
+
+
 def route_row(name: str, index: int, route: Mapping[str, Any]) -> Html:
     k = f"{name}/route/{index}/"
     outcome = route["outcome"]
@@ -179,13 +215,18 @@ def count_rows(name: str, kind: str, counts: Mapping[str, int]) -> list[Html]:
 def endpoint(name: str, e: Mapping[str, Any]) -> Html:
     errs = e["errors"]
     leases = [lease_row(name, lease) for lease in e["lease_details"]]
+    workers = [worker_row(name, worker) for worker in e["workers"]]
     routes = [route_row(name, i, r) for i, r in enumerate(e["recent_routes"])]
     lease_headers = ["Lease", "Worker", "Mode", "Capacity", "Budget", "In-flight cost", "Jobs",
                      "Use", "Done", "Expires in", "State"]  # fmt: skip
+    worker_headers = ["Worker", "Limit", "Phase", "Jobs", "Use", "Held cost", "Throughput /s",
+                      f"Latency floor /{FLOOR_PER_COST} cost"]  # fmt: skip
     return el(
         "section", {"class": "ep", "data-ep": name},
         el("h2", {}, name, *badges(name, e)),
         tiles(name, e),
+        el("h3", {}, "Workers"),
+        table(worker_headers, workers, "no leased workers"),
         el("h3", {}, "Cached workers (leases)"),
         table(lease_headers, leases, "no cached workers"),
         el("div", {"class": "cols"},

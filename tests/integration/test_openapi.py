@@ -182,4 +182,9 @@ async def test_served_spec_and_real_answers_match_it(
         job = await wait_for_status(authed, daemon, created["id"], {"succeeded"})
         validator_for(spec, "Job").validate(job)
         async with authed.get(f"{daemon.url}/v1/status") as resp:
-            validator_for(spec, "Status").validate(await resp.json())
+            status = await resp.json()
+    validator_for(spec, "Status").validate(status)
+    # The job's worker is still leased: its row (limit, measured throughput) was validated too.
+    (worker,) = status["endpoints"]["echo"]["workers"]
+    assert worker["limit"] >= 1
+    assert worker["throughput_cost_per_s"] is not None

@@ -106,6 +106,13 @@ def stable_view(status: dict[str, Any]) -> dict[str, Any]:
             for field in ("worker_url", "mode", "capacity", "budget", "inflight_cost",
                           "inflight_jobs", "completed"):  # fmt: skip
                 view[f"{name}/lease/{lease['lease_id']}/{field}"] = lease[field]
+        for worker in e["workers"]:
+            for field in ("worker_url", "limit", "phase", "inflight_jobs", "inflight_cost",
+                          "throughput_cost_per_s"):  # fmt: skip
+                view[f"{name}/worker/{worker['worker_url']}/{field}"] = worker[field]
+            view[f"{name}/worker/{worker['worker_url']}/latency_floor"] = worker[
+                "latency_floor_s_per_cost"
+            ]
         for index, route in enumerate(e["recent_routes"]):
             view[f"{name}/route/{index}/outcome"] = route["outcome"]
             view[f"{name}/route/{index}/cost"] = route["cost"]
@@ -117,13 +124,18 @@ def assert_page_matches(page: DataKeys, status: dict[str, Any]) -> None:
     for key, want in expected.items():
         assert key in page.values, f"{key} is missing from the page"
         got = page.values[key]
-        if isinstance(want, str):
+        if want is None:
+            assert got == status_page.DASH, key
+        elif key.endswith("/latency_floor"):  # ms per FLOOR_PER_COST units of cost
+            per_cost_ms = float(got.removesuffix(" ms")) / status_page.FLOOR_PER_COST / 1000
+            assert per_cost_ms == pytest.approx(want, rel=0.01, abs=1e-7), key
+        elif isinstance(want, str):
             assert got == want, key
         else:
             assert number(got) == pytest.approx(want, abs=0.006), key
     # No stale rows: every lease and route answer shown is one of the status.
     volatile = ("/age_s", "/detail", "/expires_in_s")
-    shown = {k for k in page.values if "/lease/" in k or "/route/" in k}
+    shown = {k for k in page.values if "/lease/" in k or "/route/" in k or "/worker/" in k}
     assert {k for k in shown if not k.endswith(volatile)} <= set(expected)
 
 
@@ -177,7 +189,9 @@ async def test_status_page_in_headless_chromium(
     async with running_emulator(EMULATED) as emulator:
         config = daemon_config(
             emulator.autoscaler_url,
-            {"steady": {"max_concurrency": 2}, "flaky": {}},
+            # steady without learnt limits (both jobs run on its one worker at once, and its
+            # row shows no limit); flaky learns one, and has no max_concurrency.
+            {"steady": {"max_concurrency": 2, "capacity": {"enabled": False}}, "flaky": {}},
             server={"grace_period_s": 0.5},
         )
         async with running_daemon(config) as daemon:
@@ -228,6 +242,18 @@ async def test_status_page_in_headless_chromium(
     assert values[f"{key}/worker_url"] == emulator.workers("steady")[0].url
     assert values[f"{key}/budget"] == "100"
     assert values[f"{key}/inflight_jobs"] == "1"
+    assert values["steady/max_concurrency"] == "of 2"
+    assert values["flaky/max_concurrency"] == "no cap"
+    steady_row = f"steady/worker/{lease['worker_url']}"
+    assert values[f"{steady_row}/inflight_jobs"] == "2"
+    assert values[f"{steady_row}/limit"] == values[f"{steady_row}/phase"] == status_page.DASH
+    (flaky_worker,) = after["endpoints"]["flaky"]["workers"]
+    flaky_row = f"flaky/worker/{flaky_worker['worker_url']}"
+    assert int(values[f"{flaky_row}/limit"]) >= 1
+    assert values[f"{flaky_row}/phase"] in ("startup", "steady", "probing")
+    # 100 units at 100 units/s: a second per job, 1000 ms per 100 units of cost
+    assert 900 <= float(values[f"{flaky_row}/latency_floor"].removesuffix(" ms")) <= 1500
+    assert 50 <= float(values[f"{flaky_row}/throughput_cost_per_s"]) <= 110
     assert int(values["flaky/worker_error/gone"]) >= 1
     assert values["flaky/worker_errors_total"] == values["flaky/worker_error/gone"]
     assert values["flaky/route/0/outcome"] in ("ready", "no_worker")
@@ -260,12 +286,16 @@ def hostile_status() -> dict[str, Any]:
         "capacity": 100, "budget": 50.5, "inflight_cost": 25, "inflight_jobs": 1,
         "completed": 3, "retired": False, "expires_in_s": 12.5,
     }  # fmt: skip
+    worker = {"worker_url": f"http://w/{HOSTILE}", "limit": 4, "phase": HOSTILE,
+              "inflight_jobs": 1, "inflight_cost": 25, "throughput_cost_per_s": None,
+              "latency_floor_s_per_cost": 0.0125}  # fmt: skip
     route = {"age_s": 1.25, "outcome": HOSTILE, "cost": 100, "latency_s": 0.003,
              "detail": HOSTILE}  # fmt: skip
     endpoint = {
         "queue_depth": 7, "queued_cost": 700, "inflight": 1, "max_concurrency": 4,
         "max_depth": 100, "known_workers": [], "leases": 1, "lease_workers": 1,
         "leased_budget": 50.5, "leased_inflight_cost": 25, "lease_details": [lease],
+        "workers": [worker],
         "reuse": HOSTILE, "legacy_detected": True, "polling": True, "eta_s": None,
         "throughput_cost_per_s": 0.0, "calibration": {"ratio": 1.0, "samples": 0},
         "last_no_worker": {"status": HOSTILE, "worker_counts": {}, "state": HOSTILE,
@@ -312,4 +342,10 @@ async def test_status_page_escapes_hostile_strings(tmp_path: Path) -> None:
         assert page.values[f"evil/worker_error/{HOSTILE}"] == "2"
         assert page.values["evil/queue_depth"] == "7"
         assert page.values["evil/lease/1/budget"] == "50.5"
+        row = f"evil/worker/http://w/{HOSTILE}"
+        assert page.values[f"{row}/worker_url"] == f"http://w/{HOSTILE}"
+        assert page.values[f"{row}/phase"] == HOSTILE
+        assert page.values[f"{row}/latency_floor"] == "1250 ms"
+        assert page.values[f"{row}/throughput_cost_per_s"] == status_page.DASH
+        assert page.values["evil/max_concurrency"] == "of 4"
     assert parse(dom_html).root.get("data-source") == "js"

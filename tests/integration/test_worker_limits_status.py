@@ -1,0 +1,67 @@
+"""Learnt per-worker concurrency limits, as an operator sees them: ``GET /v1/status`` lists the
+leased worker with its limit, and ``/metrics`` counts the limit's changes, after real jobs ran
+over real sockets on an emulated batching worker (vLLM-like: 32 requests progress at once, each
+barely slower than alone, so the controller's start-up doubles the limit while it pays)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.harness import daemon_config, run_many, running_daemon, running_emulator
+
+# 100 units at 400 units/s: a quarter second a job alone, 32 of them in about 0.4 s.
+EMULATED = {"llm": {"workers": 1, "service": "batching", "perf": 400}}
+CLIENTS = 48  # concurrent callers: enough to hold the worker at limits of 1, 2, 4, ... 32
+JOBS = 400
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def samples(http: aiohttp.ClientSession, url: str, name: str) -> dict[str, float]:
+    """The daemon's ``/metrics`` samples called ``name``, by their label values."""
+    async with http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return {
+        ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
+@pytest.mark.timeout(60)
+async def test_status_shows_a_learnt_limit_that_grew_under_load(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_emulator(EMULATED) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"llm": {}})
+        async with running_daemon(config) as daemon:
+            url = daemon.url
+            statuses = await run_many(http, f"{url}/v1/endpoints/llm/run", JOBS, CLIENTS)
+            assert statuses == [200] * JOBS
+            status = await get_json(http, f"{url}/v1/status")
+            changes = await samples(http, url, "vast_scheduler_worker_limit_changes_total")
+            gauge = await samples(http, url, "vast_scheduler_concurrency_limit")
+
+    llm = status["endpoints"]["llm"]
+    assert llm["max_concurrency"] is None  # no endpoint cap: the worker's limit bounds it
+    (worker,) = llm["workers"]
+    assert worker["worker_url"] == emulator.workers("llm")[0].url
+    assert worker["phase"] in ("startup", "steady", "probing")
+    assert worker["limit"] >= 4, worker  # start-up doubled it: the batching worker paid
+    assert worker["inflight_jobs"] == 0  # every run answered
+    assert worker["throughput_cost_per_s"] > 400  # more than one job at a time delivers
+    assert 0 < worker["latency_floor_s_per_cost"] < 0.1
+    # The limit changes counted, at least one start-up doubling among them.
+    assert sum(changes.values()) > 0, changes
+    assert changes.get("endpoint=llm,reason=startup", 0) > 0, changes
+    assert gauge == {"endpoint=llm": worker["limit"]}

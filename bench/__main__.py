@@ -1,4 +1,4 @@
-"""``python -m bench --scenario a|b|c|d|e|all [--quick] [--seed N]``
+"""``python -m bench --scenario a|b|c|d|e|f|g|h|all [--quick] [--seed N]``
 
 Runs each scenario with every system (direct floor, official vastai client, vast-scheduler
 through ``run`` and the proxy) against its own emulator process, the daemon as its own
@@ -22,7 +22,11 @@ from pathlib import Path
 import aiohttp
 
 from bench import procs, report
-from bench.scenarios import SCENARIOS, Ctx
+from bench.capacity import SCENARIOS as CAPACITY_SCENARIOS
+from bench.scenarios import SCENARIOS as BASE_SCENARIOS
+from bench.scenarios import Ctx
+
+SCENARIOS = {**BASE_SCENARIOS, **CAPACITY_SCENARIOS}
 
 
 async def main(names: list[str], quick: bool, seed: int) -> int:

@@ -1,0 +1,411 @@
+"""Scenarios (f)-(h): worker capacity that fits real inference servers.
+
+The emulator's workers follow a service model (``scheduler/emulator/settings.py``): batching
+(up to ``max_batch`` requests at once, each slowed by ``1 + batch_slowdown * (n - 1)``), FIFO
+(one at a time) or processor sharing. The daemon learns a concurrency limit per worker
+(``scheduler/core/capacity.py``); these scenarios compare it, on its default config, with the
+official client and the direct floor, and record the limits it reached and how fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bench import procs
+from bench.loadgen import Record, closed_loop
+from bench.scenarios import (
+    DIRECT,
+    OFFICIAL,
+    RUN,
+    Ctx,
+    Load,
+    Stage,
+    _by,
+    emulator_config,
+    run_systems,
+    target,
+)
+from bench.systems import Job, System
+
+ENDPOINT = "llm"  # the daemon's bench config estimates its cost from ``max_tokens``
+ROUTE = "/v1/completions"
+PERF = 200.0  # cost units/s of one request alone: a cost-100 job alone takes 500 ms
+MAX_BATCH = 32
+BATCH_SLOWDOWN = 0.02
+WORKERS = 3
+CONCURRENCY = 96
+SMALL_COST, LARGE_COST, LARGE_SHARE = 20.0, 400.0, 0.2
+STATUS_POLL_S = 0.1
+LIMIT_REACHED_SHARE = 0.9  # "reached its batch": the limit at 90% of max_batch
+MAX_TRACE = 2000  # limit changes kept per run
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def batching_ceiling_cost_s(
+    workers: int, max_batch: int, perf: float, batch_slowdown: float
+) -> float:
+    """Cost/s the emulator's batching model serves with every worker's batch full:
+    ``workers * max_batch`` requests, each at ``perf / (1 + s * (max_batch - 1))``."""
+    return workers * max_batch * perf / (1 + batch_slowdown * (max_batch - 1))
+
+
+def ceiling(costs: Sequence[float], workers: int = WORKERS) -> dict[str, float]:
+    """The fleet's full-batch ceiling in cost/s and, for this job mix, jobs/s."""
+    cost_s = batching_ceiling_cost_s(workers, MAX_BATCH, PERF, BATCH_SLOWDOWN)
+    mean = sum(costs) / len(costs) if costs else 0.0
+    return {
+        "cost_per_s": round(cost_s, 1),
+        "jobs_per_s": round(cost_s / mean, 2) if mean else 0.0,
+        "mean_cost": round(mean, 2),
+    }
+
+
+def mixed_costs(count: int, seed: int) -> list[float]:
+    """LLM-like sizes: exactly ``round(LARGE_SHARE * count)`` jobs of ``LARGE_COST`` (20x
+    larger), the rest ``SMALL_COST``, in a seeded random order."""
+    large = round(LARGE_SHARE * count)
+    costs = [LARGE_COST] * large + [SMALL_COST] * (count - large)
+    random.Random(seed).shuffle(costs)
+    return costs
+
+
+def cost_jobs(costs: Sequence[float]) -> list[Job]:
+    """One completion request per cost: ``max_tokens`` is the cost for the emulator (workload
+    ``max_tokens``), the daemon (its ``field`` estimator) and the official client alike."""
+    return [
+        Job(i, ENDPOINT, ROUTE, {"model": "m", "prompt": "hi", "max_tokens": int(c)}, float(c))
+        for i, c in enumerate(costs)
+    ]
+
+
+@dataclass
+class LimitWatch:
+    """Per-worker limits seen in ``/v1/status`` over a run: the changes (bounded), the last
+    view of each worker, and when each batching worker's limit first reached
+    ``LIMIT_REACHED_SHARE`` of its batch (seconds from the first job)."""
+
+    batches: dict[str, int]  # worker URL -> max_batch, for the batching workers
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reached_s: dict[str, float] = field(default_factory=dict)
+    polls: int = 0
+
+    def observe(self, t_s: float, workers: list[dict[str, Any]]) -> None:
+        self.polls += 1
+        for view in workers:
+            url = str(view.get("worker_url"))
+            limit, phase = view.get("limit"), view.get("phase")
+            before = self.last.get(url)
+            changed = before is None or (before["limit"], before["phase"]) != (limit, phase)
+            if changed and len(self.changes) < MAX_TRACE:
+                self.changes.append(
+                    {"t_s": round(t_s, 3), "worker_url": url, "limit": limit, "phase": phase}
+                )
+            self.last[url] = {"limit": limit, "phase": phase}
+            batch = self.batches.get(url)
+            if (
+                batch is not None
+                and url not in self.reached_s
+                and limit is not None
+                and limit >= LIMIT_REACHED_SHARE * batch
+            ):
+                self.reached_s[url] = round(t_s, 3)
+
+
+# ----------------------------------------------------------------------------- the runs
+async def _status_workers(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with http.get(url, timeout=timeout, headers=procs.DAEMON_HEADERS) as resp:
+        status = await resp.json()
+    return list(status["endpoints"][ENDPOINT].get("workers") or [])
+
+
+async def _poll(st: Stage, watch: LimitWatch, started: float, max_s: float) -> None:
+    assert st.daemon is not None
+    url = f"{st.daemon.url}/v1/status"
+    for _ in range(int(max_s / STATUS_POLL_S) + 1):  # bounded; cancelled when the run ends
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+            watch.observe(time.perf_counter() - started, await _status_workers(st.ctx.http, url))
+        await asyncio.sleep(STATUS_POLL_S)
+
+
+def closed_load(jobs: list[Job], concurrency: int, max_s: float) -> Load:
+    """A closed loop over ``jobs``; against the daemon, ``/v1/status`` is polled every 100 ms
+    and the per-worker limits (their changes, the end state, time to 90% of the batch) kept."""
+
+    async def load(system: System, st: Stage) -> tuple[list[Record], float, dict[str, Any]]:
+        fleet = [w for w in await st.workers() if w["endpoint"] == ENDPOINT]
+        services = {w["url"]: w.get("service") for w in fleet}
+        # Direct weighs workers by what they report (the benchmark's max_perf), as the
+        # autoscaler does for the official client: a batching worker's rate alone (perf)
+        # would have it send a FIFO worker as much as a batching one in (h).
+        st.perfs.update({w["url"]: float(w.get("max_perf") or w["perf"]) for w in fleet})
+        if st.daemon is None:
+            records, wall = await closed_loop(system, jobs, concurrency, max_s)
+            return records, wall, {"fleet": services}
+        batches = {url: MAX_BATCH for url, service in services.items() if service == "batching"}
+        watch = LimitWatch(batches)
+        started = time.perf_counter()
+        poller = asyncio.create_task(_poll(st, watch, started, max_s + 30))
+        try:
+            records, wall = await closed_loop(system, jobs, concurrency, max_s)
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+            end = await _status_workers(st.ctx.http, f"{st.daemon.url}/v1/status")
+            watch.observe(time.perf_counter() - started, end)
+        limits = [
+            {"worker_url": url, "service": services.get(url), **view}
+            for url, view in sorted(watch.last.items())
+        ]
+        extra = {
+            "fleet": services,
+            "worker_limits_end": limits,
+            "limit_reached_90pct_s": {url: watch.reached_s.get(url) for url in batches},
+            "limit_changes": watch.changes,
+            "status_polls": watch.polls,
+        }
+        return records, wall, extra
+
+    return load
+
+
+def limits_text(run: dict[str, Any] | None) -> str:
+    """``batching 32 (steady, 90% at 2.1 s), fifo 1 (steady)``: the daemon's end state."""
+    if not run or not run.get("worker_limits_end"):
+        return "-"
+    reached = run.get("limit_reached_90pct_s") or {}
+    parts = []
+    for w in run["worker_limits_end"]:
+        note = str(w.get("phase"))
+        if w["worker_url"] in reached:
+            at = reached[w["worker_url"]]
+            note += ", 90% never" if at is None else f", 90% at {at:g} s"
+        parts.append(f"{w.get('service')} {w.get('limit')} ({note})")
+    return "; ".join(parts)
+
+
+def _ratio_target(
+    name: str,
+    run: dict[str, Any] | None,
+    off: dict[str, Any] | None,
+    figure: Callable[[dict[str, Any]], float | None],
+    bound: float,
+    at_least: bool,
+    unit: str,
+) -> list[dict[str, Any]]:
+    if not run or not off:
+        return []
+    mine, theirs = figure(run), figure(off)
+    if not mine or not theirs:
+        return [target(name, f"missing ({mine} vs {theirs})", False)]
+    ratio = mine / theirs
+    met = ratio >= bound if at_least else ratio <= bound
+    return [target(name, f"{ratio:.2f}x ({mine:,.1f} vs {theirs:,.1f} {unit})", met)]
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _throughput(run: dict[str, Any]) -> float | None:
+    return _number(run.get("throughput_jobs_s"))
+
+
+def _p50(run: dict[str, Any]) -> float | None:
+    return _number(run["latency_ms"].get("p50"))
+
+
+def _p99(run: dict[str, Any]) -> float | None:
+    return _number(run["latency_ms"].get("p99"))
+
+
+def _no_failed(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    failed = sum(r["failed"] for r in runs if r["system"].startswith("vast-scheduler"))
+    return target(f"{label} no failed job (vast-scheduler)", str(failed), failed == 0)
+
+
+async def _all_ready(st: Stage) -> None:
+    """Every worker of the config ready before the first job (each system alike)."""
+    await st.wait_ready(ENDPOINT, WORKERS)
+
+
+async def _three_systems(
+    ctx: Ctx,
+    emulator: dict[str, Any],
+    variant: str,
+    load: Load,
+    concurrency: int,
+    prepare: Callable[[Stage], Awaitable[None]] = _all_ready,
+) -> list[dict[str, Any]]:
+    return await run_systems(
+        ctx, [DIRECT, OFFICIAL, RUN], emulator, ENDPOINT, WORKERS, concurrency, variant, load,
+        prepare,
+    )  # fmt: skip
+
+
+def _endpoint(service: str, workers: int = WORKERS) -> dict[str, Any]:
+    return {
+        "workers": workers,
+        "perf": PERF,
+        "service": service,
+        "max_batch": MAX_BATCH,
+        "batch_slowdown": BATCH_SLOWDOWN,
+        "workload": "max_tokens",
+    }
+
+
+# ------------------------------------------------------------------------------- (f)
+async def scenario_f(ctx: Ctx) -> dict[str, Any]:
+    fixed_count, mixed_count = (150, 120) if ctx.quick else (600, 400)
+    emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching")})
+    fixed = [100.0] * fixed_count
+    mixed = mixed_costs(mixed_count, ctx.seed)
+    v1, v2 = f"f1 cost 100, c={CONCURRENCY}", f"f2 cost 20/400, c={CONCURRENCY}"
+    runs = await _three_systems(
+        ctx, emulator, v1, closed_load(cost_jobs(fixed), CONCURRENCY, 120), CONCURRENCY
+    )
+    runs += await _three_systems(
+        ctx, emulator, v2, closed_load(cost_jobs(mixed), CONCURRENCY, 120), CONCURRENCY
+    )
+    ceilings = {v1: ceiling(fixed), v2: ceiling(mixed)}
+    for run in runs:
+        top = ceilings[run["variant"]]["jobs_per_s"]
+        run["share_of_ceiling"] = round(run["throughput_jobs_s"] / top, 3) if top else None
+    out = []
+    run1, off1 = _by(runs, v1, "vast-scheduler (run)"), _by(runs, v1, "official")
+    out += _ratio_target("(f1) throughput >= 1.0x official", run1, off1, _throughput, 1.0, True,
+                         "jobs/s")  # fmt: skip
+    if run1:
+        top = ceilings[v1]["jobs_per_s"]
+        share = run1["throughput_jobs_s"] / top
+        out.append(
+            target(
+                "(f1) throughput >= 0.9x the full-batch ceiling",
+                f"{share:.2f}x ({run1['throughput_jobs_s']} vs {top} jobs/s)",
+                share >= 0.9,
+            )
+        )
+    out += _ratio_target("(f1) p99 <= 1.0x official", run1, off1, _p99, 1.0, False, "ms")
+    run2, off2 = _by(runs, v2, "vast-scheduler (run)"), _by(runs, v2, "official")
+    out += _ratio_target("(f2) throughput >= 1.0x official", run2, off2, _throughput, 1.0, True,
+                         "jobs/s")  # fmt: skip
+    out += _ratio_target("(f2) p50 <= 1.0x official", run2, off2, _p50, 1.0, False, "ms")
+    out += _ratio_target("(f2) p99 <= 1.0x official", run2, off2, _p99, 1.0, False, "ms")
+    out.append(_no_failed("(f)", runs))
+    return {
+        "params": {
+            "concurrency": CONCURRENCY,
+            "workers": WORKERS,
+            "worker": _endpoint("batching"),
+            "jobs": {v1: fixed_count, v2: mixed_count},
+            "mix": {"small": SMALL_COST, "large": LARGE_COST, "large_share": LARGE_SHARE},
+            "ceiling": ceilings,
+        },
+        "runs": runs,
+        "targets": out,
+        "notes": [
+            f"{v}: full-batch ceiling {c['cost_per_s']:,} cost/s = {c['jobs_per_s']} jobs/s "
+            f"(mean cost {c['mean_cost']})"
+            for v, c in ceilings.items()
+        ]
+        + _limit_notes(runs),
+    }
+
+
+def _limit_notes(runs: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"{r['variant']}: daemon's worker limits at the end: {limits_text(r)}"
+        for r in runs
+        if r.get("worker_limits_end")
+    ]
+
+
+# ------------------------------------------------------------------------------- (g)
+async def scenario_g(ctx: Ctx) -> dict[str, Any]:
+    # FIFO: 3 x 200 cost/s over a mean cost of 96 is 6.25 jobs/s; 300 jobs take ~48 s.
+    count, concurrency = (30, 24) if ctx.quick else (300, CONCURRENCY)
+    emulator = emulator_config(ctx, {ENDPOINT: _endpoint("fifo")})
+    costs = mixed_costs(count, ctx.seed)
+    variant = f"fifo cost 20/400, c={concurrency}"
+    runs = await _three_systems(
+        ctx, emulator, variant, closed_load(cost_jobs(costs), concurrency, 180), concurrency
+    )
+    run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
+    out = _ratio_target("(g) p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
+    out += _ratio_target("(g) throughput >= 0.95x official", run, off, _throughput, 0.95, True,
+                         "jobs/s")  # fmt: skip
+    out.append(_no_failed("(g)", runs))
+    fleet_cost_s = WORKERS * PERF
+    return {
+        "params": {
+            "concurrency": concurrency,
+            "jobs": count,
+            "workers": WORKERS,
+            "worker": _endpoint("fifo"),
+            "mix": {"small": SMALL_COST, "large": LARGE_COST, "large_share": LARGE_SHARE},
+            "ceiling_jobs_per_s": round(fleet_cost_s / (sum(costs) / len(costs)), 2),
+        },
+        "runs": runs,
+        "targets": out,
+        "notes": _limit_notes(runs),
+    }
+
+
+# ------------------------------------------------------------------------------- (h)
+MIXED_FLEET = ("batching", "fifo", "processor_sharing")
+
+
+async def scenario_h(ctx: Ctx) -> dict[str, Any]:
+    count = 120 if ctx.quick else 600
+    emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching", workers=0)})
+    costs = mixed_costs(count, ctx.seed)
+    variant = f"mixed fleet cost 20/400, c={CONCURRENCY}"
+
+    async def prepare(st: Stage) -> None:
+        for service in MIXED_FLEET:
+            await st.add_worker(ENDPOINT, service=service, perf=PERF, workload="max_tokens")
+        await st.wait_ready(ENDPOINT, len(MIXED_FLEET))
+
+    runs = await _three_systems(
+        ctx, emulator, variant, closed_load(cost_jobs(costs), CONCURRENCY, 120), CONCURRENCY,
+        prepare,
+    )  # fmt: skip
+    run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
+    out = _ratio_target("(h) throughput >= 1.0x official", run, off, _throughput, 1.0, True,
+                        "jobs/s")  # fmt: skip
+    out.append(_no_failed("(h)", runs))
+    mean = sum(costs) / len(costs)
+    top = batching_ceiling_cost_s(1, MAX_BATCH, PERF, BATCH_SLOWDOWN) + 2 * PERF
+    return {
+        "params": {
+            "concurrency": CONCURRENCY,
+            "jobs": count,
+            "fleet": list(MIXED_FLEET),
+            "worker": _endpoint("batching", workers=1),
+            "mix": {"small": SMALL_COST, "large": LARGE_COST, "large_share": LARGE_SHARE},
+            "ceiling": {"cost_per_s": round(top, 1), "jobs_per_s": round(top / mean, 2)},
+        },
+        "runs": runs,
+        "targets": out,
+        "notes": _limit_notes(runs),
+    }
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]] = {
+    "f": (
+        "batching workers (max_batch 32): fixed cost 100 and 20/400 mix at concurrency 96",
+        scenario_f,
+    ),
+    "g": ("FIFO workers, 20/400 cost mix: what waits at a worker only waits", scenario_g),
+    "h": ("mixed fleet: one batching, one FIFO, one processor-sharing worker", scenario_h),
+}

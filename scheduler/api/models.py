@@ -19,6 +19,8 @@ PROXY_TAIL_PATTERN = rf"^(?:{_SEGMENT}(?:/{_SEGMENT}?)*)?$"  # the route less it
 _ROUTE = re.compile(ROUTE_PATTERN)
 _ROUTE_CHARS = re.compile(rf"/[{_CHAR}./]*")
 
+MIN_SESSION_LIFETIME_S = 10.0
+
 
 def check_worker_route(route: str) -> str:
     """A path only: a leading '/', no '//' prefix, no '..' segment, no scheme, host, controls."""
@@ -61,5 +63,9 @@ class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cost: Annotated[float, Strict()] = Field(gt=0, le=1e9, allow_inf_nan=False)
-    lifetime_s: Annotated[float, Strict()] = Field(120.0, gt=0, le=86_400, allow_inf_nan=False)
+    # At least 10 s: a shorter session would expire before the caller's next request reached it
+    # (schemathesis found a 0.1 us one swept between its creation and the next GET).
+    lifetime_s: Annotated[float, Strict()] = Field(
+        120.0, ge=MIN_SESSION_LIFETIME_S, le=86_400, allow_inf_nan=False
+    )
     wait_s: Annotated[float, Strict()] = Field(30.0, ge=0, le=600, allow_inf_nan=False)

@@ -279,15 +279,14 @@ class LeasePool:
         cost: float,
         now: float,
         succeeded: bool,
-        latency_s: float | None = None,
         sent: Sent | None = None,
     ) -> Change | None:
-        """A job on ``lease`` ended; returns a change of its worker's concurrency limit."""
+        """A job on ``lease`` ended (``sent``: what ``acquire`` returned for it); returns a
+        change of its worker's concurrency limit."""
         self.meter.finished(lease.worker_url, cost, now, succeeded)
         change = None
         if self.capacity is not None and sent is not None:
-            url = lease.worker_url
-            change = self.capacity.finished(url, sent, cost, latency_s, now, succeeded)
+            change = self.capacity.finished(lease.worker_url, sent, cost, now, succeeded)
         last = lease.inflight_jobs <= 1  # reset to exactly 0 so float drift cannot pile up
         lease.inflight_cost = 0.0 if last else max(0.0, lease.inflight_cost - cost)
         lease.inflight_jobs = max(0, lease.inflight_jobs - 1)

@@ -11,10 +11,11 @@ The controller measures each worker in rounds and climbs its throughput curve, i
 BBR and of Envoy's adaptive concurrency filter. A round is the turnover of the jobs sent at the
 current limit (``limit`` of them completed), so that a verdict on a limit rests on jobs that
 ran under it. Its throughput comes from Little's law: jobs held on average over the round,
-over the mean latency per unit of cost of its jobs. With jobs alike that is the delivered cost
-per second; with mixed sizes it still rises with concurrency on a batching worker (latency per
-unit of cost stays put) and not on a FIFO one (small jobs wait behind large ones), and unlike
-counting completed cost it does not swing with which jobs happened to finish in the round. Only
+over its jobs' mean latency per unit of cost. With jobs alike that is the delivered cost per
+second; with mixed sizes it still rises with concurrency on a batching worker (each job's
+latency is proportional to its cost) and not on a FIFO one (small jobs wait behind large ones),
+and unlike counting completed cost it does not swing with which jobs happened to finish in the
+round. Only
 jobs sent into a worker already at the limit count: the first ones after a raise meet a worker
 emptier than the limit will keep it, and would make a FIFO worker look faster at two jobs than
 at one.
@@ -93,7 +94,7 @@ class _Round:
     started_at: float
     held_s: float = 0.0  # integral of jobs held over the round's time (job-seconds)
     completions: int = 0  # of jobs sent in this round
-    latency_per_cost: float = 0.0  # summed over its successes (s per unit of cost)
+    latency_per_cost: float = 0.0  # summed over its counted successes (s per unit of cost)
     samples: int = 0
     blocked: bool = False  # a job waited in the daemon because of this worker's limit
 
@@ -173,25 +174,21 @@ class Capacity:
         self._state(worker, now).round.blocked = True
 
     def finished(
-        self,
-        worker: str,
-        sent: Sent,
-        cost: float,
-        latency_s: float | None,
-        now: float,
-        succeeded: bool,
+        self, worker: str, sent: Sent, cost: float, now: float, succeeded: bool
     ) -> Change | None:
-        """A job sent as ``sent`` ended; returns the limit's change when its round ended."""
+        """A job sent as ``sent`` ended; returns the limit's change when its round ended. Its
+        latency is counted from ``started`` to now, the span in which it is counted as held:
+        Little's law needs the two to agree."""
         state = self._state(worker, now)
         self._hold(state, now, -1)
         if sent.epoch != state.epoch:
             return None  # sent under an earlier limit: no verdict on this one
         current = state.round
         current.completions += 1
-        valid = latency_s is not None and latency_s > 0 and math.isfinite(latency_s)
+        latency_s = now - sent.at
         counts = sent.full or not current.blocked  # an unheld round: every job is its state
-        if succeeded and valid and counts and cost > 0 and math.isfinite(cost):
-            current.latency_per_cost += latency_s / cost  # type: ignore[operator]  # valid
+        if succeeded and counts and latency_s > 0 and cost > 0 and math.isfinite(cost):
+            current.latency_per_cost += latency_s / cost
             current.samples += 1
         if current.completions < state.limit:
             return None

@@ -291,7 +291,7 @@ class EndpointDispatcher:
             self.leasing.release(lease, job.cost, False, sent)
             ctx.finish(job, JobStatus.FAILED, "internal error")
         else:
-            self.settling.settle(job, lease, result, sent, ctx.clock() - now)
+            self.settling.settle(job, lease, result, sent)
         finally:
             self._running.pop(job.id, None)
             if len(self.queue):  # room for the next; with nothing queued the loop sleeps on

@@ -38,6 +38,16 @@ class Leasing:
         self._sessionless_workers: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
 
+    def saturated(self, worker_url: str) -> bool:
+        """The worker has live leases and holds as many jobs as its limit allows: another
+        lease on it would only open another Vast session that nothing can use."""
+        capacity = self.pool.capacity
+        if capacity is None:
+            return False
+        leases = [x for x in self.pool if x.worker_url == worker_url and not x.retired]
+        held = sum(x.inflight_jobs for x in leases)
+        return bool(leases) and held >= capacity.limit(worker_url)
+
     async def open(self, ready: Ready) -> Lease | None:
         """A lease in the pool for a ready answer, with a Vast session when the mode wants one
         and the worker has room for it; None when the worker cannot be reached."""
@@ -76,17 +86,9 @@ class Leasing:
         lease.session_id = session_id
         return lease
 
-    def release(
-        self,
-        lease: Lease,
-        cost: float,
-        succeeded: bool,
-        sent: Sent | None,
-        latency_s: float | None = None,
-    ) -> None:
-        """A job on ``lease`` ended (``sent``: what its start returned; ``latency_s``: send to
-        answer read, for a success)."""
-        change = self.pool.release(lease, cost, self._ctx.clock(), succeeded, latency_s, sent)
+    def release(self, lease: Lease, cost: float, succeeded: bool, sent: Sent | None) -> None:
+        """A job on ``lease`` ended (``sent``: what the pool returned when it started)."""
+        change = self.pool.release(lease, cost, self._ctx.clock(), succeeded, sent)
         if change is not None:
             ctx = self._ctx
             ctx.metrics.limit_changes.labels(ctx.name, change.reason).inc()

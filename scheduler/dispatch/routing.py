@@ -161,6 +161,9 @@ class Routing:
             self.release(batch)
             self._start_poller(result.request_idx)
             return
+        if self._leasing.mode is ReuseMode.SESSION and self._leasing.saturated(result.url):
+            self.release(batch)  # a worker held at its limit: no session that nothing can use
+            return
         lease = await self._leasing.open(result)
         if lease is None:
             self._batch_attempt_failed(batch)

@@ -75,9 +75,7 @@ class Settling:
 
         return allowed
 
-    def settle(
-        self, job: Job, lease: Lease, result: AttemptResult, sent: Sent | None, elapsed_s: float
-    ) -> None:
+    def settle(self, job: Job, lease: Lease, result: AttemptResult, sent: Sent | None) -> None:
         ctx = self._ctx
         now = ctx.clock()
         if result.headers_after_s is not None:
@@ -89,7 +87,7 @@ class Settling:
         reused = lease.uses > 1  # this attempt is one use: was the answer sent before it?
         action = decide(result.kind, result.status, reused, ctx.config.reuse == "auto")
         succeeded = action is Action.SUCCEED
-        self._leasing.release(lease, job.cost, succeeded, sent, elapsed_s if succeeded else None)
+        self._leasing.release(lease, job.cost, succeeded, sent)
         if succeeded:
             self.outliers.success(lease.worker_url)
             self.completions.completed(job.cost, now)

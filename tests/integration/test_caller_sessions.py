@@ -100,3 +100,17 @@ async def test_session_refused_at_the_limit_opens_nothing_on_a_worker(
                 assert (await resp.json())["error"]["code"] == "session_busy"
             worker = emulator.workers("chat")[0]
             assert len(worker.sessions.table.sessions) == 1
+
+
+async def test_a_session_shorter_than_ten_seconds_is_refused_naming_the_field(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_emulator({"chat": {"workers": 1}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"chat": {}})
+        async with running_daemon(config) as daemon:
+            url = f"{daemon.url}/v1/endpoints/chat/sessions"
+            async with http.post(url, json={"cost": 100, "lifetime_s": 1.2e-07}) as resp:
+                assert resp.status == 422
+                assert (await resp.json())["error"]["field"] == "lifetime_s"
+            worker = emulator.workers("chat")[0]
+            assert len(worker.sessions.table.sessions) == 0

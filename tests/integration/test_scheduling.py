@@ -56,10 +56,12 @@ async def test_cold_start_one_poller_carries_the_backlog(http: aiohttp.ClientSes
 
 
 async def test_completed_cost_follows_worker_perf(http: aiohttp.ClientSession) -> None:
-    async with running_emulator({"mixed": {"workers": 0}}) as emulator:
+    # Jobs of 300 units (37-150 ms of service): the daemon's own time between a job's answer and
+    # the next job's send stays a small share even on the fastest worker, held at a job or two.
+    async with running_emulator({"mixed": {"workers": 0, "workload_units": 300}}) as emulator:
         workers = [await emulator.add_worker("mixed", perf=p) for p in (2000, 4000, 8000)]
         await emulator.wait_ready("mixed", count=3, timeout_s=10)
-        endpoint = {"max_concurrency": 48, "batch": {"max_jobs": 8}}
+        endpoint = {"max_concurrency": 48, "batch": {"max_jobs": 8}, "cost": {"value": 300}}
         config = daemon_config(emulator.autoscaler_url, {"mixed": endpoint})
         async with running_daemon(config) as daemon:
             statuses = await run_many(
@@ -114,13 +116,18 @@ async def test_route_rate_limit_is_never_tripped(http: aiohttp.ClientSession) ->
             assert calls <= burst + rate_per_s * elapsed + 1, (i, j, elapsed, times)
 
 
+OVERLOADABLE = {"workers": 2, "perf": 5000, "parallel": False, "max_queue_time_s": 0.05}
+
+
 async def test_overloaded_worker_gets_its_budget_cut_and_no_job_fails(
     http: aiohttp.ClientSession,
 ) -> None:
-    # Sequential answers on a slow FIFO worker with a tiny max_queue_time: it answers 429.
-    emulated = {"workers": 2, "perf": 5000, "parallel": False, "max_queue_time_s": 0.05}
-    async with running_emulator({"busy": emulated}) as emulator:
-        endpoint = {"reuse": "sequential", "max_attempts": 50, "max_concurrency": 16}
+    # Sequential answers on a slow FIFO worker with a tiny max_queue_time: it answers 429. The
+    # daemon's per-worker limits would keep it under that (next test): they are off here, as
+    # when other clients fill the worker.
+    async with running_emulator({"busy": OVERLOADABLE}) as emulator:
+        endpoint = {"reuse": "sequential", "max_attempts": 50, "max_concurrency": 16,
+                    "capacity": {"enabled": False}}  # fmt: skip
         config = daemon_config(emulator.autoscaler_url, {"busy": endpoint})
         async with running_daemon(config) as daemon:
             statuses = await run_many(
@@ -130,6 +137,25 @@ async def test_overloaded_worker_gets_its_budget_cut_and_no_job_fails(
             assert overloaded._value.get() > 0
     assert statuses == [200] * 200
     assert sum(w.counters.by_status.get(429, 0) for w in emulator.workers("busy")) > 0
+
+
+async def test_worker_limits_keep_a_fifo_worker_under_its_queue_time(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The same overloadable workers with the limits on (the default): each holds a job or two,
+    so the worker's queue never reaches max_queue_time and nothing is refused."""
+    async with running_emulator({"busy": OVERLOADABLE}) as emulator:
+        endpoint = {"reuse": "sequential", "max_attempts": 50}
+        config = daemon_config(emulator.autoscaler_url, {"busy": endpoint})
+        async with running_daemon(config) as daemon:
+            statuses = await run_many(
+                http, f"{daemon.url}/v1/endpoints/busy/run", 200, concurrency=16
+            )
+            limits = [w["limit"] for w in daemon.service.status()["endpoints"]["busy"]["workers"]]
+    assert statuses == [200] * 200
+    assert sum(w.counters.by_status.get(429, 0) for w in emulator.workers("busy")) == 0
+    assert limits, "no leased worker"
+    assert all(limit <= 2 for limit in limits), limits
 
 
 async def test_worker_killed_mid_run_loses_no_job(http: aiohttp.ClientSession) -> None:

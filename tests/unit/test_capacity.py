@@ -21,7 +21,6 @@ from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Sent
 from scheduler.emulator.workload import WorkQueue
 
 W = "http://worker"
-RTT_S = 0.0001  # the network's share of every job's latency (well below any service time here)
 
 
 @dataclass
@@ -61,8 +60,7 @@ class Sim:
     def _finish(self, jobs: list[int]) -> None:
         for job in jobs:
             sent = self.started.pop(job)
-            latency = self.now - sent.at + RTT_S
-            change = self.capacity.finished(W, sent, self.cost(job), latency, self.now, True)
+            change = self.capacity.finished(W, sent, self.cost(job), self.now, True)
             if change is not None:
                 self.limits.append((self.now, change.new))
             self.completions += 1
@@ -102,10 +100,8 @@ def batching(perf: float, max_batch: int, slowdown: float) -> WorkQueue:
 costs = st.lists(st.sampled_from([20.0, 100.0, 400.0]), min_size=1, max_size=5)
 
 
-@settings(max_examples=30, deadline=None)
-# Service times of 1 ms and more: 10x the simulated network time and above (where a job's
-# round trip is a large share of its latency, holding a third job hides it and does pay).
-@given(perf=st.floats(200, 20_000), job_costs=costs, demand=st.integers(4, 96))
+@settings(max_examples=30, deadline=None, derandomize=True)  # simulations: no flaky seeds
+@given(perf=st.floats(200, 50_000), job_costs=costs, demand=st.integers(4, 96))
 def test_a_fifo_or_sharing_worker_is_held_at_one_or_two_jobs(
     perf: float, job_costs: list[float], demand: int
 ) -> None:
@@ -123,7 +119,7 @@ def test_a_fifo_or_sharing_worker_is_held_at_one_or_two_jobs(
         assert all(limit <= 3 for _, limit in sim.limits[settled:]), sim.limits
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)  # simulations: no flaky seeds
 @given(
     max_batch=st.sampled_from([4, 8, 16, 32]),
     slowdown=st.floats(0.0, 0.03),
@@ -140,7 +136,8 @@ def test_a_batching_worker_reaches_90_percent_of_its_batch_within_5_s(
     assert sim.limit >= 0.9 * max_batch, sim.limits
     settled = len(sim.limits)
     sim.run(until_s=40.0)
-    assert all(0.9 * max_batch <= limit <= 2 * max_batch for _, limit in sim.limits[settled:])
+    later = [limit for _, limit in sim.limits[settled:]]
+    assert all(0.9 * max_batch <= limit <= 2 * max_batch for limit in later), sim.limits
     state = sim.capacity.state(W)
     assert state is not None
     assert 0.9 * max_batch <= state.base_limit <= 1.25 * max_batch, sim.limits
@@ -214,13 +211,9 @@ def test_failures_and_bad_samples_teach_nothing() -> None:
     capacity = Capacity(CapacityPolicy(initial_limit=1))
     capacity.blocked(W, 0.0)
     for now in (1.0, 2.0, 3.0):
-        for cost, latency, ok in (
-            (100.0, 1.0, False),
-            (math.nan, 1.0, True),
-            (100.0, math.inf, True),
-        ):
+        for cost, ok in ((100.0, False), (math.nan, True), (0.0, True), (math.inf, True)):
             sent = capacity.started(W, now - 0.5)
-            assert capacity.finished(W, sent, cost, latency, now, ok) is None
+            assert capacity.finished(W, sent, cost, now, ok) is None
     assert capacity.limit(W) == 1
 
 
@@ -229,6 +222,6 @@ def test_a_job_sent_under_an_earlier_limit_gives_no_verdict() -> None:
     old = capacity.started(W, 0.0)
     capacity.blocked(W, 0.0)
     first = capacity.started(W, 0.0)
-    assert capacity.finished(W, first, 100.0, 0.5, 0.5, True) is not None  # round 0 ends: 1 -> 2
+    assert capacity.finished(W, first, 100.0, 0.5, True) is not None  # round 0 ends: 1 -> 2
     assert capacity.limit(W) == 2
-    assert capacity.finished(W, old, 100.0, 1.0, 1.0, True) is None  # from round 0: no verdict
+    assert capacity.finished(W, old, 100.0, 1.0, True) is None  # from round 0: no verdict

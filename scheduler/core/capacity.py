@@ -97,6 +97,7 @@ class _Round:
     latency_per_cost: float = 0.0  # summed over its counted successes (s per unit of cost)
     samples: int = 0
     blocked: bool = False  # a job waited in the daemon because of this worker's limit
+    peak: int = 0  # the most jobs held at once during the round
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ class Change:
     worker: str
     old: int
     new: int
-    reason: str  # startup | startup_done | probe | probe_kept | probe_dropped | congestion
+    reason: str  # startup[_done|_unheld] | probe | probe_kept | probe_dropped | congestion
 
 
 @dataclass(slots=True)
@@ -125,6 +126,7 @@ class WorkerState:
     rate: float = 0.0  # the last round's delivered cost per second
     steady_rounds: int = 0
     probe_wins: int = 0  # rounds in a row the current probe paid
+    probe_down: bool = False  # the last probe tried a lower limit
     changes: list[Change] = field(default_factory=list)
 
 
@@ -163,6 +165,7 @@ class Capacity:
         state.round.held_s += state.inflight * max(0.0, now - state.changed_at)
         state.inflight = max(0, state.inflight + change)
         state.changed_at = now
+        state.round.peak = max(state.round.peak, state.inflight)
 
     def started(self, worker: str, now: float) -> Sent:
         state = self._state(worker, now)
@@ -190,13 +193,21 @@ class Capacity:
         if succeeded and counts and latency_s > 0 and cost > 0 and math.isfinite(cost):
             current.latency_per_cost += latency_s / cost
             current.samples += 1
-        if current.completions < state.limit:
+        if current.completions < self._round_length(state):
             return None
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
             return None  # no job sent at the limit has ended yet
         state.epoch += 1
         state.round = _Round(now)
         return self._end_round(worker, state, current, now)
+
+    @staticmethod
+    def _round_length(state: WorkerState) -> int:
+        """Completions that end a round: a turnover of the limit; half of one in start-up,
+        where a doubling's verdict is plain and each round of waiting costs the most."""
+        if state.phase is Phase.STARTUP:
+            return max(1, math.ceil(state.limit / 2))
+        return state.limit
 
     def forget(self, worker: str) -> None:
         self._workers.pop(worker, None)
@@ -216,7 +227,7 @@ class Capacity:
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
         )
         old = state.limit
-        reason = self._verdict(state, rate, latency, done.blocked)
+        reason = self._verdict(state, done, rate, latency)
         if reason is None or state.limit == old:
             return None
         change = Change(worker, old, state.limit, reason)
@@ -224,9 +235,15 @@ class Capacity:
         del state.changes[:-8]
         return change
 
-    def _verdict(self, state: WorkerState, rate: float, latency: float, held: bool) -> str | None:
-        if state.phase is Phase.STARTUP and held:
-            return self._startup(state, rate, latency)
+    def _verdict(self, state: WorkerState, done: _Round, rate: float, latency: float) -> str | None:
+        held = done.blocked
+        if state.phase is Phase.STARTUP:
+            if held:
+                return self._startup(state, rate, latency)
+            if state.base_limit and done.peak < state.limit:
+                # The last doubling is untested (demand never reached it): keep what was held.
+                state.limit = max(state.base_limit, done.peak)
+                return "startup_unheld"
         congested = state.base_latency > 0 and (
             latency > self.policy.congestion_ratio * state.base_latency
         )
@@ -259,28 +276,47 @@ class Capacity:
         state.steady_rounds += 1
         state.base_rate += 0.5 * (rate - state.base_rate)
         state.base_latency += 0.5 * (latency - state.base_latency)
-        if state.steady_rounds < p.probe_every or state.limit >= p.max_limit:
+        if state.steady_rounds < p.probe_every:
+            return None
+        state.probe_down = not state.probe_down  # up and down in turn
+        if state.probe_down and state.limit > 1:
+            probe = min(state.limit - 1, math.floor(state.limit / p.probe_step))
+        elif state.limit < p.max_limit:
+            state.probe_down = False
+            probe = min(p.max_limit, max(state.limit + 1, math.ceil(state.limit * p.probe_step)))
+        else:
             return None
         state.phase = Phase.PROBING
-        state.limit = min(p.max_limit, max(state.limit + 1, math.ceil(state.limit * p.probe_step)))
+        state.limit = probe
         return "probe"
 
     def _judge_probe(
         self, state: WorkerState, rate: float, latency: float, congested: bool
     ) -> str | None:
+        """Up: kept when throughput grew enough for the jobs added. Down: kept when
+        throughput held (what the worker held beyond it only waited there)."""
         p = self.policy
         proportional = state.limit / max(state.base_limit, 1) - 1
-        if not congested and rate >= state.base_rate * (1 + p.probe_efficiency * proportional):
+        if state.limit < state.base_limit:
+            pays = rate >= state.base_rate * (1 - p.probe_efficiency * -proportional / 2)
+        else:
+            pays = not congested and rate >= state.base_rate * (
+                1 + p.probe_efficiency * proportional
+            )
+        if pays:
             state.probe_wins += 1
             if state.probe_wins < p.probe_rounds:
                 return None  # one more round at the probe's limit
             self._set_base(state, rate, latency)
             verdict = "probe_kept"
+            # A probe that paid is followed by another the same way at the next round.
+            state.steady_rounds = p.probe_every - 1
+            state.probe_down = not state.probe_down
         else:
             state.limit = state.base_limit
             verdict = "probe_dropped"
+            state.steady_rounds = 0
         state.phase = Phase.STEADY
-        state.steady_rounds = 0
         state.probe_wins = 0
         return verdict
 

@@ -130,14 +130,15 @@ def test_a_batching_worker_reaches_90_percent_of_its_batch_within_5_s(
     max_batch: int, slowdown: float, job_costs: list[float]
 ) -> None:
     """About 500 ms per request alone; demand well above the batch. Once there, probes above
-    the batch are dropped and the limit stays between the batch and twice it."""
+    and below the batch are dropped: the limit settles at about the batch (a down probe visits
+    a quarter below it for a round or two, an up probe a quarter above)."""
     sim = Sim(batching(200.0, max_batch, slowdown), 3 * max_batch, job_costs)
     sim.run(until_s=5.0)
     assert sim.limit >= 0.9 * max_batch, sim.limits
     settled = len(sim.limits)
     sim.run(until_s=40.0)
     later = [limit for _, limit in sim.limits[settled:]]
-    assert all(0.9 * max_batch <= limit <= 2 * max_batch for limit in later), sim.limits
+    assert all(0.7 * max_batch <= limit <= 2 * max_batch for limit in later), sim.limits
     state = sim.capacity.state(W)
     assert state is not None
     assert 0.9 * max_batch <= state.base_limit <= 1.25 * max_batch, sim.limits

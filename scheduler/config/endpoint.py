@@ -85,7 +85,7 @@ class PollConfig(Model):
 
 
 class BatchConfig(Model):
-    max_jobs: int = Field(16, gt=0, le=4096)
+    max_jobs: int = Field(32, gt=0, le=4096)
     max_cost: float = Field(1e9, gt=0)
     linger_ms: float = Field(0.0, ge=0, le=10_000)
 
@@ -121,7 +121,7 @@ class PlacementConfig(Model):
     # measured rate, on top of its concurrency limit. None (the default): the limit decides.
     horizon_s: float | None = Field(None, gt=0, le=3600)
     # While jobs wait for a busy worker, one batch is still routed this often (new workers).
-    held_route_interval_s: float = Field(2.0, gt=0, le=3600)
+    held_route_interval_s: float = Field(0.5, gt=0, le=3600)
 
 
 class CapacityConfig(Model):

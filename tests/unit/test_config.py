@@ -423,7 +423,7 @@ def test_api_key_file_problems(vast: str, message: str) -> None:
 def test_placement_defaults_and_limits() -> None:
     config = parse_config("endpoints: {a: {}, b: {placement: {horizon_s: 2.5}}}", env={})
     assert config.endpoints["a"].placement.horizon_s is None  # the concurrency limit decides
-    assert config.endpoints["a"].placement.held_route_interval_s == 2.0
+    assert config.endpoints["a"].placement.held_route_interval_s == 0.5
     assert config.endpoints["b"].placement.horizon_s == 2.5
     problems = problems_of("endpoints: {a: {placement: {horizon_s: 0, speed: 1}}}")
     assert any(p.startswith("endpoints.a.placement.horizon_s:") for p in problems), problems

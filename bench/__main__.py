@@ -1,4 +1,4 @@
-"""``python -m bench --scenario a|b|c|d|e|f|g|h|all [--quick] [--seed N]``
+"""``python -m bench --scenario a|b|c|d|e|f|g|h|i|all [--quick] [--seed N]``
 
 Runs each scenario with every system (direct floor, official vastai client, vast-scheduler
 through ``run`` and the proxy) against its own emulator process, the daemon as its own
@@ -23,10 +23,11 @@ import aiohttp
 
 from bench import procs, report
 from bench.capacity import SCENARIOS as CAPACITY_SCENARIOS
+from bench.replicas import SCENARIOS as REPLICA_SCENARIOS
 from bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from bench.scenarios import Ctx
 
-SCENARIOS = {**BASE_SCENARIOS, **CAPACITY_SCENARIOS}
+SCENARIOS = {**BASE_SCENARIOS, **CAPACITY_SCENARIOS, **REPLICA_SCENARIOS}
 
 
 async def main(names: list[str], quick: bool, seed: int) -> int:

@@ -205,7 +205,7 @@ def now_utc() -> str:
 
 
 def summary_markdown(date: str) -> str:
-    files = sorted(RESULTS.glob(f"{date}-[a-h]{SUFFIX['value']}.json"))
+    files = sorted(RESULTS.glob(f"{date}-[a-i]{SUFFIX['value']}.json"))
     datas = [json.loads(f.read_text()) for f in files]
     lines = [f"# vast-scheduler benchmark, {date}", ""]
     if datas:

@@ -220,7 +220,9 @@ class LeasePool:
         loads = self._loads()
         at_limit = self._at_limit(room, loads, now)
         if len(at_limit) == len(room):
-            return HOLD
+            # A worker under its limit whose leases are all full needs a bigger budget, which
+            # only a route call brings: route (None) rather than wait for the others (HOLD).
+            return None if self._short_of_budget(room, loads, excluded) else HOLD
         rates = {url: self.meter.throughput(url) for url in room if url not in at_limit}
         if len(rates) > 1 and None in rates.values():
             return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput)
@@ -243,6 +245,18 @@ class LeasePool:
         for url in full:
             capacity.blocked(url, now)
         return frozenset(full)
+
+    def _short_of_budget(
+        self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], excluded: frozenset[str]
+    ) -> bool:
+        capacity = self.capacity
+        if capacity is None:
+            return False
+        leased = {x.worker_url for x in self._leases.values() if not x.retired}
+        return any(
+            loads.get(url, (0.0, 0))[1] < capacity.limit(url)
+            for url in leased - room.keys() - excluded
+        )
 
     def admits(self, lease: Lease, cost: float, now: float, horizon_s: float | None) -> bool:
         """Whether ``lease`` may take a job of ``cost`` now: room, and its worker admits it."""

@@ -241,6 +241,9 @@ class Capacity:
             if held:
                 return self._startup(state, rate, latency)
             if state.base_limit and done.peak < state.limit:
+                if done.peak >= 1.5 * state.base_limit and rate < state.base_rate * 1.1:
+                    # It held far more than the last doubling that paid, for nothing more.
+                    return self._startup(state, rate, latency)
                 # The last doubling is untested (demand never reached it): keep what was held.
                 state.limit = max(state.base_limit, done.peak)
                 return "startup_unheld"

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler.core.assignments import Held, LeaseLimits, LeasePool, ReuseMode
 from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Sent
 from scheduler.emulator.workload import WorkQueue
 
@@ -226,3 +227,18 @@ def test_a_job_sent_under_an_earlier_limit_gives_no_verdict() -> None:
     assert capacity.finished(W, first, 100.0, 0.5, True) is not None  # round 0 ends: 1 -> 2
     assert capacity.limit(W) == 2
     assert capacity.finished(W, old, 100.0, 1.0, True) is None  # from round 0: no verdict
+
+
+def test_a_worker_under_its_limit_with_full_leases_makes_the_pool_route_for_more() -> None:
+    """Worker a is at its limit; worker b holds one job, under its limit of 2, but its only
+    lease (a one-job answer) is full: the job is routed for (None), not held (HOLD)."""
+    capacity = Capacity(CapacityPolicy(initial_limit=2))
+    pool = LeasePool(LeaseLimits(), capacity=capacity)
+    a = pool.new_lease("http://a", object(), ReuseMode.SESSION, 1000.0, 0.0)
+    b = pool.new_lease("http://b", object(), ReuseMode.SESSION, 100.0, 0.0)
+    for lease in (a, a, b):
+        pool.acquire(lease, 100.0, 0.0)
+    rng = random.Random(0)
+    assert pool.choose(100.0, 0.0, rng) is None
+    pool.acquire(pool.new_lease("http://b", object(), ReuseMode.SESSION, 100.0, 0.0), 100.0, 0.0)
+    assert pool.choose(100.0, 0.0, rng) is Held.HOLD  # both at their limit of 2 now

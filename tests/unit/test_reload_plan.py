@@ -42,7 +42,7 @@ LIVE = [
     ("route estimator", with_endpoint("echo", routes={"/x": {"value": 3}}),
      "endpoints.echo.routes./x: added"),
     ("batch", with_endpoint("echo", batch={"max_jobs": 2}),
-     "endpoints.echo.batch.max_jobs: 16 -> 2"),
+     "endpoints.echo.batch.max_jobs: 32 -> 2"),
     ("rate", with_endpoint("echo", route_rate_per_s=2.5), "endpoints.echo.route_rate_per_s"),
     ("tenant weights", with_endpoint("echo", tenant_weights={"a": 2.0}),
      "endpoints.echo.tenant_weights.a: added"),

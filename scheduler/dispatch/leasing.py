@@ -23,6 +23,7 @@ from scheduler.tasks import spawn
 from scheduler.vast.types import Ready, SessionRefused, WorkerError
 
 Unreachable = Callable[[str, str], None]  # worker URL, error kind
+MAX_SESSIONS_PER_WORKER = 4
 
 
 class Leasing:
@@ -37,6 +38,13 @@ class Leasing:
         self.legacy_detected = False
         self._sessionless_workers: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+
+    def session_slots_left(self, worker_url: str) -> bool:
+        """Whether the daemon may open another session on the worker: it keeps to
+        ``MAX_SESSIONS_PER_WORKER`` of its own, below the official worker's max_sessions (10),
+        which sessions it never ended (or other clients') share."""
+        sessions = sum(1 for x in self.pool if x.worker_url == worker_url and x.session_id)
+        return sessions < MAX_SESSIONS_PER_WORKER
 
     def saturated(self, worker_url: str) -> bool:
         """The worker has live leases and holds as many jobs as its limit allows: another
@@ -60,9 +68,10 @@ class Leasing:
                 session_id = await self._forwarder.create_session(
                     ready, self._ctx.config.lease.session_lifetime_s
                 )
-            except SessionRefused:
-                mode = ReuseMode.SEQUENTIAL  # at max_sessions or no session support
-                self._remember_sessionless(ready.url)
+            except SessionRefused as exc:
+                mode = ReuseMode.SEQUENTIAL  # this answer carries one job at a time
+                if exc.status != 429:  # 429: at max_sessions for now, not for good
+                    self._remember_sessionless(ready.url)
             except WorkerError as exc:
                 self._unreachable(ready.url, exc.kind)
                 return None

@@ -161,8 +161,13 @@ class Routing:
             self.release(batch)
             self._start_poller(result.request_idx)
             return
-        if self._leasing.mode is ReuseMode.SESSION and self._leasing.saturated(result.url):
-            self.release(batch)  # a worker held at its limit: no session that nothing can use
+        leasing = self._leasing
+        if leasing.mode is ReuseMode.SESSION and (
+            leasing.saturated(result.url) or not leasing.session_slots_left(result.url)
+        ):
+            # A worker held at its limit, or holding as many of our sessions as we allow: no
+            # session that nothing can use, nor one that pushes it to its max_sessions.
+            self.release(batch)
             return
         lease = await self._leasing.open(result)
         if lease is None:

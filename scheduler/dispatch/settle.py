@@ -84,7 +84,11 @@ class Settling:
             self._leasing.release(lease, job.cost, False, sent)
             ctx.finish(job, FINAL_STATUS.get(result.kind, JobStatus.FAILED), result.detail)
             return
-        reused = lease.uses > 1  # this attempt is one use: was the answer sent before it?
+        # Was the answer sent before this attempt, outside a session? Only that reuse can
+        # meet a replay-protecting legacy worker: those hold no sessions, so a 401 on a
+        # session lease (a worker before it has fetched its key, a session it lost) only
+        # evicts that lease, never turns the endpoint to one route call per job.
+        reused = lease.uses > 1 and lease.mode is not ReuseMode.SESSION
         action = decide(result.kind, result.status, reused, ctx.config.reuse == "auto")
         succeeded = action is Action.SUCCEED
         self._leasing.release(lease, job.cost, succeeded, sent)

@@ -236,15 +236,18 @@ class LeasePool:
     def _at_limit(
         self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float
     ) -> frozenset[str]:
-        """The workers among ``room`` that hold as many jobs as their limit allows (each is
-        told it held a job back: that is what lets its limit grow)."""
+        """The workers among ``room`` that hold as many jobs as their limit allows. Every
+        leased worker at its limit is told it held a job back (that is what lets its limit
+        grow), whether or not its leases have room: one whose only lease is full would
+        otherwise never grow, and never get the bigger lease that growing asks for."""
         capacity = self.capacity
         if capacity is None:
             return frozenset()
-        full = [url for url in room if loads.get(url, (0.0, 0))[1] >= capacity.limit(url)]
+        leased = {x.worker_url for x in self._leases.values() if not x.retired}
+        full = {url for url in leased if loads.get(url, (0.0, 0))[1] >= capacity.limit(url)}
         for url in full:
             capacity.blocked(url, now)
-        return frozenset(full)
+        return frozenset(full & room.keys())
 
     def _short_of_budget(
         self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], excluded: frozenset[str]

@@ -241,11 +241,10 @@ class Capacity:
             if held:
                 return self._startup(state, rate, latency)
             if state.base_limit and done.peak < state.limit:
-                if done.peak >= 1.5 * state.base_limit and rate < state.base_rate * 1.1:
-                    # It held far more than the last doubling that paid, for nothing more.
-                    return self._startup(state, rate, latency)
-                # The last doubling is untested (demand never reached it): keep what was held.
-                state.limit = max(state.base_limit, done.peak)
+                # The last doubling is untested (the worker was never the one holding jobs
+                # back): back to the last limit a held round showed paying. Left higher, a
+                # worker the placement favours fills past its batch while another has room.
+                state.limit = state.base_limit
                 return "startup_unheld"
         congested = state.base_latency > 0 and (
             latency > self.policy.congestion_ratio * state.base_latency

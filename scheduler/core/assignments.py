@@ -217,7 +217,7 @@ class LeasePool:
                     room[url] = lease
         if not room:
             return None
-        loads = self._loads()
+        loads = self.loads()
         at_limit = self._at_limit(room, loads, now)
         if len(at_limit) == len(room):
             # A worker under its limit whose leases are all full needs a bigger budget, which
@@ -243,8 +243,7 @@ class LeasePool:
         capacity = self.capacity
         if capacity is None:
             return frozenset()
-        leased = {x.worker_url for x in self._leases.values() if not x.retired}
-        full = {url for url in leased if loads.get(url, (0.0, 0))[1] >= capacity.limit(url)}
+        full = {url for url in self.workers() if self._held_at_limit(url, loads)}
         for url in full:
             capacity.blocked(url, now)
         return frozenset(full & room.keys())
@@ -252,27 +251,38 @@ class LeasePool:
     def _short_of_budget(
         self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], excluded: frozenset[str]
     ) -> bool:
+        if self.capacity is None:
+            return False
+        return any(
+            not self._held_at_limit(url, loads) for url in self.workers() - room.keys() - excluded
+        )
+
+    def _held_at_limit(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
+        """The worker holds as many jobs as its concurrency limit allows (``loads``: what
+        ``loads()`` returned); never while limits are off."""
         capacity = self.capacity
         if capacity is None:
             return False
-        leased = {x.worker_url for x in self._leases.values() if not x.retired}
-        return any(
-            loads.get(url, (0.0, 0))[1] < capacity.limit(url)
-            for url in leased - room.keys() - excluded
-        )
+        return loads.get(worker_url, (0.0, 0))[1] >= capacity.limit(worker_url)
+
+    def saturated(self, worker_url: str) -> bool:
+        """The worker is leased and holds as many jobs as its limit allows: another lease on it
+        would only open another Vast session that nothing can use."""
+        return worker_url in self.workers() and self._held_at_limit(worker_url, self.loads())
 
     def admits(self, lease: Lease, cost: float, now: float, horizon_s: float | None) -> bool:
         """Whether ``lease`` may take a job of ``cost`` now: room, and its worker admits it."""
         if not lease.has_room(cost, now):
             return False
         url = lease.worker_url
-        load, jobs = self._loads().get(url, (0.0, 0))
-        if self.capacity is not None and jobs >= self.capacity.limit(url):
+        loads = self.loads()
+        if self.capacity is not None and self._held_at_limit(url, loads):
             self.capacity.blocked(url, now)
             return False
+        load, jobs = loads.get(url, (0.0, 0))
         return admitted_finish(load, jobs, cost, self.meter.throughput(url), horizon_s) is not None
 
-    def _loads(self) -> dict[str, tuple[float, int]]:
+    def loads(self) -> dict[str, tuple[float, int]]:
         """Per worker: cost and jobs in flight over all its leases (retired ones still run)."""
         loads: dict[str, tuple[float, int]] = {}
         for lease in self._leases.values():

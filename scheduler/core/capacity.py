@@ -122,8 +122,6 @@ class WorkerState:
     base_rate: float = 0.0  # delivered cost per second at base_limit
     base_latency: float = 0.0  # latency per cost (s per unit) at base_limit
     floor: float | None = None  # least latency per cost seen (s per unit), drifting up
-    latency: float | None = None  # the last round's latency per cost
-    rate: float = 0.0  # the last round's delivered cost per second
     steady_rounds: int = 0
     probe_wins: int = 0  # rounds in a row the current probe paid
     probe_down: bool = False  # the last probe tried a lower limit
@@ -209,9 +207,6 @@ class Capacity:
             return max(1, math.ceil(state.limit / 2))
         return state.limit
 
-    def forget(self, worker: str) -> None:
-        self._workers.pop(worker, None)
-
     # one round's verdict ------------------------------------------------------------------
     def _end_round(
         self, worker: str, state: WorkerState, done: _Round, now: float
@@ -221,7 +216,6 @@ class Capacity:
             return None  # nothing to learn from (failures only)
         latency = done.latency_per_cost / done.samples
         rate = done.held_s / elapsed / latency
-        state.rate, state.latency = rate, latency
         p = self.policy
         state.floor = (
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))

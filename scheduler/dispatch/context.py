@@ -40,14 +40,7 @@ def lease_limits(config: EndpointConfig) -> LeaseLimits:
 def capacity_policy(config: EndpointConfig) -> CapacityPolicy | None:
     """None when the endpoint turns per-worker limits off."""
     c = config.capacity
-    if not c.enabled:
-        return None
-    return CapacityPolicy(
-        initial_limit=c.initial_limit, max_limit=c.max_limit, startup_gain=c.startup_gain,
-        probe_every=c.probe_every, probe_step=c.probe_step, probe_rounds=c.probe_rounds,
-        probe_efficiency=c.probe_efficiency, congestion_ratio=c.congestion_ratio,
-        backoff=c.backoff,
-    )  # fmt: skip
+    return CapacityPolicy(**c.model_dump(exclude={"enabled"})) if c.enabled else None
 
 
 def max_concurrency(config: EndpointConfig) -> float:

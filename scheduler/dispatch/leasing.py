@@ -46,16 +46,6 @@ class Leasing:
         sessions = sum(1 for x in self.pool if x.worker_url == worker_url and x.session_id)
         return sessions < MAX_SESSIONS_PER_WORKER
 
-    def saturated(self, worker_url: str) -> bool:
-        """The worker has live leases and holds as many jobs as its limit allows: another
-        lease on it would only open another Vast session that nothing can use."""
-        capacity = self.pool.capacity
-        if capacity is None:
-            return False
-        leases = [x for x in self.pool if x.worker_url == worker_url and not x.retired]
-        held = sum(x.inflight_jobs for x in leases)
-        return bool(leases) and held >= capacity.limit(worker_url)
-
     async def open(self, ready: Ready) -> Lease | None:
         """A lease in the pool for a ready answer, with a Vast session when the mode wants one
         and the worker has room for it; None when the worker cannot be reached."""

@@ -163,7 +163,7 @@ class Routing:
             return
         leasing = self._leasing
         if leasing.mode is ReuseMode.SESSION and (
-            leasing.saturated(result.url) or not leasing.session_slots_left(result.url)
+            leasing.pool.saturated(result.url) or not leasing.session_slots_left(result.url)
         ):
             # A worker held at its limit, or holding as many of our sessions as we allow: no
             # session that nothing can use, nor one that pushes it to its max_sessions.

@@ -56,13 +56,10 @@ def worker_views(leasing: Leasing) -> list[dict[str, Any]]:
     """Per leased worker: its concurrency limit (None when limits are off), what it holds,
     what it delivers and its latency floor; at most ``MAX_WORKER_VIEWS``, busiest first."""
     pool, capacity = leasing.pool, leasing.pool.capacity
-    held: dict[str, list[float]] = {}
-    for lease in pool:
-        jobs_cost = held.setdefault(lease.worker_url, [0, 0.0])
-        jobs_cost[0] += lease.inflight_jobs
-        jobs_cost[1] += lease.inflight_cost
+    loads = pool.loads()
+    held = {lease.worker_url: loads.get(lease.worker_url, (0.0, 0)) for lease in pool}
     views = []
-    for url, (jobs, cost) in sorted(held.items(), key=lambda item: (-item[1][0], item[0])):
+    for url, (cost, jobs) in sorted(held.items(), key=lambda item: (-item[1][1], item[0])):
         state = capacity.state(url) if capacity is not None else None
         views.append({
             "worker_url": url,

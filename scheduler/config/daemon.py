@@ -58,6 +58,9 @@ class VastConfig(Model):
     # Read once at start (e.g. a mounted secret), instead of api_key; setting both is an error.
     api_key_file: Path | None = None
     ca_bundle: Path | None = None
+    # Vast's console: the account's endpoint listing and Vast's TLS root. With the embedded
+    # emulator, the emulator serves both and this is ignored.
+    console_url: str = "https://console.vast.ai"
     route_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     worker_read_timeout_s: float = Field(600.0, gt=0)
@@ -97,10 +100,12 @@ class VastConfig(Model):
     def _url_or_embedded(cls, value: str) -> str:
         if value == EMBEDDED:
             return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be 'embedded' or an http(s) URL")
-        return value.rstrip("/")
+        return _http_url(value, "must be 'embedded' or an http(s) URL")
+
+    @field_validator("console_url")
+    @classmethod
+    def _console_url(cls, value: str) -> str:
+        return _http_url(value, "must be an http(s) URL")
 
     @field_validator("api_key")
     @classmethod
@@ -116,6 +121,13 @@ class VastConfig(Model):
         if value is not None and not value.is_file():
             raise ValueError(f"file not found: {value}")
         return value
+
+
+def _http_url(value: str, problem: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(problem)
+    return value.rstrip("/")
 
 
 class RedisConfig(Model):

@@ -5,6 +5,10 @@ It needs **no API key**: the emulator is a local test tool and binds 127.0.0.1 b
 - ``GET  /admin/workers``                               every worker's summary
 - ``POST /admin/endpoints/{endpoint}/workers``          add a worker; optional JSON body of
   EmulatedEndpoint overrides (``{"perf": 500, "cold_start_s": 1}``); 201 with its summary
+- ``POST /admin/endpoints/{endpoint}/rotate_key``       a new route key for the endpoint:
+  optional body ``{"api_key": "..."}``, else generated; answers ``{"endpoint", "api_key"}``
+  (``Emulator.rotate_key``; the only place a key is answered: a loopback test surface);
+  404 for an endpoint the emulator does not serve
 - ``POST /admin/workers/{worker_id}/stop``              graceful stop (connections refused)
 - ``POST /admin/workers/{worker_id}/kill``              reset open connections, stop
 - ``POST /admin/workers/{worker_id}/slow``              ``{"factor": n}``: n times slower
@@ -57,6 +61,7 @@ class AdminApi:
         return [
             web.get("/admin/workers", self.list_workers),
             web.post("/admin/endpoints/{endpoint}/workers", self.add_worker),
+            web.post("/admin/endpoints/{endpoint}/rotate_key", self.rotate_key),
             web.post("/admin/workers/{worker_id}/{action}", self.worker_action),
             web.get("/admin/stats", self.stats),
             web.post("/admin/faults", self.faults),
@@ -76,6 +81,19 @@ class AdminApi:
         except (ValueError, ValidationError) as exc:
             return _bad(str(exc))
         return web.json_response(worker.info(), status=201)
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        endpoint = request.match_info["endpoint"]
+        try:
+            new_key = (await _body(request)).get("api_key")
+            if new_key is not None and not isinstance(new_key, str):
+                raise ValueError("api_key must be a string")
+            key = self._emulator.rotate_key(endpoint, new_key)
+        except KeyError:
+            return web.json_response({"error": f"unknown endpoint {endpoint!r}"}, status=404)
+        except ValueError as exc:
+            return _bad(str(exc))
+        return web.json_response({"endpoint": endpoint, "api_key": key})
 
     async def faults(self, request: web.Request) -> web.Response:
         faults = self._emulator.autoscaler.faults

@@ -1,6 +1,8 @@
 """The emulated autoscaler: ``/route/``, ``/pubkey/``, ``/worker_status/``, ``/delete_requests/``.
 
 ``/route/`` follows the protocol doc: bearer key (or ``api_key`` in query/body) else 401;
+the keys that count are the endpoint's (``Accounts.route_identity``: its own key once it has
+one, else the emulator's global keys);
 per-identity minimum interval else 429 (plain text, ``Retry-After`` in whole seconds);
 injected 500s and delay; 400 for bad parameters or an unknown endpoint; READY answers
 signed (legacy workers: whole message) or WAITING with a status summary and a stable
@@ -14,12 +16,12 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from scheduler.emulator.accounts import Accounts
 from scheduler.emulator.envelope import json_object
 from scheduler.emulator.route_book import RateLimiter, RouteBook, WorkerView
 from scheduler.emulator.settings import EmulatorConfig
@@ -81,7 +83,7 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _bearer(request: web.Request) -> str | None:
+def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
 
@@ -106,10 +108,10 @@ class Autoscaler:
     """State and handlers of the emulated autoscaler (no server of its own)."""
 
     def __init__(
-        self, config: EmulatorConfig, api_keys: Sequence[str], signer: Signer | None = None
+        self, config: EmulatorConfig, accounts: Accounts, signer: Signer | None = None
     ) -> None:
         self.config = config
-        self.api_keys = frozenset(api_keys)
+        self.accounts = accounts
         self.signer = signer or Signer()
         self.book = RouteBook(stale_after_s=config.worker_stale_after_s)
         self.book.endpoints.update(config.endpoints)
@@ -156,8 +158,14 @@ class Autoscaler:
         return response
 
     def _identity(self, request: web.Request, body: dict[str, Any] | None) -> str | None:
-        candidates = [_bearer(request), request.query.get("api_key"), (body or {}).get("api_key")]
-        return next((c for c in candidates if isinstance(c, str) and c in self.api_keys), None)
+        candidates = [
+            bearer_token(request),
+            request.query.get("api_key"),
+            (body or {}).get("api_key"),
+        ]
+        name = (body or {}).get("endpoint")
+        endpoint = name if isinstance(name, str) and name in self.book.endpoints else None
+        return self.accounts.route_identity(endpoint, candidates)
 
     def _route(self, request: web.Request, body: dict[str, Any] | None) -> tuple[web.Response, str]:
         identity = self._identity(request, body)

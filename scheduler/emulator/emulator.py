@@ -13,8 +13,10 @@ from typing import Any, Literal
 import structlog
 from aiohttp import web
 
+from scheduler.emulator.accounts import Accounts
 from scheduler.emulator.admin import AdminApi
 from scheduler.emulator.autoscaler import Autoscaler
+from scheduler.emulator.console import Console, ConsoleStats
 from scheduler.emulator.listener import Listener
 from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
 from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
@@ -34,13 +36,19 @@ class Emulator:
     one aiohttp server per worker on 127.0.0.1, all real sockets.
 
     ``async with Emulator(cfg, ["key"]) as emu: ...`` starts and stops it.
+
+    ``api_keys`` route to every endpoint that has no key of its own (``accounts``); the
+    same port serves Vast's console listing and ``/get_endpoint_workers/`` (``console``),
+    opened by ``config.account_api_key``.
     """
 
     def __init__(self, config: EmulatorConfig, api_keys: Sequence[str]) -> None:
         if not api_keys:
             raise ValueError("the emulator needs at least one API key")
         self.config = config
-        self.autoscaler = Autoscaler(config, api_keys)
+        self.accounts = Accounts(config, api_keys, created_at=time.time())
+        self.autoscaler = Autoscaler(config, self.accounts)
+        self.console = Console(self.accounts, self.autoscaler.book, ConsoleStats())
         self._workers: dict[str, list[EmulatedWorker]] = {}
         self._ids = itertools.count(1)
         self._listener = Listener()
@@ -90,7 +98,7 @@ class Emulator:
     async def _serve(self, port: int) -> None:
         """(Re)open the autoscaler and admin API; a fresh app each time, same port after."""
         app = web.Application(middlewares=[self._outage_gate])
-        app.add_routes(self.autoscaler.routes() + AdminApi(self).routes())
+        app.add_routes(self.autoscaler.routes() + self.console.routes() + AdminApi(self).routes())
         self._port = await self._listener.start(
             app, self.config.host, port, access_log=None,
             shutdown_timeout=_AUTOSCALER_SHUTDOWN_TIMEOUT_S,
@@ -170,6 +178,18 @@ class Emulator:
 
     def worker_by_id(self, worker_id: int) -> EmulatedWorker | None:
         return next((w for w in self.all_workers() if w.id == worker_id), None)
+
+    def rotate_key(self, endpoint: str, new_key: str | None = None) -> str:
+        """Give ``endpoint`` a new route key (``new_key``, else a generated one) and return
+        it: from now on only that key routes to it (its old key and the global keys get
+        401), and the console listing shows it. KeyError for an endpoint not served."""
+        if endpoint not in self.autoscaler.book.endpoints:
+            raise KeyError(endpoint)
+        self.accounts.ensure(endpoint, self.config.endpoints.get(endpoint))
+        key = self.accounts.rotate(endpoint, new_key)
+        self.console.stats.key_rotations += 1
+        log.info("emulator.endpoint_key_rotated", endpoint=endpoint)
+        return key
 
     async def add_worker(self, endpoint: str, **overrides: Any) -> EmulatedWorker:
         """Add (and start) a worker; ``overrides`` are EmulatedEndpoint fields."""
@@ -258,4 +278,10 @@ class Emulator:
         faults = {f"route_{k}": v for k, v in asdict(self.autoscaler.faults).items()}
         route = self.autoscaler.stats.snapshot()
         outage = {"autoscaler_down": self.outage_mode}
-        return {"route": route, "faults": faults | outage, "endpoints": endpoints}
+        console = self.console.stats.snapshot()
+        return {
+            "route": route,
+            "faults": faults | outage,
+            "endpoints": endpoints,
+            "console": console,
+        }

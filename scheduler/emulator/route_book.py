@@ -54,6 +54,8 @@ class WorkerView:
     perf_override: float | None = None
     stale_after_s: float | None = None
     history: deque[StatusReport] | None = None
+    started_at: float | None = None  # when this life's first report came (or loadtime before)
+    loaded_at: float | None = None  # when its first ready report of this life came
 
     def status(self, now: float, stale_after_s: float) -> WorkerStatus:
         if self.report is None or self.reported_at is None:
@@ -63,9 +65,19 @@ class WorkerView:
             return "Stopped"
         if self.report.get("error_msg"):
             return "Error"
-        loadtime = self.report.get("loadtime")
-        ready = isinstance(loadtime, int | float) and loadtime > 0
-        return "Ready" if ready and self.url else "Loading"
+        return "Ready" if _loaded(self.report) and self.url else "Loading"
+
+    def note_life(self, report: dict[str, Any], now: float) -> None:
+        """Track start and load times across reports: a not-ready report after a ready one
+        is a restart; a first ready report sets ``loaded_at`` (and ``started_at`` from its
+        ``loadtime`` when no earlier report was seen)."""
+        if not _loaded(report) or report.get("error_msg"):
+            if self.loaded_at is not None or self.started_at is None:
+                self.started_at, self.loaded_at = now, None
+        elif self.loaded_at is None:
+            self.loaded_at = now
+            if self.started_at is None:
+                self.started_at = now - _number(report.get("loadtime"))
 
     @property
     def url(self) -> str:
@@ -79,6 +91,11 @@ class WorkerView:
         load = _number(report.get("cur_load")) + self.routed_since_report
         perf = self.perf_override or _number(report.get("max_perf"))
         return load / max(perf, 1e-5)
+
+
+def _loaded(report: dict[str, Any]) -> bool:
+    loadtime = report.get("loadtime")
+    return isinstance(loadtime, int | float) and loadtime > 0
 
 
 def _number(value: object) -> float:
@@ -144,6 +161,7 @@ class RouteBook:
             return False
         if view.history is not None:
             view.history.append(StatusReport(now, report))
+        view.note_life(report, now)
         view.report, view.reported_at = report, now
         view.routed_since_report = 0.0
         view.reports += 1

@@ -10,14 +10,29 @@ Example::
         llm: {workers: 1, cold_start_s: 5, workload: max_tokens, service: batching}
         comfy: {workers: 1, service: fifo}
         old: {workers: 1, mode: legacy}
+
+The account (what Vast's console knows; see :class:`EmulatorConfig` and
+:class:`EmulatedEndpoint`)::
+
+    emulator:
+      account_api_key: ${EMULATOR_ACCOUNT_KEY}   # default: EMULATOR_ACCOUNT_KEY below
+      endpoints:
+        echo: {workers: 2, id: 4242, api_key: ${ECHO_ENDPOINT_KEY}, max_queue_time_s: 30}
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+# The emulator's account key when none is configured (a public test value, like the
+# daemon's EMULATOR_KEY): what the console listing and get_endpoint_workers accept.
+EMULATOR_ACCOUNT_KEY = "emulator-account-key"
+# An endpoint without an explicit id gets FIRST_ENDPOINT_ID + its index among the
+# endpoints' names in sorted order (the next free id if an explicit id holds that one).
+FIRST_ENDPOINT_ID = 1000
+EndpointState = Literal["active", "suspended", "stopped"]
 WorkerMode = Literal["current", "legacy"]
 WorkloadKind = Literal["constant", "max_tokens"]
 ServiceModel = Literal["processor_sharing", "fifo", "batching"]
@@ -67,6 +82,20 @@ class EmulatedEndpoint(_Frozen):
     Assumed, not taken from the worker: a real benchmark's requests are all alike and its
     timing noise is absent here (one exact run); the batch slowdown is linear in the batch
     size, and a waiting request costs nothing until it joins the batch.
+
+    The endpoint as the account holds it (Vast's console, ``GET /api/v0/endptjobs/``):
+
+    - ``id``: its numeric id; default :data:`FIRST_ENDPOINT_ID` + its index in the sorted
+      names (see :meth:`EmulatorConfig.endpoint_ids`); ids are unique;
+    - ``api_key``: its own key for ``/route/``. Without one, the keys the emulator was
+      started with (``Emulator(config, api_keys)``, the daemon's ``vast.api_key``) work for
+      it and the listing shows the first of them. With one (or after a rotation, admin
+      ``POST /admin/endpoints/{name}/rotate_key``), only that key works for it;
+    - the scaling settings the listing shows, under Vast's names: ``endpoint_state``,
+      ``max_workers``, ``cold_workers``, ``min_load``, ``target_util``, ``cold_mult``,
+      ``max_queue_time`` (= ``max_queue_time_s``, also the workers' 429 bound) and
+      ``target_queue_time`` (= ``target_queue_time_s``). Defaults are Vast's (``vastai
+      update endpoint --help``). Only ``max_queue_time_s`` changes what the emulator does.
     """
 
     workers: int = Field(default=2, ge=0, le=256)
@@ -84,6 +113,22 @@ class EmulatedEndpoint(_Frozen):
     workload_units_per_token: float = Field(default=1.0, gt=0)
     default_max_tokens: int = Field(default=16, gt=0)
     stream_chunks_max: int = Field(default=16, gt=0, le=1000)
+    id: int | None = Field(default=None, ge=1)
+    api_key: SecretStr | None = None
+    endpoint_state: EndpointState = "active"
+    max_workers: int = Field(default=20, ge=0)
+    cold_workers: int = Field(default=5, ge=0)
+    min_load: float = Field(default=0.0, ge=0)
+    target_util: float = Field(default=0.9, gt=0, le=1)
+    cold_mult: float = Field(default=2.5, gt=0)
+    target_queue_time_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty: leave it out to use the emulator's keys")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -128,8 +173,53 @@ class EmulatorConfig(_Frozen):
     stale_after_s: float | None = Field(default=None, gt=0)
     session_reap_interval_s: float = Field(default=5.0, gt=0)
     seed: int | None = None
+    account_api_key: SecretStr = SecretStr(EMULATOR_ACCOUNT_KEY)
+
+    @field_validator("account_api_key")
+    @classmethod
+    def _account_key_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> EmulatorConfig:
+        self.endpoint_ids()  # raises ValueError naming both endpoints
+        return self
+
+    def endpoint_ids(self) -> dict[str, int]:
+        """Every endpoint's id: its own ``id``, else :data:`FIRST_ENDPOINT_ID` + its index
+        among the sorted names, moved up to the next free id if another endpoint holds it."""
+        return assign_endpoint_ids({name: ep.id for name, ep in self.endpoints.items()})
+
+    def secrets(self) -> list[str]:
+        """The account key and the configured endpoint keys (for a log redactor)."""
+        keys = [ep.api_key for ep in self.endpoints.values() if ep.api_key is not None]
+        return [k.get_secret_value() for k in [self.account_api_key, *keys]]
 
     @property
     def worker_stale_after_s(self) -> float:
         """A worker whose last report is older than this is no longer routed to."""
         return self.stale_after_s if self.stale_after_s is not None else 3 * self.status_interval_s
+
+
+def assign_endpoint_ids(explicit: dict[str, int | None]) -> dict[str, int]:
+    """Ids for endpoints by name (pure): explicit ones kept (ValueError if two share one),
+    the others :data:`FIRST_ENDPOINT_ID` + index in sorted order, or the next free id."""
+    owners: dict[int, str] = {}
+    for name in sorted(explicit):
+        wanted = explicit[name]
+        if wanted is None:
+            continue
+        if wanted in owners:
+            raise ValueError(f"endpoints {owners[wanted]!r} and {name!r} both have id {wanted}")
+        owners[wanted] = name
+    ids = {owners[i]: i for i in owners}
+    for index, name in enumerate(sorted(explicit)):
+        if name in ids:
+            continue
+        candidate = FIRST_ENDPOINT_ID + index
+        while candidate in owners:
+            candidate += 1
+        owners[candidate], ids[name] = name, candidate
+    return ids

@@ -30,7 +30,8 @@ from scheduler.observability.metrics import Metrics
 from scheduler.store.base import FleetPolling, JobStore
 from scheduler.vast.networks import worker_networks_of
 from scheduler.vast.route_client import RouteClient
-from scheduler.vast.worker_client import WorkerClient, make_ssl_context
+from scheduler.vast.tls import WORKER_TLS, worker_trust
+from scheduler.vast.worker_client import WorkerClient
 
 log = structlog.get_logger("scheduler.app")
 AUTOSCALER_URL: web.AppKey[str] = web.AppKey("autoscaler_url", str)
@@ -87,19 +88,21 @@ async def scheduler_context(
 ) -> AsyncIterator[None]:
     config = app[CONFIG]
     vast = config.vast
-    route_session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=64, ssl=make_ssl_context(vast.ca_bundle))
-    )
+    # The autoscaler and the console: Python's default TLS context, flags untouched. Only
+    # worker connections trust Vast's root, with its one relaxed flag (scheduler.vast.tls).
+    route_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     worker_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
             limit=vast.max_connections,
             limit_per_host=vast.max_connections_per_worker,
-            ssl=make_ssl_context(vast.ca_bundle),
         ),
         auto_decompress=False,  # bodies pass through byte for byte, encoding header included
     )
     webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
     rng = random.Random()
+    console_url = app[AUTOSCALER_URL] if config.embedded else vast.console_url
+    trust = worker_trust(vast.ca_bundle, route_session, console_url, clock, rng)
+    app[WORKER_TLS] = trust
     router = RouteClient(
         route_session, app[AUTOSCALER_URL], vast.api_key, vast.route_timeout_s,
         vast.replay_timeout_s, vast.connect_timeout_s,
@@ -109,7 +112,8 @@ async def scheduler_context(
     async with shared_store(config, app[METRICS], clock) as (store, fleet):
         service = SchedulerService(
             config, router,
-            WorkerClient(worker_session, vast.worker_read_timeout_s, vast.connect_timeout_s),
+            WorkerClient(worker_session, vast.worker_read_timeout_s, vast.connect_timeout_s,
+                         trust),
             app[METRICS], webhooks, clock, rng, store, fleet,
         )  # fmt: skip
         app[SERVICE] = service
@@ -120,6 +124,7 @@ async def scheduler_context(
             service.accepting = False
             await service.abort_remaining()
             await service.close()
+            await trust.close()
             await cancel_all(webhooks.tasks)
             for session in (route_session, worker_session, webhook_session):
                 await session.close()

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from scheduler.api.context import METRICS, SERVICE
 from scheduler.api.reload import reload, reload_answer, require_admin
 from scheduler.store.base import StoreUnavailable
+from scheduler.vast.tls import WORKER_TLS
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -28,6 +29,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = service.status()
+    trust = request.app.get(WORKER_TLS)
+    if trust is not None:  # Vast's root for HTTPS workers: where from, fetched or why not
+        body["worker_tls"] = trust.status()
     if service.store.shared:  # what the whole fleet still owes, beside this replica's view
         with contextlib.suppress(StoreUnavailable):
             for name, endpoint in body["endpoints"].items():

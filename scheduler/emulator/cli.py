@@ -14,12 +14,15 @@ log = structlog.get_logger(__name__)
 
 
 async def run_emulator(config: EmulatorConfig, api_keys: Sequence[str]) -> None:
-    """Start the emulator, log ``emulator.started`` with its URL, run until cancelled."""
+    """Start the emulator, log ``emulator.started`` with its URL, workers and endpoint ids
+    (never a key: the console listing at ``/api/v0/endptjobs/`` shows them to the account
+    key), run until cancelled."""
     emulator = Emulator(config, api_keys)
     await emulator.start()
     try:
         workers = {name: len(emulator.workers(name)) for name in config.endpoints}
-        log.info("emulator.started", url=emulator.autoscaler_url, workers=workers)
+        ids = config.endpoint_ids()
+        log.info("emulator.started", url=emulator.autoscaler_url, workers=workers, ids=ids)
         await asyncio.Event().wait()
     finally:
         await emulator.stop()

@@ -19,6 +19,7 @@ from scheduler.emulator.autoscaler import Autoscaler
 from scheduler.emulator.console import Console, ConsoleStats
 from scheduler.emulator.listener import Listener
 from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
+from scheduler.emulator.tls_root import TlsRoot
 from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ class Emulator:
         self.accounts = Accounts(config, api_keys, created_at=time.time())
         self.autoscaler = Autoscaler(config, self.accounts)
         self.console = Console(self.accounts, self.autoscaler.book, ConsoleStats())
+        self.tls_root = TlsRoot.from_path(config.tls_root_cert)  # the console's root certificate
         self._workers: dict[str, list[EmulatedWorker]] = {}
         self._ids = itertools.count(1)
         self._listener = Listener()
@@ -98,7 +100,10 @@ class Emulator:
     async def _serve(self, port: int) -> None:
         """(Re)open the autoscaler and admin API; a fresh app each time, same port after."""
         app = web.Application(middlewares=[self._outage_gate])
-        app.add_routes(self.autoscaler.routes() + self.console.routes() + AdminApi(self).routes())
+        app.add_routes(
+            self.autoscaler.routes() + self.console.routes() + self.tls_root.routes()
+            + AdminApi(self).routes()
+        )  # fmt: skip
         self._port = await self._listener.start(
             app, self.config.host, port, access_log=None,
             shutdown_timeout=_AUTOSCALER_SHUTDOWN_TIMEOUT_S,

@@ -22,6 +22,7 @@ The account (what Vast's console knows; see :class:`EmulatorConfig` and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -174,6 +175,15 @@ class EmulatorConfig(_Frozen):
     session_reap_interval_s: float = Field(default=5.0, gt=0)
     seed: int | None = None
     account_api_key: SecretStr = SecretStr(EMULATOR_ACCOUNT_KEY)
+    # A PEM root served at /static/jvastai_root.cer, as Vast's console serves its own; unset: 404.
+    tls_root_cert: Path | None = None
+
+    @field_validator("tls_root_cert")
+    @classmethod
+    def _root_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
 
     @field_validator("account_api_key")
     @classmethod

@@ -130,10 +130,19 @@ class SessionRefused(WorkerError):
 
 
 class WorkerTLSError(WorkerGone):
-    """The worker's certificate did not verify (is vast.ca_bundle set to Vast's root CA?)."""
+    """TLS with the worker failed: its certificate did not verify under Vast's root (fetched
+    from the console, or ``vast.ca_bundle``), or the handshake broke."""
 
     kind = "tls"
 
 
 class WorkerTimeout(WorkerError):
     kind = "timeout"
+
+
+class VastRootUnavailable(WorkerError):
+    """Vast's root certificate (for HTTPS workers) could not be fetched from the console or
+    is not a certificate. Fetched again with back-off (``scheduler.vast.tls``); a job waits
+    for it within its deadline, a session call for a few seconds."""
+
+    kind = "tls_root"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -11,9 +12,11 @@ from typing import Any
 
 import aiohttp
 
+from scheduler.vast.tls import WorkerTrust
 from scheduler.vast.types import (
     Ready,
     SessionRefused,
+    VastRootUnavailable,
     WorkerError,
     WorkerGone,
     WorkerTimeout,
@@ -24,7 +27,8 @@ SESSION_CALL_TIMEOUT_S = 10.0
 
 
 def make_ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """Trust the system roots plus Vast's own root CA (or whatever bundle is configured)."""
+    """Python's default context, plus ``ca_bundle`` when given. Not for workers: their
+    connections trust Vast's root through ``scheduler.vast.tls``."""
     context = ssl.create_default_context()
     if ca_bundle is not None:
         context.load_verify_locations(cafile=str(ca_bundle))
@@ -52,6 +56,9 @@ def translated_errors() -> Iterator[None]:
         yield
     except TimeoutError as exc:
         raise WorkerTimeout("worker did not answer in time") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        reason = getattr(exc.certificate_error, "verify_message", None) or "unknown reason"
+        raise WorkerTLSError(f"the worker's certificate did not verify: {reason}") from exc
     except aiohttp.ClientSSLError as exc:
         raise WorkerTLSError(f"TLS with the worker failed: {type(exc).__name__}") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -62,9 +69,14 @@ class WorkerClient:
     """Opens a streamed response; connection failures become ``WorkerGone``/``WorkerTimeout``."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, read_timeout_s: float, connect_timeout_s: float = 10.0
+        self,
+        session: aiohttp.ClientSession,
+        read_timeout_s: float,
+        connect_timeout_s: float = 10.0,
+        trust: WorkerTrust | None = None,
     ) -> None:
         self._session = session
+        self._trust = trust  # None: an https worker gets aiohttp's default (system roots)
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
@@ -77,13 +89,36 @@ class WorkerClient:
         self, ready: Ready, route: str, payload_json: bytes, session_id: str | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         with translated_errors():
-            async with self._session.post(
-                f"{ready.url}{route}",
-                data=self._envelope(ready, payload_json, session_id),
-                headers=JSON_HEADERS,
-                timeout=self._timeout,
-            ) as resp:
+            async with (
+                self._tls(ready.url) as tls,
+                self._session.post(
+                    f"{ready.url}{route}",
+                    data=self._envelope(ready, payload_json, session_id),
+                    headers=JSON_HEADERS,
+                    timeout=self._timeout,
+                    **tls,
+                ) as resp,
+            ):
                 yield resp
+
+    @asynccontextmanager
+    async def _tls(self, url: str, wait_s: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The request's ``ssl`` argument: Vast's root for an https worker (waiting for its
+        fetch up to ``wait_s``, None: as long as the caller's deadline), nothing for http.
+        A certificate that fails verification refetches the root before the error goes on."""
+        if self._trust is None or not url.startswith("https:"):
+            yield {}
+            return
+        try:
+            async with asyncio.timeout(wait_s):
+                context = await self._trust.context()
+        except TimeoutError as exc:
+            raise VastRootUnavailable("Vast's root certificate is not fetched yet") from exc
+        try:
+            yield {"ssl": context}
+        except aiohttp.ClientConnectorCertificateError:
+            await self._trust.verification_failed(context)
+            raise
 
     def _envelope(self, ready: Ready, payload_json: bytes, session_id: str | None) -> bytes:
         """``{"auth_data", "session_id", "payload"}`` as JSON bytes, the payload spliced in as
@@ -117,8 +152,12 @@ class WorkerClient:
 
     async def _session_call(self, ready: Ready, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=SESSION_CALL_TIMEOUT_S)
+        url = f"{ready.url}{path}"
         with translated_errors():
-            async with self._session.post(f"{ready.url}{path}", json=body, timeout=timeout) as resp:
+            async with (
+                self._tls(url, SESSION_CALL_TIMEOUT_S) as tls,
+                self._session.post(url, json=body, timeout=timeout, **tls) as resp,
+            ):
                 raw = await resp.content.read(64 * 1024)
         try:
             return resp.status, json.loads(raw)

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from emulator_fixtures import API_KEY, call_worker, config, route, running
 from vastai.serverless.client.client import CoroutineServerless
 
 from scheduler.emulator.emulator import Emulator
 from scheduler.emulator.settings import EMULATOR_ACCOUNT_KEY
+from tests.integration.test_lifecycle import free_port, start_process
 
 ECHO_KEY = "echo-endpoint-key-0123"
 POLL_S = 0.05
@@ -241,3 +245,40 @@ async def test_official_client_with_a_wrong_account_key_cannot_list() -> None:
         async with client:
             with pytest.raises(Exception, match="HTTP 401"):
                 await client.get_endpoints()
+
+
+# ---------------------------------------------------------------------- vast-scheduler emulate
+async def test_emulate_command_serves_the_account_and_logs_no_key(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    account, echo_key, port = "account-key-for-emulate-1", "echo-key-for-emulate-1", free_port()
+    emulator = {"account_api_key": account, "endpoints": {"echo": {"api_key": echo_key}}}
+    path = tmp_path / "emu.yaml"
+    path.write_text(yaml.safe_dump({"emulator": emulator, "logging": {"level": "debug"}}))
+    proc = await start_process("emulate", "--config", str(path), "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        async def listed() -> bool:
+            try:
+                status, _ = await _get(http, f"{url}/api/v0/endptjobs/", key=account)
+            except aiohttp.ClientConnectionError:
+                return False
+            return status == 200
+
+        await _eventually(listed, timeout_s=20)
+        _, body = await _get(http, f"{url}/api/v0/endptjobs/", key=account)
+        assert [(r["endpoint_name"], r["api_key"]) for r in body["results"]] == [("echo", echo_key)]
+        async with http.post(f"{url}/admin/endpoints/echo/rotate_key") as resp:
+            rotated = (await resp.json())["api_key"]
+        headers = {"Authorization": f"Bearer {rotated}"}
+        async with http.post(f"{url}/route/", json={"endpoint": "echo"}, headers=headers) as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=20)
+    output = (stdout + stderr).decode()
+    assert "emulator.started" in output
+    assert "emulator.endpoint_key_rotated" in output
+    for key in (account, echo_key, rotated):
+        assert key not in output

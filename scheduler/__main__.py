@@ -1,4 +1,5 @@
-"""CLI: ``run --config FILE`` | ``emulate [--config FILE]`` | ``check-config FILE``."""
+"""CLI: ``run --config FILE`` | ``emulate [--config FILE]`` | ``check-config [--online] FILE`` |
+``endpoints [--config FILE] [--init]``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
+
+from pydantic import SecretStr
 
 from scheduler.config import AppConfig, ConfigError, load_config
 from scheduler.observability.logging import Redactor, configure_logging
@@ -24,6 +27,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     emulate.add_argument("--port", type=int, help="override emulator.port")
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("file")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also list the Vast account's endpoints: each configured one exists",
+    )
+    endpoints = commands.add_parser(
+        "endpoints", help="list the Vast account's endpoints (account key: config or VAST_API_KEY)"
+    )
+    endpoints.add_argument("--config", help="YAML config file (its vast: section)")
+    endpoints.add_argument("--console-url", help="override vast.console_url")
+    endpoints.add_argument(
+        "--init", action="store_true", help="print a starting config for the account's endpoints"
+    )
     return parser.parse_args(argv)
 
 
@@ -66,33 +82,103 @@ def tune_gc() -> None:
 
 
 def setup_logging(config: AppConfig) -> None:
-    secrets = [config.vast.api_key.get_secret_value()]
+    vast = config.vast
+    secrets = [vast.api_key.get_secret_value()]
+    if vast.account_api_key is not None:
+        secrets.append(vast.account_api_key.get_secret_value())
+    secrets += [e.api_key.get_secret_value() for e in config.endpoints.values() if e.api_key]
     if config.server.webhook.secret is not None:
         secrets.append(config.server.webhook.secret.get_secret_value())
     secrets += [t.token.get_secret_value() for t in config.auth.tokens if t.token is not None]
     configure_logging(config.logging.level, config.logging.format, Redactor(secrets))
 
 
+def check_config(path: str, online: bool) -> int:
+    config = load_or_report(path)
+    if config is None:
+        return 1
+    for warning in config.auth.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    if online and not check_online(config):
+        return 1
+    print(f"{path}: ok ({len(config.endpoints)} endpoints)")
+    return 0
+
+
+def check_online(config: AppConfig) -> bool:
+    """Every configured endpoint is in the account (what ``run`` checks at start)."""
+    from scheduler.endpoints_cli import list_endpoints, missing_endpoints
+    from scheduler.vast.console import ConsoleError
+
+    key = config.vast.account_api_key
+    if config.embedded or key is None:
+        print("online: no account key (or the embedded emulator): nothing to list",
+              file=sys.stderr)  # fmt: skip
+        return True
+    try:
+        listing = asyncio.run(
+            list_endpoints(config.vast.console_url, key, config.vast.console_timeout_s)
+        )
+    except ConsoleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    missing = missing_endpoints(config, listing)
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return False
+    return True
+
+
+def show_endpoints(args: argparse.Namespace) -> int:
+    from scheduler.endpoints_cli import DEFAULT_AUTOSCALER_URL, init_config, list_endpoints, table
+    from scheduler.vast.console import ConsoleError
+
+    config = load_or_report(args.config) if args.config else AppConfig()
+    if config is None:
+        return 1
+    key = config.vast.account_api_key or SecretStr(os.environ.get("VAST_API_KEY", ""))
+    if not key.get_secret_value():
+        print("error: no account key: set VAST_API_KEY or vast.account_api_key", file=sys.stderr)
+        return 1
+    console_url = (args.console_url or config.vast.console_url).rstrip("/")
+    try:
+        listing = asyncio.run(list_endpoints(console_url, key, config.vast.console_timeout_s))
+    except ConsoleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.init:
+        autoscaler = DEFAULT_AUTOSCALER_URL if config.embedded else config.vast.autoscaler_url
+        print(init_config(listing.endpoints, autoscaler, console_url), end="")
+    else:
+        print(table(listing.endpoints))
+    return 0
+
+
+def run_daemon(config: AppConfig, path: str) -> int:
+    from scheduler.serve import serve
+    from scheduler.vast.console import EndpointsMissing
+
+    tune_gc()
+    try:
+        run_loop(serve(config, config_path=path))
+    except EndpointsMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "check-config":
-        config = load_or_report(args.file)
-        if config is None:
-            return 1
-        print(f"{args.file}: ok ({len(config.endpoints)} endpoints)")
-        for warning in config.auth.warnings():
-            print(f"warning: {warning}", file=sys.stderr)
-        return 0
+        return check_config(args.file, args.online)
+    if args.command == "endpoints":
+        return show_endpoints(args)
     config = load_or_report(args.config) if args.config else AppConfig()
     if config is None:
         return 1
     setup_logging(config)
     if args.command == "run":
-        from scheduler.serve import serve
-
-        tune_gc()
-        run_loop(serve(config, config_path=args.config))
-        return 0
+        return run_daemon(config, args.config)
     from scheduler.emulator.cli import run_emulator
 
     emulator = config.emulator

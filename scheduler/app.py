@@ -18,8 +18,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from scheduler.api.auth import auth_middleware
-from scheduler.api.context import CONFIG, METRICS, SERVICE
+from scheduler.api.context import CONFIG, ENDPOINT_KEYS, METRICS, SERVICE, VAST_WORKERS
 from scheduler.api.errors import METRICS_HOOK, api_middleware
+from scheduler.api.reload import redact_new_secrets
 from scheduler.api.routes import add_routes
 from scheduler.config import AppConfig
 from scheduler.emulator.emulator import Emulator
@@ -28,6 +29,9 @@ from scheduler.jobs.service import SchedulerService
 from scheduler.jobs.webhooks import WebhookSender
 from scheduler.observability.metrics import Metrics
 from scheduler.store.base import FleetPolling, JobStore
+from scheduler.vast.console import ConsoleClient
+from scheduler.vast.endpoint_keys import EndpointKeys
+from scheduler.vast.endpoint_workers import EndpointWorkersWatch
 from scheduler.vast.networks import worker_networks_of
 from scheduler.vast.route_client import RouteClient
 from scheduler.vast.tls import WORKER_TLS, worker_trust
@@ -72,7 +76,10 @@ async def embedded_emulator(app: web.Application) -> AsyncIterator[None]:
         app[AUTOSCALER_URL] = config.vast.autoscaler_url
         yield
         return
-    emulator = Emulator(config.emulator, [config.vast.api_key.get_secret_value()])
+    settings = config.emulator
+    if config.vast.account_api_key is not None:  # the emulator is the account's console too
+        settings = settings.model_copy(update={"account_api_key": config.vast.account_api_key})
+    emulator = Emulator(settings, [config.vast.api_key.get_secret_value()])
     await emulator.start()
     app[EMULATOR] = emulator
     app[AUTOSCALER_URL] = emulator.autoscaler_url
@@ -103,8 +110,17 @@ async def scheduler_context(
     console_url = app[AUTOSCALER_URL] if config.embedded else vast.console_url
     trust = worker_trust(vast.ca_bundle, route_session, console_url, clock, rng)
     app[WORKER_TLS] = trust
+    console = console_client(config, route_session, app[AUTOSCALER_URL])
+    keys = EndpointKeys(vast, config.endpoints, console, clock, redact_new_secrets, rng)
+    app[ENDPOINT_KEYS] = keys
+    try:
+        await keys.start()  # EndpointsMissing: the start stops here, naming them
+    except BaseException:
+        for session in (route_session, worker_session, webhook_session):
+            await session.close()
+        raise
     router = RouteClient(
-        route_session, app[AUTOSCALER_URL], vast.api_key, vast.route_timeout_s,
+        route_session, app[AUTOSCALER_URL], keys, vast.route_timeout_s,
         vast.replay_timeout_s, vast.connect_timeout_s,
         worker_networks=worker_networks_of(vast.worker_networks),
     )  # fmt: skip
@@ -118,16 +134,40 @@ async def scheduler_context(
         )  # fmt: skip
         app[SERVICE] = service
         await service.start()
+        vast_tasks = {asyncio.create_task(keys.run(), name="vast-keys")}
+        if console is not None:
+            watch = EndpointWorkersWatch(console, keys, vast.endpoint_workers_interval_s, clock,
+                                         lambda: jobs_waiting(service))  # fmt: skip
+            app[VAST_WORKERS] = watch
+            vast_tasks.add(asyncio.create_task(watch.run(), name="vast-workers"))
         try:
             yield
         finally:
             service.accepting = False
+            await cancel_all(vast_tasks)
+            await keys.close()
             await service.abort_remaining()
             await service.close()
             await trust.close()
             await cancel_all(webhooks.tasks)
             for session in (route_session, worker_session, webhook_session):
                 await session.close()
+
+
+def console_client(
+    config: AppConfig, session: aiohttp.ClientSession, autoscaler_url: str
+) -> ConsoleClient | None:
+    """The account's console, when there is an account key; the embedded emulator is its own."""
+    vast = config.vast
+    if vast.account_api_key is None:
+        return None
+    console_url = autoscaler_url if config.embedded else vast.console_url
+    return ConsoleClient(session, console_url, autoscaler_url, vast.account_api_key,
+                         vast.console_timeout_s, vast.connect_timeout_s)  # fmt: skip
+
+
+def jobs_waiting(service: SchedulerService) -> bool:
+    return any(len(d.queue) > 0 for d in service.dispatchers.values())
 
 
 @asynccontextmanager

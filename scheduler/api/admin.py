@@ -9,6 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler.api.context import METRICS, SERVICE
 from scheduler.api.reload import reload, reload_answer, require_admin
+from scheduler.api.vast_status import not_ready_reason
+from scheduler.api.vast_status import status as full_status
 from scheduler.store.base import StoreUnavailable
 from scheduler.vast.tls import WORKER_TLS
 
@@ -23,12 +25,15 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if not service.store.healthy():
         return web.json_response({"status": "store_unavailable"}, status=503)
+    reason = not_ready_reason(request.app)
+    if reason is not None:
+        return web.json_response({"status": "vast_keys_unavailable", "reason": reason}, status=503)
     return web.json_response({"status": "ready"})
 
 
 async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    body = service.status()
+    body = full_status(request.app)
     trust = request.app.get(WORKER_TLS)
     if trust is not None:  # Vast's root for HTTPS workers: where from, fetched or why not
         body["worker_tls"] = trust.status()

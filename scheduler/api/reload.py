@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from scheduler.api.auth import authenticator_of, caller
-from scheduler.api.context import SERVICE
+from scheduler.api.context import ENDPOINT_KEYS, SERVICE
 from scheduler.api.errors import REQUEST_ID, ApiError
 from scheduler.config import ConfigError, load_config
 from scheduler.config.reload_plan import Plan, RefusalCode, Refused, plan_reload, split_problem
@@ -58,6 +58,11 @@ async def read_and_apply(app: web.Application, path: Path | None) -> Plan | Refu
 
 
 def apply(app: web.Application, plan: Plan) -> None:
+    keys = app.get(ENDPOINT_KEYS)
+    if keys is not None:  # before the service: a new endpoint's loop finds its key
+        endpoints = plan.config.endpoints
+        redact_new_secrets([e.api_key.get_secret_value() for e in endpoints.values() if e.api_key])
+        keys.reconfigure(endpoints)
     app[SERVICE].reconfigure(plan.config)
     if plan.tokens_changed:
         tokens = plan.config.auth.tokens

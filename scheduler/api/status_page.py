@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from scheduler.api.context import SERVICE
+from scheduler.api.vast_status import status as full_status
 
 TEMPLATE = files("scheduler.api").joinpath("static/status.html").read_text(encoding="utf-8")
 DASH = "\u2013"
@@ -258,5 +258,5 @@ def render(status: Mapping[str, Any]) -> str:
 
 
 async def status_page(request: web.Request) -> web.Response:
-    body = render(request.app[SERVICE].status())
+    body = render(full_status(request.app))
     return web.Response(text=body, content_type="text/html", headers=HEADERS)

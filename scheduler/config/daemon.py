@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     Field,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -54,9 +53,24 @@ class ServerConfig(Model):
 
 class VastConfig(Model):
     autoscaler_url: str = EMBEDDED
+    # The account key (``vastai set api-key``, ``VAST_API_KEY``): with it the daemon lists the
+    # account's endpoints on the console and learns each endpoint's id, key and settings, as
+    # the official client does. Empty (an unset ``${VAST_API_KEY:-}``) means none.
+    account_api_key: SecretStr | None = None
+    account_api_key_file: Path | None = None  # like api_key_file
+    # One endpoint key for every endpoint (the embedded emulator's, or an old config's): used
+    # only where there is no account key and no ``endpoints.<name>.api_key``.
     api_key: SecretStr = SecretStr(EMULATOR_KEY)
     # Read once at start (e.g. a mounted secret), instead of api_key; setting both is an error.
     api_key_file: Path | None = None
+    # Endpoint keys from the listing are fetched again this often (the official client: 3
+    # days), and at once when a route call answers 401, at most once per min interval.
+    key_refresh_interval_s: float = Field(3 * 24 * 3600.0, gt=0)
+    key_refresh_min_interval_s: float = Field(30.0, ge=0)
+    console_timeout_s: float = Field(30.0, gt=0)
+    # Workers as Vast sees them (get_endpoint_workers) are asked for this often, and only
+    # while someone reads the status or jobs wait.
+    endpoint_workers_interval_s: float = Field(10.0, gt=0)
     ca_bundle: Path | None = None
     # Vast's console: the account's endpoint listing and Vast's TLS root. With the embedded
     # emulator, the emulator serves both and this is ignored.
@@ -83,17 +97,15 @@ class VastConfig(Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _key_from_file(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("api_key_file"):
-            return data
-        if "api_key" in data:
-            raise ValueError("set api_key or api_key_file, not both")
-        path = Path(str(data["api_key_file"]))
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"api_key_file: cannot read {path}: {exc.strerror}") from exc
-        return {**data, "api_key": key}
+    def _keys_from_files(cls, data: Any) -> Any:
+        for field in ("api_key", "account_api_key"):
+            data = _key_from_file(data, field)
+        return data
+
+    @field_validator("account_api_key")
+    @classmethod
+    def _empty_account_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("autoscaler_url")
     @classmethod
@@ -107,13 +119,10 @@ class VastConfig(Model):
     def _console_url(cls, value: str) -> str:
         return _http_url(value, "must be an http(s) URL")
 
-    @field_validator("api_key")
-    @classmethod
-    def _real_key_for_real_vast(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
-        url = info.data.get("autoscaler_url", EMBEDDED)
-        if url != EMBEDDED and value.get_secret_value() in ("", EMULATOR_KEY):
-            raise ValueError("a real Vast endpoint API key is required")
-        return value
+    @property
+    def real_api_key(self) -> bool:
+        """``api_key`` is a key of Vast's (not empty, not the emulator's)."""
+        return self.api_key.get_secret_value() not in ("", EMULATOR_KEY)
 
     @field_validator("ca_bundle")
     @classmethod
@@ -121,6 +130,21 @@ class VastConfig(Model):
         if value is not None and not value.is_file():
             raise ValueError(f"file not found: {value}")
         return value
+
+
+def _key_from_file(data: Any, field: str) -> Any:
+    """``<field>_file`` read once into ``<field>``; setting both is an error."""
+    file_field = f"{field}_file"
+    if not isinstance(data, dict) or not data.get(file_field):
+        return data
+    if field in data:
+        raise ValueError(f"set {field} or {file_field}, not both")
+    path = Path(str(data[file_field]))
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{file_field}: cannot read {path}: {exc.strerror}") from exc
+    return {**data, field: key}
 
 
 def _http_url(value: str, problem: str) -> str:
@@ -257,6 +281,22 @@ class AppConfig(Model):
             )
             if unknown:
                 raise ValueError(f"auth.tokens.{index}.endpoints: not configured: {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _every_endpoint_has_a_key(self) -> AppConfig:
+        """On real Vast each endpoint needs a key source: its own ``api_key``, the account
+        key (the listing gives it; an endpoint the account lacks is caught online), or a real
+        ``vast.api_key``. The embedded emulator takes its own key."""
+        if self.embedded or self.vast.account_api_key is not None or self.vast.real_api_key:
+            return self
+        keyless = sorted(name for name, ep in self.endpoints.items() if ep.api_key is None)
+        if keyless:
+            raise ValueError(
+                "vast.account_api_key: a real Vast key is required: set vast.account_api_key "
+                "(your account key, VAST_API_KEY) or an endpoint key (endpoints.<name>.api_key "
+                f"or vast.api_key); endpoints without one: {keyless}"
+            )
         return self
 
     @property

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import (
     ConfigDict,
     Field,
+    SecretStr,
     field_validator,
     model_validator,
 )
@@ -146,6 +147,9 @@ class CapacityConfig(Model):
 
 
 class EndpointConfig(Model):
+    # This endpoint's own key (the console shows it): beats the account listing's and
+    # vast.api_key. Empty (an unset ``${VAR:-}``) means none.
+    api_key: SecretStr | None = None
     default_route: str = "/generate"
     queue: QueueConfig = QueueConfig()
     cost: CostConfig = CostConfig()
@@ -178,6 +182,11 @@ class EndpointConfig(Model):
         if self.default_timeout_s > self.max_timeout_s:
             raise ValueError("default_timeout_s must be <= max_timeout_s")
         return self
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("default_route")
     @classmethod

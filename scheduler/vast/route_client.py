@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -14,6 +14,7 @@ from scheduler.vast.networks import WorkerNetworks, describe_host
 from scheduler.vast.types import (
     Ready,
     RouteBadRequest,
+    RouteKeyUnknown,
     RouteMalformed,
     RouteRateLimited,
     RouteResult,
@@ -30,6 +31,27 @@ MAX_ANSWER_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 200
 
 
+class KeyProvider(Protocol):
+    """Each endpoint's key (``scheduler.vast.endpoint_keys``), and a fresh one after a 401."""
+
+    def key(self, endpoint: str) -> SecretStr | None: ...
+
+    async def unauthorized(self, endpoint: str, used: SecretStr) -> SecretStr | None: ...
+
+
+class SharedKey:
+    """One key for every endpoint, never refreshed."""
+
+    def __init__(self, key: SecretStr) -> None:
+        self._key = key
+
+    def key(self, endpoint: str) -> SecretStr | None:
+        return self._key
+
+    async def unauthorized(self, endpoint: str, used: SecretStr) -> SecretStr | None:
+        return None
+
+
 class RouteClient:
     """Speaks the route call exactly as the protocol doc says; one try per call."""
 
@@ -37,7 +59,7 @@ class RouteClient:
         self,
         session: aiohttp.ClientSession,
         autoscaler_url: str,
-        api_key: SecretStr,
+        api_key: SecretStr | KeyProvider,
         timeout_s: float,
         replay_timeout_s: float,
         connect_timeout_s: float = 5.0,
@@ -46,7 +68,7 @@ class RouteClient:
     ) -> None:
         self._session = session
         self._url = f"{autoscaler_url.rstrip('/')}/route/"
-        self._api_key = api_key
+        self._keys = SharedKey(api_key) if isinstance(api_key, SecretStr) else api_key
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=min(timeout_s, connect_timeout_s)
         )
@@ -56,7 +78,23 @@ class RouteClient:
     async def route(
         self, endpoint: str, cost: float, request_idx: int | None = None
     ) -> RouteResult:
-        key = self._api_key.get_secret_value()
+        """One call; a 401 with a key that has since changed (or is refetched now) is tried
+        once more with the new key."""
+        key = self._keys.key(endpoint)
+        if key is None:
+            raise RouteKeyUnknown(f"no key for endpoint {endpoint} yet (account listing)")
+        try:
+            return await self._route_with(key, endpoint, cost, request_idx)
+        except RouteUnauthorized:
+            fresh = await self._keys.unauthorized(endpoint, key)
+            if fresh is None:
+                raise
+        return await self._route_with(fresh, endpoint, cost, request_idx)
+
+    async def _route_with(
+        self, api_key: SecretStr, endpoint: str, cost: float, request_idx: int | None
+    ) -> RouteResult:
+        key = api_key.get_secret_value()
         # The official client repeats the key in the body; the query-string copy is left out
         # on purpose because query strings end up in access logs.
         body: dict[str, Any] = {
@@ -85,7 +123,10 @@ def parse_route_answer(
     if status == 429:
         raise RouteRateLimited("route call rate-limited", parse_retry_after(headers))
     if status in (401, 403):
-        raise RouteUnauthorized(f"route call unauthorized ({status}): check vast.api_key")
+        raise RouteUnauthorized(
+            f"route call unauthorized ({status}): check the endpoint's key "
+            "(vast.account_api_key, endpoints.<name>.api_key or vast.api_key)"
+        )
     if status == 400:
         raise RouteBadRequest(f"route call rejected: {error_text(raw)}")
     if status != 200:
@@ -165,4 +206,11 @@ def error_text(raw: bytes) -> str:
     return str(message)[:MAX_ERROR_CHARS]
 
 
-__all__ = ["RouteClient", "answer_to_result", "check_worker_host", "parse_route_answer"]
+__all__ = [
+    "KeyProvider",
+    "RouteClient",
+    "SharedKey",
+    "answer_to_result",
+    "check_worker_host",
+    "parse_route_answer",
+]

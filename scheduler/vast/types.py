@@ -95,6 +95,13 @@ class RouteUnavailable(RouteError):
     kind = "unavailable"
 
 
+class RouteKeyUnknown(RouteUnavailable):
+    """No key for the endpoint yet (the account listing has not answered): backed off and
+    tried again like an unreachable autoscaler; no job fails for it."""
+
+    kind = "key_unknown"
+
+
 class RouteMalformed(RouteError):
     kind = "malformed"
 

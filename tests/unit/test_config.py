@@ -454,3 +454,61 @@ def test_every_tenant_weight_that_validates_also_starts(weight: float) -> None:
         return
     endpoint = parse_config(text, env={}).endpoints["e"]
     JobQueue(endpoint.queue.max_depth, endpoint.tenant_weights)  # raises if it disagrees
+
+
+# --- the Vast account key and endpoint keys ------------------------------------------------
+
+REAL = "autoscaler_url: 'https://run.vast.ai'"
+
+
+def test_account_key_from_a_file_and_empty_means_none(tmp_path: Path) -> None:
+    key_file = tmp_path / "account.key"
+    key_file.write_text("account-key-0123456789\n")
+    config = parse_config(
+        f"vast: {{{REAL}, account_api_key_file: '{key_file}'}}\nendpoints: {{llm: {{}}}}", env={}
+    )
+    assert config.vast.account_api_key is not None
+    assert config.vast.account_api_key.get_secret_value() == "account-key-0123456789"
+    assert "account-key-0123456789" not in repr(config)
+    unset = parse_config("vast: {account_api_key: '${VAST_API_KEY:-}'}", env={})
+    assert unset.vast.account_api_key is None
+
+
+def test_account_key_and_its_file_together_is_an_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config("vast: {account_api_key: a, account_api_key_file: /etc/hostname}", env={})
+    assert any("set account_api_key or account_api_key_file, not both" in p
+               for p in raised.value.problems)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        f"vast: {{{REAL}, account_api_key: acct-0123456789}}\nendpoints: {{a: {{}}, b: {{}}}}",
+        f"vast: {{{REAL}}}\nendpoints: {{a: {{api_key: ka-0123456789}}}}",
+        f"vast: {{{REAL}, api_key: shared-0123456789}}\nendpoints: {{a: {{}}}}",
+    ],
+)
+def test_real_vast_takes_an_account_an_endpoint_or_a_shared_key(config: str) -> None:
+    parse_config(config, env={})
+
+
+def test_real_vast_without_a_key_names_the_keyless_endpoints() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(
+            f"vast: {{{REAL}}}\nendpoints: {{a: {{api_key: ka-0123456789}}, b: {{}}}}", env={}
+        )
+    (problem,) = raised.value.problems
+    assert problem.startswith("vast.account_api_key: a real Vast key is required")
+    assert "['b']" in problem
+
+
+def test_endpoint_key_is_a_secret_and_empty_means_none() -> None:
+    config = parse_config(
+        "endpoints: {a: {api_key: endpoint-key-0123456789}, b: {api_key: '${K:-}'}}", env={}
+    )
+    key = config.endpoints["a"].api_key
+    assert key is not None
+    assert key.get_secret_value() == "endpoint-key-0123456789"
+    assert "endpoint-key-0123456789" not in repr(config)
+    assert config.endpoints["b"].api_key is None

@@ -57,6 +57,9 @@ def vast_root_context(
 ) -> ssl.SSLContext:
     """A client context trusting only the given root(s), with ``VERIFY_X509_STRICT`` cleared
     (and nothing else changed): Vast's root breaks one strict-mode rule, nothing more."""
+    if not cadata and cafile is None:
+        # Empty: create_default_context would load the system roots instead.
+        raise VastRootUnavailable("empty: not a certificate")
     try:
         context = ssl.create_default_context(
             cafile=None if cafile is None else str(cafile), cadata=cadata
@@ -104,7 +107,10 @@ class BundleTrust:
     """``vast.ca_bundle``: the configured file, read once at start; never refreshed."""
 
     def __init__(self, path: Path) -> None:
-        self._context = vast_root_context(cafile=path)
+        try:
+            self._context = vast_root_context(cafile=path)
+        except VastRootUnavailable as exc:
+            raise VastRootUnavailable(f"vast.ca_bundle {path}: {exc}") from exc
 
     async def context(self) -> ssl.SSLContext:
         return self._context

@@ -10,6 +10,7 @@ set the flag, 3.13's does: the ``strict_by_default`` fixture makes every
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,7 +24,7 @@ from structlog.testing import capture_logs
 
 from scheduler.emulator.emulator import Emulator
 from scheduler.listen import listen
-from scheduler.vast.tls import vast_root_context
+from scheduler.vast.tls import ConsoleRoot, vast_root_context
 from scheduler.vast.types import VastRootUnavailable
 from tests.integration.certs import CA, issue_leaf, make_ca, server_context
 from tests.integration.harness import (
@@ -175,6 +176,30 @@ async def test_worker_context_keeps_every_other_check(tmp_path: Path) -> None:
         assert "IP address mismatch" in str(await get_status(f"{worker.url}/", ours))
 
 
+async def test_one_fetch_for_concurrent_callers_and_one_refresh_for_concurrent_failures(
+    http: aiohttp.ClientSession,
+) -> None:
+    old, new = make_ca("root 2025", vast_quirk=True), make_ca("root 2026", vast_quirk=True)
+    async with console(old) as emulator:
+        now = [100.0]
+        root = ConsoleRoot(http, emulator.autoscaler_url, lambda: now[0], random.Random(1))
+        contexts = await asyncio.gather(*(root.context() for _ in range(5)))
+        assert emulator.tls_root.fetches == 1
+        assert all(c is contexts[0] for c in contexts)
+        emulator.tls_root.pem = new.pem
+        await asyncio.gather(*(root.verification_failed(contexts[0]) for _ in range(5)))
+        assert emulator.tls_root.fetches == 2
+        rotated = await root.context()
+        assert rotated is not contexts[0]  # every caller after the refresh gets the new root
+        now[0] += 3_600  # an hour later:
+        await root.verification_failed(contexts[0])  # under the replaced root: no fetch
+        assert emulator.tls_root.fetches == 2
+        await root.verification_failed(rotated)  # under the current one: fetched (the same)
+        assert emulator.tls_root.fetches == 3
+        assert await root.context() is rotated
+        await root.close()
+
+
 # ------------------------------------------------------------------ through the daemon
 
 
@@ -196,10 +221,11 @@ async def test_https_worker_root_fetched_from_the_console(
     root = make_ca("vast-like root", vast_quirk=True)
     async with setup(root, root, tmp_path) as (emulator, worker, daemon):
         with capture_logs() as logs:
-            statuses = [await run(http, daemon) for _ in range(3)]
-        assert statuses == [200, 200, 200]
-        assert len(worker.received) == 3
-        assert emulator.tls_root.fetches == 1  # fetched on first use, then kept
+            statuses = await asyncio.gather(*(run(http, daemon) for _ in range(4)))
+            statuses.append(await run(http, daemon))
+        assert statuses == [200] * 5
+        assert len(worker.received) == 5
+        assert emulator.tls_root.fetches == 1  # fetched on first use, for all four, then kept
         status = await worker_tls(http, daemon)
         assert status["source"] == "console"
         assert status["loaded"] is True
@@ -226,9 +252,10 @@ async def test_worker_under_another_root_is_refused_and_the_root_fetched_again_o
 ) -> None:
     root, other = make_ca("vast-like root", vast_quirk=True), make_ca("other", vast_quirk=True)
     async with setup(root, other, tmp_path, max_attempts=3) as (emulator, worker, daemon):
-        assert await run(http, daemon) == 502  # never verified, so never served insecurely
+        statuses = await asyncio.gather(*(run(http, daemon) for _ in range(4)))
+        assert statuses == [502] * 4  # never verified, so never served insecurely
         assert worker.received == []
-        # Three verification failures, one refetch: the root it got was the same one.
+        # Twelve verification failures, one refetch: the root it got was the same one.
         assert await fetches(http, daemon, emulator) == (2, 1, 0)
 
 

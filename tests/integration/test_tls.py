@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from scheduler.app import EMULATOR
+from scheduler.config.base import EMBEDDED
 from scheduler.emulator.emulator import Emulator
 from scheduler.listen import listen
 from scheduler.vast.tls import ConsoleRoot, vast_root_context
@@ -233,6 +236,28 @@ async def test_https_worker_root_fetched_from_the_console(
         assert "tls.vast_root_loaded" in [entry["event"] for entry in logs]
         assert API_KEY not in repr(logs)
         assert "PRIVATE KEY" not in repr(logs)
+
+
+async def test_embedded_emulator_is_the_console(
+    tmp_path: Path, http: aiohttp.ClientSession, strict_by_default: None
+) -> None:
+    """``autoscaler_url: embedded``: the root comes from the emulator (``emulator.tls_root_cert``)
+    even with ``vast.console_url`` left at Vast's; an HTTPS worker it routes to is served."""
+    root = make_ca("vast-like root", vast_quirk=True)
+    emulator_section = {"endpoints": {}, "tls_root_cert": str(root.write(tmp_path / "root.cer"))}
+    config = daemon_config(EMBEDDED, {"spy": {}}, emulator=emulator_section)
+    assert config.vast.console_url == "https://console.vast.ai"
+    async with (
+        https_worker(SpyServer([OK]), root, tmp_path) as worker,
+        running_daemon(config) as daemon,
+    ):
+        emulator = daemon.app[EMULATOR]
+        emulator.register_external_worker("spy", 900, url=worker.url)
+        report = {"id": 900, "cur_load": 0, "max_perf": 100, "loadtime": 1.0, "error_msg": ""}
+        emulator.autoscaler.book.on_status(report | {"url": worker.url}, time.monotonic())
+        assert await run(http, daemon) == 200
+        assert len(worker.received) == 1
+        assert emulator.tls_root.fetches == 1
 
 
 async def test_plain_http_workers_never_ask_the_console(http: aiohttp.ClientSession) -> None:

@@ -177,8 +177,8 @@ class ConsoleClient:
         try:
             async with self._session.request(method, url, timeout=self._timeout,
                                              **kwargs) as resp:  # fmt: skip
-                raw = await resp.content.read(cap + 1)
                 status = resp.status
+                raw = await read_capped(resp, cap)
         except TimeoutError as exc:
             raise ConsoleUnavailable(f"{what}: timed out") from exc
         except aiohttp.ClientError as exc:
@@ -189,12 +189,24 @@ class ConsoleClient:
             )
         if status != 200:
             raise ConsoleServerError(f"{what}: answered {status}")
-        if len(raw) > cap:
+        if raw is None:
             raise ConsoleMalformed(f"{what}: answer larger than {cap} bytes")
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise ConsoleMalformed(f"{what}: answer is not JSON") from exc
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole body, or None past ``cap`` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_listing(answer: Any) -> Listing:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.harness import running_emulator
+from tests.integration.harness import API_KEY, running_emulator
 from tests.integration.test_lifecycle import ROOT, free_port, wait_healthy
 
 WRONG_KEY = "sk-known-secret-key-0123456789"
@@ -171,3 +171,65 @@ async def test_known_secrets_never_leak(tmp_path: Path, http: aiohttp.ClientSess
         for body in answers.bodies:
             assert secret not in body, (secret, body[:300])
             assert tail not in body, (secret, body[:300])
+
+
+ACCOUNT_KEY = "acct-known-secret-9b2f4e1c7d"
+ECHO_KEY = "echo-known-secret-3a8d6f0b52"
+ROTATED_KEY = "rotated-known-secret-c41e97"  # learnt from the listing at runtime only
+ACCOUNT_CONFIG = """
+server: {{host: 127.0.0.1, port: {port}, grace_period_s: 2}}
+auth: {{enabled: false}}
+vast: {{autoscaler_url: {url}, console_url: {url}, account_api_key: "${{VAST_API_KEY}}",
+       key_refresh_min_interval_s: 0}}
+logging: {{format: json, level: debug}}
+endpoint_defaults: {{max_attempts: 2, reuse: never}}  # every job routes: meets the 401
+endpoints: {{echo: {{}}, other: {{}}}}
+"""
+
+
+async def test_account_and_endpoint_keys_never_leak(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The account key, an endpoint key from the listing, the same endpoint's key after a
+    rotation (learnt at runtime), and the shared key the listing shows for another endpoint:
+    none in the logs, /metrics, /v1/status, the status page, /readyz or an error."""
+    emulated = {"echo": {"workers": 1, "api_key": ECHO_KEY}, "other": {"workers": 1}}
+    async with running_emulator(emulated, account_api_key=ACCOUNT_KEY) as emulator:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        config = tmp_path / "account.yaml"
+        config.write_text(ACCOUNT_CONFIG.format(port=port, url=emulator.autoscaler_url))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "VAST_API_KEY": ACCOUNT_KEY}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "scheduler", "run", "--config", str(config), cwd=ROOT,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        answers = Answers()
+        try:
+            await wait_healthy(http, url)
+            for endpoint in ("echo", "other"):
+                async with http.post(f"{url}/v1/endpoints/{endpoint}/run",
+                                     json={"payload": {}}) as resp:  # fmt: skip
+                    await answers.add(resp)
+            emulator.rotate_key("echo", ROTATED_KEY)
+            emulator.rotate_key("other", "other-" + ROTATED_KEY)
+            for endpoint in ("echo", "other"):
+                async with http.post(f"{url}/v1/endpoints/{endpoint}/run",
+                                     json={"payload": {}, "timeout_s": 10}) as resp:  # fmt: skip
+                    await answers.add(resp)
+            for path in ("/v1/status", "/", "/metrics", "/readyz", "/v1/jobs/job_unknown"):
+                async with http.get(f"{url}{path}") as resp:
+                    await answers.add(resp)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                stdout, stderr = await proc.communicate()
+        listings = emulator.stats()["console"]["totals"]["endpoints_list"]
+    logs = (stdout + stderr).decode()
+    assert '"event": "vast.endpoints_listed"' in logs
+    assert listings == 2  # one refresh at runtime brought both rotated keys
+    assert set(answers.statuses[:4]) == {200}, answers.bodies
+    for secret in (ACCOUNT_KEY, ECHO_KEY, ROTATED_KEY, "other-" + ROTATED_KEY, API_KEY):
+        assert secret not in logs, secret
+        for body in answers.bodies:
+            assert secret not in body, (secret, body[:300])

@@ -212,6 +212,51 @@ def count_rows(name: str, kind: str, counts: Mapping[str, int]) -> list[Html]:
     ]
 
 
+def vast_facts(name: str, vast: Mapping[str, Any]) -> list[Kid]:
+    """Where the key comes from and, when the account lists it, the endpoint's settings."""
+
+    def fact(field: str, label: str, text: str) -> list[Kid]:
+        return [f", {label} ", span(f"{name}/vast/{field}", text)]
+
+    facts: list[Kid] = ["key from ", span(f"{name}/vast/key_source", vast["key_source"] or DASH)]
+    if vast["id"] is not None:
+        facts += [*fact("id", "id", num(vast["id"])),
+                  *fact("state", "state", vast["state"] or DASH),
+                  *fact("max_workers", "max workers", num(vast["max_workers"])),
+                  *fact("max_queue_time_s", "max queue time", secs(vast["max_queue_time_s"])),
+                  *fact("target_queue_time_s", "target queue time",
+                        secs(vast["target_queue_time_s"]))]  # fmt: skip
+    return facts
+
+
+def vast_worker_row(name: str, w: Mapping[str, Any]) -> Html:
+    def cell(field: str, text: str) -> Html:
+        return el("td", {"data-k": f"{name}/vast_worker/{w['id']}/{field}"}, text)
+
+    return el("tr", {}, cell("id", num(w["id"])), cell("status", w["status"]),
+              cell("cur_load", num(w["cur_load"])), cell("perf", num(w["perf"])),
+              cell("measured_perf", num(w["measured_perf"])),
+              cell("reqs_working", num(w["reqs_working"])),
+              cell("reliability", num(w["reliability"])))  # fmt: skip
+
+
+def vast_block(name: str, e: Mapping[str, Any]) -> Html:
+    """The endpoint as Vast's console and autoscaler see it (absent from a bare status)."""
+    vast = e.get("vast")
+    if not vast:
+        return Html("")
+    parts = [el("h3", {}, "On Vast"), el("p", {}, *vast_facts(name, vast))]
+    seen = vast.get("workers")
+    if seen is not None:
+        note = seen["unavailable"] or seen["error"]
+        if note:
+            parts.append(el("p", {}, "workers: ", span(f"{name}/vast/workers_note", note)))
+        rows = [vast_worker_row(name, w) for w in seen["workers"]]
+        headers = ["Id", "Status", "Load", "Perf", "Measured perf", "Requests", "Reliability"]
+        parts.append(table(headers, rows, "no workers listed"))
+    return Html("".join(parts))
+
+
 def endpoint(name: str, e: Mapping[str, Any]) -> Html:
     errs = e["errors"]
     leases = [lease_row(name, lease) for lease in e["lease_details"]]
@@ -229,6 +274,7 @@ def endpoint(name: str, e: Mapping[str, Any]) -> Html:
         table(worker_headers, workers, "no leased workers"),
         el("h3", {}, "Cached workers (leases)"),
         table(lease_headers, leases, "no cached workers"),
+        vast_block(name, e),
         el("div", {"class": "cols"},
            el("div", {}, el("h3", {}, "Last route answers"),
               table(["When", "Outcome", "Cost", "Latency", "Worker / status"], routes,

@@ -303,6 +303,14 @@ def hostile_status() -> dict[str, Any]:
         "recent_routes": [route],
         "errors": {"worker": {HOSTILE: 2}, "route": {"timeout": 1}, "ejected_workers": 0,
                    "ejections": 0},
+        "vast": {"key_source": "account", "id": 5, "state": HOSTILE, "max_workers": 3,
+                 "max_queue_time_s": 30, "target_queue_time_s": 7.5,
+                 "workers": {"age_s": 1.0, "error": None, "unavailable": HOSTILE, "count": 1,
+                             "by_status": {HOSTILE: 1},
+                             "workers": [{"id": 11, "status": HOSTILE, "cur_load": 2.5,
+                                          "perf": 100, "measured_perf": 90.25,
+                                          "reqs_working": 2, "reliability": 0.99,
+                                          "loaded_at": 0}]}},
     }  # fmt: skip
     return {"accepting": True, "endpoints": {"evil": endpoint}}
 
@@ -348,4 +356,10 @@ async def test_status_page_escapes_hostile_strings(tmp_path: Path) -> None:
         assert page.values[f"{row}/latency_floor"] == "1250 ms"
         assert page.values[f"{row}/throughput_cost_per_s"] == status_page.DASH
         assert page.values["evil/max_concurrency"] == "of 4"
+        assert page.values["evil/vast/state"] == HOSTILE
+        assert page.values["evil/vast/id"] == "5"
+        assert page.values["evil/vast/target_queue_time_s"] == "7.5 s"
+        assert page.values["evil/vast/workers_note"] == HOSTILE
+        assert page.values["evil/vast_worker/11/status"] == HOSTILE
+        assert page.values["evil/vast_worker/11/measured_perf"] == "90.25"
     assert parse(dom_html).root.get("data-source") == "js"

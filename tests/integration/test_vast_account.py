@@ -7,7 +7,9 @@ endpoint's settings and workers as Vast sees them."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +25,7 @@ from tests.integration.harness import (
     wait_all_finished,
     wait_until,
 )
+from tests.integration.test_status_page import CHROMIUM, chromium, parse
 
 ACCOUNT = "acct-key-0123456789abcdef"
 ECHO_KEY = "echo-endpoint-key-0123456789"
@@ -175,3 +178,33 @@ async def test_an_endpoint_the_account_lacks_stops_the_start() -> None:
             async with running_daemon(config):
                 pass
     assert "endpoints not in the Vast account: nope" in str(raised.value)
+
+
+async def test_status_page_shows_the_endpoint_as_vast_sees_it(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    async with running_emulator(EMULATED, account_api_key=ACCOUNT) as emulator:
+        config = account_config(emulator.autoscaler_url, {"echo": {}})
+        async with running_daemon(config) as daemon:
+            assert await run_job(http, daemon.url, "echo") == 200
+            await get_json(http, f"{daemon.url}/v1/status")  # someone looks: workers polled
+            await wait_until(lambda: daemon_workers_seen(daemon, "echo"), timeout_s=10)
+            _, status = await get_json(http, f"{daemon.url}/v1/status")
+            async with http.get(f"{daemon.url}/") as resp:
+                served = parse(await resp.text())
+            pages = [served]
+            if os.access(CHROMIUM, os.X_OK):
+                pages.append(parse(await chromium(f"{daemon.url}/", tmp_path / "p", "--dump-dom")))
+    vast = status["endpoints"]["echo"]["vast"]
+    for page in pages:
+        values = page.values
+        assert values["echo/vast/key_source"] == "account"
+        assert values["echo/vast/id"] == str(vast["id"])
+        assert values["echo/vast/state"] == "active"
+        assert values["echo/vast/max_queue_time_s"] == "45 s"
+        assert values["echo/vast/max_workers"] == "7"
+        for worker in vast["workers"]["workers"]:
+            row = f"echo/vast_worker/{worker['id']}"
+            assert values[f"{row}/id"] == str(worker["id"])
+            assert values[f"{row}/perf"] == "20000"
+    assert len(pages) == 1 or pages[1].root.get("data-source") == "js"

@@ -203,7 +203,8 @@ def operations_paths(b: SpecBuilder) -> None:
     b.add("get", "/readyz", {
         "operationId": "readyz", "tags": ["operations"], "summary": "Readiness",
         "responses": {"200": answer("Taking jobs", health),
-                      "503": answer("Draining", health)},
+                      "503": answer("Draining, the store unreachable, or no Vast endpoint "
+                                    "listing read yet (`reason` says why)", health)},
     })  # fmt: skip
     b.add("get", "/v1/status", {
         "operationId": "status", "tags": ["operations"], "summary": "Per-endpoint live state",

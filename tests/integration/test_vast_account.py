@@ -25,6 +25,7 @@ from tests.integration.harness import (
     wait_all_finished,
     wait_until,
 )
+from tests.integration.test_openapi import validator_for
 from tests.integration.test_status_page import CHROMIUM, chromium, parse
 
 ACCOUNT = "acct-key-0123456789abcdef"
@@ -76,6 +77,8 @@ async def test_only_an_account_key_routes_both_endpoints(http: aiohttp.ClientSes
             await wait_until(lambda: daemon_workers_seen(daemon, "echo"), timeout_s=10)
             _, status = await get_json(http, f"{daemon.url}/v1/status")
             seen = status["endpoints"]["echo"]["vast"]["workers"]
+            _, spec = await get_json(http, f"{daemon.url}/openapi.json")
+            validator_for(spec, "Status").validate(status)  # the new fields, as documented
             assert seen["count"] == 2
             assert seen["unavailable"] is None
             assert {w["id"] for w in seen["workers"]} == {w.id for w in emulator.workers("echo")}
@@ -124,6 +127,8 @@ async def test_wrong_account_key_keeps_the_daemon_up_not_ready_and_loses_nothing
             code, ready = await get_json(http, f"{daemon.url}/readyz")
             assert (code, ready["status"]) == (503, "vast_keys_unavailable")
             assert "check vast.account_api_key" in ready["reason"]
+            _, spec = await get_json(http, f"{daemon.url}/openapi.json")
+            validator_for(spec, "Health").validate(ready)
             ids = await submit_many(http, f"{daemon.url}/v1/endpoints/echo/jobs", 20)
             await asyncio.sleep(1.5)  # several route attempts' worth of back-off
             _, status = await get_json(http, f"{daemon.url}/v1/status")

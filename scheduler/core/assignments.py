@@ -298,7 +298,9 @@ class LeasePool:
         lease.uses += 1
         lease.last_used = now
         self.meter.started(lease.worker_url, now)
-        return None if self.capacity is None else self.capacity.started(lease.worker_url, now)
+        if self.capacity is None:
+            return None
+        return self.capacity.started(lease.worker_url, now, cost)
 
     def release(
         self,
@@ -383,3 +385,18 @@ class LeasePool:
 
     def workers(self) -> set[str]:
         return {lease.worker_url for lease in self._leases.values() if not lease.retired}
+
+
+def session_cost(
+    batch_cost: float, batch_jobs: int, queued_cost: float, queued_jobs: int, limit: int, cap: float
+) -> float:
+    """The cost a batch's route call declares when its answer opens a Vast session: at least
+    the batch's, and what the daemon means to place on one worker, its concurrency ``limit``
+    times the mean cost of the jobs at hand (the batch and the queue), capped at ``cap``.
+
+    A session's declared cost is its budget for its whole life: one sized to the few jobs that
+    happened to be queued when it opened caps its worker below its limit, and the worker's
+    sessions are few. Declaring what will run on it is also what Vast should see as its load."""
+    jobs = batch_jobs + queued_jobs
+    mean = (batch_cost + queued_cost) / jobs if jobs > 0 else 0.0
+    return max(batch_cost, min(cap, limit * mean))

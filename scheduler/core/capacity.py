@@ -28,7 +28,15 @@ at one.
 * **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
   job), and kept only if throughput grew by at least ``probe_efficiency`` of the proportional
   gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is not enough);
-  a worker whose batch grew, or a share freed by others, is found again.
+  a worker whose batch grew, or a share freed by others, is found again. While latency per
+  cost stays within ``HEADROOM`` of the floor (the worker queues nothing of what it holds) an
+  up probe comes after two rounds; one that pays about in full resumes start-up's doubling,
+  so a worker that settled low under light load climbs back in seconds.
+* **Rounds that test nothing.** A round in which the worker was not kept at least
+  ``FILL_SHARE`` full (the load ebbed, other workers took the jobs) gives no verdict in
+  start-up or on a probe: it is measured again. The jobs of a round still running at its end
+  count too, at the latency they have so far (or the mean, if more), so that a round's verdict
+  does not rest on the jobs that happened to finish first.
 * **Congestion.** Latency per unit of cost is compared with what it was when the current limit
   was measured. When it exceeds ``congestion_ratio`` times that without more throughput, jobs
   are queueing at the worker (it slowed down, or others fill it): the limit is cut by
@@ -48,6 +56,19 @@ from dataclasses import dataclass, field
 
 DEFAULT_MAX_WORKERS = 4096
 MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict, after this
+# A round tests its limit only if the worker held at least this share of it on average; a
+# round the daemon could not keep it filled in (the load ebbed, other workers took the jobs)
+# says nothing about the limit, and is measured again, at most MAX_UNFILLED_ROUNDS times.
+FILL_SHARE = 0.75
+MAX_UNFILLED_ROUNDS = 3
+# Latency per cost within this factor of the floor means the worker does not queue what it
+# holds (a FIFO or sharing worker holding two jobs is at 2x): an up probe comes after
+# HEADROOM_ROUNDS steady rounds instead of probe_every.
+HEADROOM = 1.5
+HEADROOM_ROUNDS = 2
+# An up probe whose gain was at least this share of the proportional one found a worker far
+# from its knee (its batch grew, others left it): the doubling of start-up resumes.
+STRONG_PROBE = 0.8
 
 
 class Phase(enum.StrEnum):
@@ -86,7 +107,12 @@ class Sent:
 
     epoch: int  # the round it was sent in
     at: float
-    full: bool  # it brought the worker to its limit: its latency is the limit's
+    # It joined a worker that already held what the last measured limit held: its latency is
+    # the new limit's. (Jobs sent into an emptier worker would make a FIFO worker look faster
+    # at two jobs than at one.)
+    counted: bool
+    cost: float = 1.0
+    seq: int = 0  # the worker's count of jobs sent, naming this one
 
 
 @dataclass(slots=True)
@@ -98,6 +124,11 @@ class _Round:
     samples: int = 0
     blocked: bool = False  # a job waited in the daemon because of this worker's limit
     peak: int = 0  # the most jobs held at once during the round
+    # The counted jobs of this round still running (seq -> sent at, cost). A round that ended
+    # on its first completions would see only the jobs that finished first, the small and the
+    # lucky, and find throughput where there is none: at its end each of these counts too, at
+    # the latency it has so far or the completed jobs' mean, whichever is more.
+    running: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +156,11 @@ class WorkerState:
     steady_rounds: int = 0
     probe_wins: int = 0  # rounds in a row the current probe paid
     probe_down: bool = False  # the last probe tried a lower limit
+    unfilled: int = 0  # rounds in a row at this limit that were not kept filled
+    sent: int = 0  # jobs ever sent to it
+    # The limit the last dropped up probe started from: from there the next probe for
+    # headroom waits half the probe interval, not HEADROOM_ROUNDS.
+    dropped_from: int = 0
     changes: list[Change] = field(default_factory=list)
 
 
@@ -165,10 +201,15 @@ class Capacity:
         state.changed_at = now
         state.round.peak = max(state.round.peak, state.inflight)
 
-    def started(self, worker: str, now: float) -> Sent:
+    def started(self, worker: str, now: float, cost: float = 1.0) -> Sent:
         state = self._state(worker, now)
         self._hold(state, now, +1)
-        return Sent(state.epoch, now, state.inflight >= state.limit)
+        counted = state.inflight >= state.limit
+        usable = cost > 0 and math.isfinite(cost)
+        state.sent += 1
+        if counted and usable:
+            state.round.running[state.sent] = (now, cost)
+        return Sent(state.epoch, now, counted and usable, cost if usable else 1.0, state.sent)
 
     def blocked(self, worker: str, now: float) -> None:
         """A queued job could not go to ``worker`` because it was at its limit."""
@@ -186,8 +227,9 @@ class Capacity:
             return None  # sent under an earlier limit: no verdict on this one
         current = state.round
         current.completions += 1
+        current.running.pop(sent.seq, None)
         latency_s = now - sent.at
-        counts = sent.full or not current.blocked  # an unheld round: every job is its state
+        counts = sent.counted or not current.blocked  # an unheld round: every job is its state
         if succeeded and counts and latency_s > 0 and cost > 0 and math.isfinite(cost):
             current.latency_per_cost += latency_s / cost
             current.samples += 1
@@ -195,6 +237,11 @@ class Capacity:
             return None
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
             return None  # no job sent at the limit has ended yet
+        if current.samples:
+            mean = current.latency_per_cost / current.samples
+            for at, job_cost in current.running.values():
+                current.latency_per_cost += max(mean, (now - at) / job_cost)
+            current.samples += len(current.running)
         state.epoch += 1
         state.round = _Round(now)
         return self._end_round(worker, state, current, now)
@@ -221,35 +268,54 @@ class Capacity:
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
         )
         old = state.limit
-        reason = self._verdict(state, done, rate, latency)
+        filled = done.held_s / elapsed >= FILL_SHARE * state.limit
+        reason = self._verdict(state, done, rate, latency, filled)
         if reason is None or state.limit == old:
             return None
+        state.unfilled = 0
         change = Change(worker, old, state.limit, reason)
         state.changes.append(change)
         del state.changes[:-8]
         return change
 
-    def _verdict(self, state: WorkerState, done: _Round, rate: float, latency: float) -> str | None:
+    def _verdict(
+        self, state: WorkerState, done: _Round, rate: float, latency: float, filled: bool
+    ) -> str | None:
         held = done.blocked
+        if held and filled:
+            state.unfilled = 0
+        elif held and state.phase is not Phase.STEADY and self._unfilled(state):
+            return None  # jobs waited, yet the worker was not kept full: measured again
         if state.phase is Phase.STARTUP:
-            if held:
+            if held and filled:
                 return self._startup(state, rate, latency)
-            if state.base_limit and done.peak < state.limit:
+            if state.base_limit and (done.peak < state.limit or held):
                 # The last doubling is untested (the worker was never the one holding jobs
-                # back): back to the last limit a held round showed paying. Left higher, a
-                # worker the placement favours fills past its batch while another has room.
+                # back, or never kept full): back to the last limit a held round showed paying.
+                # Left higher, a worker the placement favours fills past its batch while
+                # another has room.
                 state.limit = state.base_limit
                 return "startup_unheld"
         congested = state.base_latency > 0 and (
             latency > self.policy.congestion_ratio * state.base_latency
         )
         if state.phase is Phase.PROBING:
-            return self._judge_probe(state, rate, latency, congested)
+            return self._judge_probe(state, rate, latency, congested and filled)
         if congested and rate < state.base_rate * 1.1:
             return self._cut(state, rate, latency)
-        if state.phase is Phase.STEADY and held:
+        if held and filled:
             return self._steady(state, rate, latency)
         return None
+
+    @staticmethod
+    def _unfilled(state: WorkerState) -> bool:
+        """Counts a round that did not test its limit; False once MAX_UNFILLED_ROUNDS in a row
+        did not (the verdict is then taken as it is: such a limit is not paying either)."""
+        state.unfilled += 1
+        if state.unfilled < MAX_UNFILLED_ROUNDS:
+            return True
+        state.unfilled = 0
+        return False
 
     def _set_base(self, state: WorkerState, rate: float, latency: float) -> None:
         state.base_limit, state.base_rate, state.base_latency = state.limit, rate, latency
@@ -272,7 +338,17 @@ class Capacity:
         state.steady_rounds += 1
         state.base_rate += 0.5 * (rate - state.base_rate)
         state.base_latency += 0.5 * (latency - state.base_latency)
-        if state.steady_rounds < p.probe_every:
+        # Latency per cost near the floor: the worker does not queue what it holds, so more
+        # may pay (a batching worker below its batch); probe up soon instead of waiting.
+        headroom = state.floor is not None and latency <= HEADROOM * state.floor
+        if (
+            headroom
+            and state.steady_rounds >= HEADROOM_ROUNDS
+            and state.limit < p.max_limit
+            and (state.limit != state.dropped_from or state.steady_rounds >= p.probe_every // 2)
+        ):
+            state.probe_down = True  # so that the probe below goes up
+        elif state.steady_rounds < p.probe_every:
             return None
         state.probe_down = not state.probe_down  # up and down in turn
         if state.probe_down and state.limit > 1:
@@ -303,12 +379,22 @@ class Capacity:
             state.probe_wins += 1
             if state.probe_wins < p.probe_rounds:
                 return None  # one more round at the probe's limit
+            strong = state.limit > state.base_limit and rate >= state.base_rate * (
+                1 + STRONG_PROBE * proportional
+            )
             self._set_base(state, rate, latency)
             verdict = "probe_kept"
+            if strong and state.limit < p.max_limit:
+                state.phase = Phase.STARTUP
+                state.probe_wins = 0
+                state.limit = min(p.max_limit, state.limit * 2)
+                return verdict
             # A probe that paid is followed by another the same way at the next round.
             state.steady_rounds = p.probe_every - 1
             state.probe_down = not state.probe_down
         else:
+            if state.limit > state.base_limit:
+                state.dropped_from = state.base_limit
             state.limit = state.base_limit
             verdict = "probe_dropped"
             state.steady_rounds = 0

@@ -24,6 +24,7 @@ from scheduler.vast.types import Ready, SessionRefused, WorkerError
 
 Unreachable = Callable[[str, str], None]  # worker URL, error kind
 MAX_SESSIONS_PER_WORKER = 4
+MAX_RETIRING_SESSIONS = 2  # retired sessions still running their last jobs, on top
 
 
 class Leasing:
@@ -39,12 +40,26 @@ class Leasing:
         self._sessionless_workers: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
 
-    def session_slots_left(self, worker_url: str) -> bool:
-        """Whether the daemon may open another session on the worker: it keeps to
-        ``MAX_SESSIONS_PER_WORKER`` of its own, below the official worker's max_sessions (10),
-        which sessions it never ended (or other clients') share."""
-        sessions = sum(1 for x in self.pool if x.worker_url == worker_url and x.session_id)
-        return sessions < MAX_SESSIONS_PER_WORKER
+    def session_room(self, worker_url: str, cost: float) -> bool:
+        """Whether the daemon may open another session, declaring ``cost``, on the worker. It
+        keeps to ``MAX_SESSIONS_PER_WORKER`` open for placement, below the official worker's
+        max_sessions (10), which sessions it never ended (or other clients') share. At that
+        count, the smallest is retired (it ends once its jobs have) when the new one declares
+        more: small sessions opened early for a few jobs would otherwise cap the worker's
+        budget below what its learnt limit holds of larger jobs, for the leases' lifetime."""
+        sessions = [x for x in self.pool if x.worker_url == worker_url and x.session_id]
+        open_ = [x for x in sessions if not x.retired]
+        if len(open_) < MAX_SESSIONS_PER_WORKER:
+            return len(sessions) < MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS
+        smallest = min(open_, key=lambda lease: lease.capacity)
+        if smallest.capacity >= cost or len(sessions) >= (
+            MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS
+        ):
+            return False
+        self.pool.retire(smallest)
+        log.info("lease.replaced", endpoint=self._ctx.name, lease_id=smallest.lease_id,
+                 capacity=smallest.capacity, by_capacity=cost)  # fmt: skip
+        return True
 
     async def open(self, ready: Ready) -> Lease | None:
         """A lease in the pool for a ready answer, with a Vast session when the mode wants one

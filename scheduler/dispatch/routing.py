@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from scheduler.config import EndpointConfig
-from scheduler.core.assignments import Lease, ReuseMode
+from scheduler.core.assignments import Lease, ReuseMode, session_cost
 from scheduler.core.batching import BatchLimits, take_batch
 from scheduler.core.ratelimit import TokenBucket
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
@@ -153,7 +153,7 @@ class Routing:
             self._start_poller(None)
             return
         try:
-            result = await self.route(batch.cost, None)
+            result = await self.route(self._declared_cost(batch), None)
         except RouteError as exc:
             self.failed(exc, batch)
             return
@@ -163,7 +163,7 @@ class Routing:
             return
         leasing = self._leasing
         if leasing.mode is ReuseMode.SESSION and (
-            leasing.pool.saturated(result.url) or not leasing.session_slots_left(result.url)
+            leasing.pool.saturated(result.url) or not leasing.session_room(result.url, result.cost)
         ):
             # A worker held at its limit, or holding as many of our sessions as we allow: no
             # session that nothing can use, nor one that pushes it to its max_sessions.
@@ -174,6 +174,20 @@ class Routing:
             self._batch_attempt_failed(batch)
             return
         self._place_batch(batch, lease)
+
+    def _declared_cost(self, batch: Batch) -> float:
+        """A batch's route call declares its jobs' cost; for a session under learnt limits, at
+        least what the busiest worker's limit would hold of such jobs (``session_cost``)."""
+        leasing, config = self._leasing, self._ctx.config
+        capacity = leasing.pool.capacity
+        if leasing.mode is not ReuseMode.SESSION or capacity is None:
+            return batch.cost
+        limit = max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
+        queue = self._ctx.queue
+        cap = min(config.poll.max_cost, config.batch.max_cost)
+        return session_cost(
+            batch.cost, len(batch.job_ids), queue.queued_cost, len(queue), limit, cap
+        )
 
     def _batch_attempt_failed(self, batch: Batch) -> None:
         """The routed worker could not be reached: that counts as an attempt for each job."""

@@ -24,7 +24,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scheduler.core.assignments import EPSILON, Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.assignments import (
+    EPSILON,
+    Lease,
+    LeaseLimits,
+    LeasePool,
+    ReuseMode,
+    session_cost,
+)
 
 LIMITS = LeaseLimits(ttl_s=100.0, idle_close_s=10.0, min_budget_fraction=0.05)
 TOL = 1e-6
@@ -468,3 +475,23 @@ def test_budget_stays_between_floor_and_capacity(
         else:
             pool.shrink(lease)
         assert lease.capacity * fraction <= lease.budget <= lease.capacity
+
+
+@given(
+    batch_cost=st.floats(0, 1e6),
+    batch_jobs=st.integers(1, 64),
+    queued_cost=st.floats(0, 1e7),
+    queued_jobs=st.integers(0, 10_000),
+    limit=st.integers(1, 256),
+    cap=st.floats(1, 1e9),
+)
+def test_a_session_declares_its_batch_and_what_the_limit_holds_within_the_cap(
+    batch_cost: float, batch_jobs: int, queued_cost: float, queued_jobs: int, limit: int, cap: float
+) -> None:
+    declared = session_cost(batch_cost, batch_jobs, queued_cost, queued_jobs, limit, cap)
+    mean = (batch_cost + queued_cost) / (batch_jobs + queued_jobs)
+    assert declared >= batch_cost  # the batch it carries always fits
+    assert declared <= max(batch_cost, cap)
+    assert declared >= min(cap, limit * mean) - 1e-6 * max(1.0, limit * mean)
+    more = session_cost(batch_cost, batch_jobs, queued_cost, queued_jobs, limit + 1, cap)
+    assert more >= declared  # a higher limit never asks for less

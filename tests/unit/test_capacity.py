@@ -53,7 +53,7 @@ class Sim:
     def _dispatch(self) -> None:
         while self.waiting and len(self.started) < self.capacity.limit(W):
             job = self.waiting.popleft()
-            self.started[job] = self.capacity.started(W, self.now)
+            self.started[job] = self.capacity.started(W, self.now, self.cost(job))
             self._finish(self.worker.add(job, self.cost(job), self.now))
         if self.waiting:
             self.capacity.blocked(W, self.now)
@@ -65,6 +65,13 @@ class Sim:
             if change is not None:
                 self.limits.append((self.now, change.new))
             self.completions += 1
+            if len(self.waiting) + len(self.started) < self.demand:
+                self._arrive()
+
+    def set_demand(self, demand: int) -> None:
+        """The closed loop's size from now on: more clients arrive at once, fewer by attrition."""
+        self.demand = demand
+        while len(self.waiting) + len(self.started) < demand:
             self._arrive()
 
     def run(self, *, until_s: float | None = None, completions: int | None = None) -> None:
@@ -164,6 +171,48 @@ def test_a_batching_worker_that_slows_down_4x_is_backed_off_within_a_few_rounds(
     sim.run(completions=sim.completions + 3 * before)
     cuts = [limit for _, limit in sim.limits[changed_at:] if limit < before]
     assert cuts, sim.limits[changed_at:]
+
+
+def test_a_round_the_load_ebbed_in_does_not_end_start_up_low() -> None:
+    """Jobs waited at the round's start, then the load ebbed and the worker was not kept full:
+    that round says nothing about the limit. Start-up goes on, and climbs once the load is
+    back, instead of settling at the last limit as if a doubling had not paid."""
+    sim = Sim(batching(200.0, 32, 0.02), 96, [100.0])
+    for _ in range(200):
+        if sim.limit >= 8:
+            break
+        sim.run(until_s=sim.now + 0.01)
+    raised_to = sim.limit
+    assert 8 <= raised_to < 32, sim.limits
+    sim.run(until_s=sim.now + 0.01)  # the new round: jobs waited for this worker's limit
+    sim.waiting.clear()
+    sim.set_demand(1)  # ... and then the load ebbed
+    sim.run(until_s=sim.now + 3.0)
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert state.phase is Phase.STARTUP, sim.capacity.state(W)
+    sim.set_demand(96)
+    sim.run(until_s=sim.now + 5.0)
+    assert sim.limit >= 0.9 * 32, sim.limits
+
+
+def test_a_batching_worker_settled_low_climbs_back_to_its_batch_soon() -> None:
+    """Light load settles a batching worker's limit far below its batch. When load grows, its
+    latency per cost is near the floor, so it probes up within a couple of rounds and, as the
+    probes pay in full, doubles again: at its batch within seconds, not after dozens of probe
+    intervals of a quarter each."""
+    sim = Sim(batching(200.0, 32, 0.02), 6, [100.0])
+    sim.run(until_s=30.0)
+    low = sim.limit
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert low <= 8, sim.limits
+    assert state.phase is not Phase.STARTUP, sim.limits
+    sim.set_demand(96)
+    sim.run(until_s=sim.now + 8.0)
+    # Doubling from where it was, it lands near the batch, not on it (a quarter-step probe
+    # then finds no more): within a quarter of it.
+    assert sim.limit >= 0.75 * 32, (low, sim.limits)
 
 
 def test_a_steady_limit_is_probed_and_a_probe_that_does_not_pay_is_dropped() -> None:

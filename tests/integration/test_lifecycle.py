@@ -322,7 +322,7 @@ async def test_check_config_accepts_the_bundled_files() -> None:
     production = ROOT / "config" / "production.yaml"
     code, _, stderr = await check(production)
     assert code == 1  # it takes its secrets from the environment
-    assert b"vast.api_key: environment variable VAST_API_KEY is not set" in stderr
+    assert b"vast.account_api_key: environment variable VAST_API_KEY is not set" in stderr
     secrets = {"VAST_API_KEY": "k-123456", "VAST_SCHEDULER_WEBHOOK_SECRET": "s-123456"}
     code, stdout, stderr = await check(production, **secrets)
     assert code == 0, stderr

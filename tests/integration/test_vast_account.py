@@ -213,3 +213,50 @@ async def test_status_page_shows_the_endpoint_as_vast_sees_it(
             assert values[f"{row}/id"] == str(worker["id"])
             assert values[f"{row}/perf"] == "20000"
     assert len(pages) == 1 or pages[1].root.get("data-source") == "js"
+
+
+async def test_a_scheduled_refresh_brings_a_rotated_key_before_any_refusal(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_emulator(EMULATED, account_api_key=ACCOUNT) as emulator:
+        config = account_config(emulator.autoscaler_url, {"echo": {"reuse": "never"}},
+                                key_refresh_interval_s=0.3)  # fmt: skip
+        async with running_daemon(config) as daemon:
+            assert await run_job(http, daemon.url, "echo") == 200
+            emulator.rotate_key("echo")
+            listed = emulator.stats()["console"]["totals"]["endpoints_list"]
+            console = emulator.console.stats
+            await wait_until(lambda: console.count("endpoints_list") >= listed + 2, timeout_s=10)
+            assert await run_job(http, daemon.url, "echo") == 200
+            refreshes = daemon.app[ENDPOINT_KEYS].status()["refreshes_after_401"]
+    assert emulator.stats()["route"]["by_endpoint"]["echo"]["401"] == 0
+    assert refreshes == 0
+
+
+async def test_vast_workers_are_polled_only_while_someone_looks(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_emulator(EMULATED, account_api_key=ACCOUNT) as emulator:
+        config = account_config(emulator.autoscaler_url, {"echo": {}},
+                                endpoint_workers_interval_s=0.1)  # fmt: skip
+        async with running_daemon(config) as daemon:
+            console = emulator.console.stats
+            await asyncio.sleep(0.5)  # five intervals with nobody looking and no job waiting
+            assert console.count("endpoint_workers") == 0
+            await get_json(http, f"{daemon.url}/v1/status")
+            await wait_until(lambda: console.count("endpoint_workers") >= 2, timeout_s=5)
+
+
+async def test_the_embedded_emulator_is_the_account_console(http: aiohttp.ClientSession) -> None:
+    config = AppConfig.model_validate({
+        "auth": {"enabled": False},
+        "vast": {"account_api_key": ACCOUNT},
+        "emulator": {"status_interval_s": 0.1, "endpoints": EMULATED},
+        "endpoints": {"echo": {}, "other": {}},
+    })  # fmt: skip
+    async with running_daemon(config) as daemon:
+        statuses = [await run_job(http, daemon.url, ep) for ep in ("echo", "other")]
+        _, status = await get_json(http, f"{daemon.url}/v1/status")
+    assert statuses == [200, 200]
+    assert status["endpoints"]["echo"]["vast"]["key_source"] == "account"
+    assert status["endpoints"]["echo"]["vast"]["max_queue_time_s"] == 45.0

@@ -24,6 +24,7 @@ from scheduler.config.endpoint import EndpointConfig
 from scheduler.core.endpoint_keys import KeySource, choose_keys, may_refresh
 from scheduler.core.retry import backoff_s
 from scheduler.vast.console import ConsoleClient, ConsoleError, EndpointsMissing, VastEndpoint
+from scheduler.vast.types import RouteKeyUnknown
 
 log = structlog.get_logger("scheduler.vast.endpoint_keys")
 RETRY_INITIAL_S = 1.0
@@ -116,7 +117,10 @@ class EndpointKeys:
         return min(retry_s, self._vast.key_refresh_interval_s)
 
     async def unauthorized(self, endpoint: str, used: SecretStr) -> SecretStr | None:
-        """Vast refused ``used`` for ``endpoint``: the key to retry with, or None (no other)."""
+        """Vast refused ``used`` for ``endpoint``: the key to retry with; None when there is
+        no other (a configured key, or a fresh listing gives the same one). RouteKeyUnknown
+        (retried later, no job fails) while the listing cannot tell: read too lately to be
+        read again, or failing."""
         current = self._keys.get(endpoint)
         if current is not None and current.get_secret_value() != used.get_secret_value():
             return current  # refreshed since the call began
@@ -124,17 +128,21 @@ class EndpointKeys:
             return None  # a configured key: only the config can change it
         running = self._refreshing is not None and not self._refreshing.done()
         now = self._clock()
-        if running or may_refresh(now, self._last_401_refresh_at,
-                                  self._vast.key_refresh_min_interval_s):  # fmt: skip
-            if not running:
-                self._last_401_refresh_at = now
-                self.refreshes_after_401 += 1
-                log.warning("vast.endpoint_key_refused", endpoint=endpoint)
-            await self.refresh("unauthorized")
+        min_interval_s = self._vast.key_refresh_min_interval_s
+        if not running and not may_refresh(now, self._last_401_refresh_at, min_interval_s):
+            raise RouteKeyUnknown(f"endpoint {endpoint}: key refused; the account listing is "
+                                  f"read again at most every {min_interval_s:g} s")  # fmt: skip
+        if not running:
+            self._last_401_refresh_at = now
+            self.refreshes_after_401 += 1
+            log.warning("vast.endpoint_key_refused", endpoint=endpoint)
+        error = await self.refresh("unauthorized")
         fresh = self._keys.get(endpoint)
-        if fresh is None or fresh.get_secret_value() == used.get_secret_value():
-            return None
-        return fresh
+        if fresh is not None and fresh.get_secret_value() != used.get_secret_value():
+            return fresh
+        if error is not None:  # the console failed, or the endpoint left the account
+            raise RouteKeyUnknown(f"endpoint {endpoint}: key refused and {error}")
+        return None
 
     async def refresh(self, reason: str) -> ConsoleError | None:
         """Read the listing (one call for every caller at once); the error, or None."""

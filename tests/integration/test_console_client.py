@@ -28,6 +28,7 @@ from scheduler.vast.console import (
 )
 from scheduler.vast.endpoint_keys import EndpointKeys
 from scheduler.vast.route_client import RouteClient
+from scheduler.vast.types import Ready, RouteKeyUnknown, RouteUnauthorized
 from tests.integration.spies import SpyServer, ready_answer, serving
 from tests.integration.test_lifecycle import free_port
 
@@ -154,8 +155,9 @@ async def test_many_refused_calls_make_one_listing_call(http: aiohttp.ClientSess
                                        for _ in range(10)))  # fmt: skip
         assert {k.get_secret_value() if k else None for k in fresh} == {NEW}
         assert len(console.requests) == 2  # start + one refresh for all ten
-        # the new key refused too, within the min interval: no listing, nothing to retry with
-        assert await keys.unauthorized("spy", SecretStr(NEW)) is None
+        # the new key refused too, within the min interval: no listing; wait, do not fail
+        with pytest.raises(RouteKeyUnknown, match="at most every 30 s"):
+            await keys.unauthorized("spy", SecretStr(NEW))
         assert len(console.requests) == 2
         assert keys.status()["refreshes_after_401"] == 1
         await keys.close()
@@ -172,6 +174,27 @@ async def test_a_refused_route_call_is_retried_with_the_new_key(
         router = RouteClient(http, autoscaler.url, keys, 5, 60)
         result = await router.route("spy", 100)
         await keys.close()
-    assert getattr(result, "url", None) == "http://127.0.0.1:9"
+    assert isinstance(result, Ready)
+    assert result.url == "http://127.0.0.1:9"
     sent = [(r.headers["Authorization"], r.body["api_key"]) for r in autoscaler.received]
     assert sent == [(f"Bearer {OLD}", OLD), (f"Bearer {NEW}", NEW)]
+
+
+async def test_a_refused_key_the_listing_cannot_replace_waits_or_fails(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The console refusing the account key after start: the call is retried later (no job
+    fails); a fresh listing with the very same key: the refusal stands."""
+    console = Console([(200, listing(OLD)), (401, {"msg": "revoked"}), (200, listing(OLD))])
+    script = [(401, {"error": "bad key"}, {})]
+    async with console_at(console), serving(SpyServer(script), "/route/") as autoscaler:
+        keys = registry(console.url, http, min_interval_s=0)
+        await keys.start()
+        router = RouteClient(http, autoscaler.url, keys, 5, 60)
+        with pytest.raises(RouteKeyUnknown, match=r"refused \(401\)"):
+            await router.route("spy", 100)
+        with pytest.raises(RouteUnauthorized):
+            await router.route("spy", 100)
+        assert keys.key("spy") == SecretStr(OLD)  # kept through the failed refresh
+        await keys.close()
+    assert len(console.requests) == 3

@@ -16,7 +16,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from scheduler.core.cost import as_number
-from scheduler.vast.route_client import is_int
+from scheduler.vast.route_client import is_int, read_capped
 from scheduler.vast.types import VastError
 
 MAX_LISTING_BYTES = 8 * 1024 * 1024
@@ -189,24 +189,12 @@ class ConsoleClient:
             )
         if status != 200:
             raise ConsoleServerError(f"{what}: answered {status}")
-        if raw is None:
+        if len(raw) > cap:
             raise ConsoleMalformed(f"{what}: answer larger than {cap} bytes")
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise ConsoleMalformed(f"{what}: answer is not JSON") from exc
-
-
-async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    """The whole body, or None past ``cap`` bytes (read no further)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_listing(answer: Any) -> Listing:

@@ -109,12 +109,25 @@ class RouteClient:
             async with self._session.post(
                 self._url, json=body, headers=headers, timeout=self._timeout
             ) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await read_capped(resp, MAX_ANSWER_BYTES)
                 return parse_route_answer(resp.status, resp.headers, raw, self._networks)
         except TimeoutError as exc:
             raise RouteTimeout("route call timed out") from exc
         except aiohttp.ClientError as exc:
             raise RouteUnavailable(f"route call failed: {type(exc).__name__}") from exc
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole body, or its first ``cap + 1`` bytes when longer (read no further): one
+    ``read(n)`` may stop at the first chunk of an answer that came in pieces."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            break
+    return b"".join(chunks)[: cap + 1]
 
 
 def parse_route_answer(
@@ -213,4 +226,5 @@ __all__ = [
     "answer_to_result",
     "check_worker_host",
     "parse_route_answer",
+    "read_capped",
 ]

@@ -5,6 +5,7 @@ route call retried with the new key."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -198,3 +199,34 @@ async def test_a_refused_key_the_listing_cannot_replace_waits_or_fails(
         assert keys.key("spy") == SecretStr(OLD)  # kept through the failed refresh
         await keys.close()
     assert len(console.requests) == 3
+
+
+async def in_pieces(request: web.Request) -> web.StreamResponse:
+    """A JSON answer sent in two pieces, a moment apart (as a slow link would deliver it)."""
+    await request.read()
+    if request.path.startswith("/api/"):
+        body = json.dumps(listing(OLD)).encode()
+    else:
+        body = json.dumps(ready_answer("http://127.0.0.1:9")).encode()
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    await resp.write(body[:20])
+    await asyncio.sleep(0.05)
+    await resp.write(body[20:])
+    await resp.write_eof()
+    return resp
+
+
+async def test_answers_that_come_in_pieces_are_read_whole(http: aiohttp.ClientSession) -> None:
+    app = web.Application()
+    app.router.add_get("/api/v0/endptjobs/", in_pieces)
+    app.router.add_post("/route/", in_pieces)
+    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        found = await client(http, url).list_endpoints()
+        result = await RouteClient(http, url, SecretStr(OLD), 5, 60).route("spy", 100)
+    finally:
+        await runner.cleanup()
+    assert [e.name for e in found.endpoints] == ["spy"]
+    assert isinstance(result, Ready)

@@ -29,6 +29,7 @@ from scheduler.vast.types import RouteKeyUnknown
 log = structlog.get_logger("scheduler.vast.endpoint_keys")
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 60.0
+START_WAIT_S = 5.0  # the start waits this long for the first listing, then serves not ready
 
 
 class EndpointKeys:
@@ -91,12 +92,18 @@ class EndpointKeys:
         if self.missing:  # no key, so never routed: the log says why
             log.error("vast.endpoints_missing", endpoints=self.missing, reason="reload")
 
-    async def start(self) -> None:
-        """One listing read; ``EndpointsMissing`` stops the start, other errors are retried by
-        ``run``."""
+    async def start(self, wait_s: float = START_WAIT_S) -> None:
+        """One listing read, waited for ``wait_s`` at most (a silent console must not keep
+        the daemon from listening, and ``/readyz`` from saying why); ``EndpointsMissing``
+        stops the start, other errors and a read still under way are left to ``run``."""
         if not self.account:
             return
-        error = await self.refresh("start")
+        try:
+            async with asyncio.timeout(wait_s):
+                error = await self.refresh("start")
+        except TimeoutError:  # the read goes on (shielded); run() picks it up
+            log.warning("vast.listing_slow", waited_s=wait_s)
+            return
         if isinstance(error, EndpointsMissing):
             raise error
 
@@ -105,6 +112,8 @@ class EndpointKeys:
         if not self.account:
             return
         failures = 0 if self._listing is not None else 1
+        if self._refreshing is not None and not self._refreshing.done():  # the start's read
+            failures = 0 if await self.refresh("start") is None else 1
         while True:
             await asyncio.sleep(self._next_delay_s(failures))
             reason = "schedule" if self._listing is not None else "start"

@@ -30,6 +30,7 @@ from scheduler.vast.console import (
 from scheduler.vast.endpoint_keys import EndpointKeys
 from scheduler.vast.route_client import RouteClient
 from scheduler.vast.types import Ready, RouteKeyUnknown, RouteUnauthorized
+from tests.integration.harness import wait_until
 from tests.integration.spies import SpyServer, ready_answer, serving
 from tests.integration.test_lifecycle import free_port
 
@@ -230,3 +231,24 @@ async def test_answers_that_come_in_pieces_are_read_whole(http: aiohttp.ClientSe
         await runner.cleanup()
     assert [e.name for e in found.endpoints] == ["spy"]
     assert isinstance(result, Ready)
+
+
+async def test_a_silent_console_does_not_hold_the_start(http: aiohttp.ClientSession) -> None:
+    console = Console([(200, listing(OLD))], delay_s=0.5)
+    async with console_at(console):
+        keys = registry(console.url, http)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await keys.start(wait_s=0.05)
+        assert loop.time() - began < 0.4  # not the console's half second
+        reason = keys.not_ready_reason()
+        assert reason is not None
+        assert "not answered yet" in reason
+        runner = asyncio.create_task(keys.run())
+        await wait_until(lambda: keys.not_ready_reason() is None, timeout_s=5)
+        await asyncio.sleep(1.1)  # past the longest first retry: none is made
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await keys.close()
+    assert keys.key("spy") == SecretStr(OLD)
+    assert len(console.requests) == 1  # the read begun at start was the one that answered

@@ -121,7 +121,8 @@ class PlacementConfig(Model):
     # Optional: a busy worker takes a job only if it would finish within this long at its
     # measured rate, on top of its concurrency limit. None (the default): the limit decides.
     horizon_s: float | None = Field(None, gt=0, le=3600)
-    # While jobs wait for a busy worker, one batch is still routed this often (new workers).
+    # While jobs wait for a busy worker, one batch is still routed this often (new workers);
+    # doubled, up to 16x, while the answers name only workers already at their limit.
     held_route_interval_s: float = Field(0.5, gt=0, le=3600)
 
 

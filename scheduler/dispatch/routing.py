@@ -30,6 +30,7 @@ from scheduler.vast.types import (
 
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
+MAX_HELD_ROUTE_DOUBLINGS = 4  # held route calls back off to 16x held_route_interval_s
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
 StartJob = Callable[[Job, Lease], None]
 FleetBacklog = Callable[[str], Awaitable[tuple[int, float]]]
@@ -76,6 +77,7 @@ class Routing:
         self._errors = 0  # route errors in a row
         self._retry_at = now  # no route call before this (back-off after errors, 429s)
         self._hold_route_at = now
+        self._held_routes_unused = 0  # held route calls in a row whose answer opened nothing
         self.known_workers: dict[str, float] = {}
         self.last_waiting: Waiting | None = None
         self.recent: deque[RouteRecord] = deque(maxlen=RECENT_ROUTES)
@@ -109,7 +111,11 @@ class Routing:
         if holding:
             if now < self._hold_route_at:
                 return self._hold_route_at
-            self._hold_route_at = now + self._ctx.config.placement.held_route_interval_s
+            # Doubling while answers keep naming workers already at their limit: Vast has
+            # nothing new, and it hears the demand at a slower beat too.
+            backoff = 2 ** min(self._held_routes_unused, MAX_HELD_ROUTE_DOUBLINGS)
+            interval = self._ctx.config.placement.held_route_interval_s * backoff
+            self._hold_route_at = now + interval
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
@@ -167,8 +173,10 @@ class Routing:
         ):
             # A worker held at its limit, or holding as many of our sessions as we allow: no
             # session that nothing can use, nor one that pushes it to its max_sessions.
+            self._held_routes_unused += 1
             self.release(batch)
             return
+        self._held_routes_unused = 0
         lease = await self._leasing.open(result)
         if lease is None:
             self._batch_attempt_failed(batch)

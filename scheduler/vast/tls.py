@@ -39,6 +39,7 @@ import structlog
 from aiohttp import web
 
 from scheduler.core.retry import backoff_s
+from scheduler.vast.route_client import read_capped
 from scheduler.vast.types import VastRootUnavailable
 
 log = structlog.get_logger(__name__)
@@ -231,7 +232,7 @@ class ConsoleRoot:
             async with self._session.get(self._url, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise VastRootUnavailable(f"the console answered {resp.status}")
-                body = await resp.content.read(MAX_ROOT_BYTES + 1)
+                body = await read_capped(resp, MAX_ROOT_BYTES)
         except TimeoutError as exc:
             raise VastRootUnavailable("the console did not answer in time") from exc
         except aiohttp.ClientError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from scheduler.vast.route_client import read_capped
 from scheduler.vast.tls import WorkerTrust
 from scheduler.vast.types import (
     Ready,
@@ -158,7 +159,7 @@ class WorkerClient:
                 self._tls(url, SESSION_CALL_TIMEOUT_S) as tls,
                 self._session.post(url, json=body, timeout=timeout, **tls) as resp,
             ):
-                raw = await resp.content.read(64 * 1024)
+                raw = await read_capped(resp, 64 * 1024)
         try:
             return resp.status, json.loads(raw)
         except ValueError:

@@ -5,12 +5,19 @@ past ``max_sessions`` (0 = unlimited); the whole session is one in-flight entry 
 the answer's ``reqnum`` with the answer's ``cost`` as workload; each session request adds
 ``lifetime`` to the expiry; ``/session/get`` and ``/session/end`` answer 400 for an unknown
 session and ``/session/health`` ``{"ok": false}``; ``session_auth`` must equal the
-``auth_data`` the session was created with (else 401).
+``auth_data`` the session was created with (else 401). A session expires at creation +
+``lifetime`` (default 60), pushed back by ``lifetime`` at the start of each request on it;
+the worker's sweep (every ``session_reap_interval_s``, the official worker's 5 s) ends
+expired sessions and closes the connections of requests still running on them. A
+``/session/create`` that is not JSON gets 422; valid JSON the official worker cannot read
+(not an object, ``auth_data``/``payload`` missing or not objects, a non-numeric
+``lifetime``) gets 500, as its handler raises there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import string
 import time
@@ -98,6 +105,15 @@ def _invalid_json() -> web.Response:
     return web.json_response({"error": "invalid JSON"}, status=422)
 
 
+def _internal_error() -> web.Response:
+    """What aiohttp answers when a handler raises (the official worker on a malformed
+    ``/session/create``: a missing or non-object ``auth_data``/``payload``, a non-numeric
+    ``lifetime``)."""
+    return web.Response(
+        status=500, text="500 Internal Server Error\n\nServer got itself in trouble"
+    )
+
+
 OnClose = Callable[[Session], Awaitable[None]]
 
 
@@ -118,15 +134,23 @@ class SessionHandlers:
         ]
 
     async def create(self, request: web.Request) -> web.Response:
-        data = json_object(await request.read())
-        if data is None:
+        raw = await request.read()
+        try:
+            data = json.loads(raw.decode())  # as aiohttp's request.json(): b"" is bad JSON
+        except json.JSONDecodeError:
             return _invalid_json()
-        auth_data, payload = data.get("auth_data"), data.get("payload") or {}
+        except UnicodeDecodeError:
+            return _internal_error()
+        if not isinstance(data, dict):
+            return _internal_error()
+        auth_data, payload = data.get("auth_data"), data.get("payload")
+        # The official worker reads these unchecked (auth_data.get, payload.get, now +
+        # lifetime): anything else raises inside its handler and aiohttp answers 500.
+        lifetime = (payload or {}).get("lifetime", _DEFAULT_LIFETIME_S)
         if not isinstance(auth_data, dict) or not isinstance(payload, dict):
-            error = {"error": "auth_data and payload must be objects"}
-            return web.json_response(error, status=422)
-        if _number(payload.get("lifetime", _DEFAULT_LIFETIME_S), -1.0) <= 0:
-            return web.json_response({"payload": {"lifetime": "must be > 0"}}, status=422)
+            return _internal_error()
+        if not isinstance(lifetime, int | float):
+            return _internal_error()
         if self.table.full():
             self._metrics.reject(_session_entry(auth_data, time.time()))
             return web.Response(status=429)

@@ -4,9 +4,10 @@
 the keys that count are the endpoint's (``Accounts.route_identity``: its own key once it has
 one, else the emulator's global keys);
 per-identity minimum interval else 429 (plain text, ``Retry-After`` in whole seconds);
-injected 500s and delay; 400 for bad parameters or an unknown endpoint; READY answers
-signed (legacy workers: whole message) or WAITING with a status summary and a stable
-``request_idx``.
+injected 500s and delay; 400 for bad parameters (``replay_timeout``, when given, a number
+> 0) or an unknown endpoint; READY answers signed (legacy workers: whole message) or
+WAITING with a status summary and a stable ``request_idx`` (kept ``replay_timeout`` s from
+its last call) while no ready worker is under its queue limit (see ``route_book``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ from aiohttp import web
 
 from scheduler.emulator.accounts import Accounts
 from scheduler.emulator.envelope import json_object
-from scheduler.emulator.route_book import RateLimiter, RouteBook, WorkerView
+from scheduler.emulator.route_book import (
+    DEFAULT_REPLAY_TIMEOUT_S,
+    RateLimiter,
+    RouteBook,
+    WorkerView,
+)
 from scheduler.emulator.settings import EmulatorConfig
 from scheduler.emulator.signing import Signer
 
 ROUTE_LOG_LEN = 10_000
 UNKNOWN_ENDPOINT = "_unknown"
+_MAX_REPLAY_TIMEOUT_S = 86_400.0
 RESULTS = ("ready", "waiting", "429", "error", "401", "400")
 
 
@@ -88,10 +95,22 @@ def bearer_token(request: web.Request) -> str | None:
     return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
 
 
-def _parse_params(body: dict[str, Any] | None) -> tuple[str, float, int] | str:
-    """``(endpoint, cost, request_idx)`` or the 400 message."""
+@dataclass(frozen=True)
+class RouteParams:
+    endpoint: str
+    cost: float
+    request_idx: int
+    replay_timeout_s: float
+
+
+def _parse_params(body: dict[str, Any] | None) -> RouteParams | str:
+    """The route call's parameters or the 400 message."""
     if body is None:
         return "body must be a JSON object"
+    replay = body.get("replay_timeout")
+    replay = DEFAULT_REPLAY_TIMEOUT_S if replay is None else replay
+    if isinstance(replay, bool) or not isinstance(replay, int | float) or not replay > 0:
+        return "replay_timeout must be a number > 0"
     endpoint, cost, idx = body.get("endpoint"), body.get("cost", 100), body.get("request_idx", 0)
     if not isinstance(endpoint, str) or not endpoint:
         return "endpoint must be a non-empty string"
@@ -101,7 +120,7 @@ def _parse_params(body: dict[str, Any] | None) -> tuple[str, float, int] | str:
         idx = 0
     if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
         return "request_idx must be an integer >= 0"
-    return endpoint, cost, idx
+    return RouteParams(endpoint, float(cost), idx, float(min(replay, _MAX_REPLAY_TIMEOUT_S)))
 
 
 class Autoscaler:
@@ -183,14 +202,19 @@ class Autoscaler:
         params = _parse_params(body)
         if isinstance(params, str):
             return _error(400, params), "400"
-        endpoint, cost, carried_idx = params
-        if endpoint not in self.book.endpoints:
-            return _error(400, f"unknown endpoint {endpoint!r}"), "400"
-        return self._answer(endpoint, cost, carried_idx)
+        if params.endpoint not in self.book.endpoints:
+            return _error(400, f"unknown endpoint {params.endpoint!r}"), "400"
+        return self._answer(params)
 
-    def _answer(self, endpoint: str, cost: float, carried_idx: int) -> tuple[web.Response, str]:
-        now = time.monotonic()
-        request_idx = self.book.request_idx(endpoint, carried_idx)
+    def _answer(self, params: RouteParams) -> tuple[web.Response, str]:
+        now, endpoint, cost = time.monotonic(), params.endpoint, params.cost
+        request_idx = self.book.request_idx(
+            endpoint,
+            params.request_idx,
+            cost=cost,
+            now=now,
+            replay_timeout_s=params.replay_timeout_s,
+        )
         view = self.book.pick(endpoint, now)
         if view is None:
             waiting = {

@@ -224,8 +224,14 @@ class Emulator:
         """
         if not endpoint:
             raise ValueError("endpoint must be a non-empty string")
+        settings = self.config.endpoints.get(endpoint, EmulatedEndpoint())
         self.autoscaler.book.register_external(
-            worker_id, endpoint, url=url, perf=perf, stale_after_s=stale_after_s
+            worker_id,
+            endpoint,
+            url=url,
+            perf=perf,
+            stale_after_s=stale_after_s,
+            queue_limit_s=settings.max_queue_time_s,
         )
         log.info("emulator.external_worker_registered", endpoint=endpoint, worker_id=worker_id)
 
@@ -244,7 +250,12 @@ class Emulator:
             seed=seed,
         )
         worker = EmulatedWorker(spec)
-        self.autoscaler.book.register(worker_id, endpoint, legacy=settings.mode == "legacy")
+        self.autoscaler.book.register(
+            worker_id,
+            endpoint,
+            legacy=settings.mode == "legacy",
+            queue_limit_s=settings.max_queue_time_s,
+        )
         self._workers.setdefault(endpoint, []).append(worker)
         return worker
 

@@ -130,7 +130,7 @@ class EmulatedWorker:
         self.processor.set_slow_factor(factor)
 
     async def _listen(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=0)  # as the official worker: no body cap
         app.add_routes(self._routes())
         self.port = await self._listener.start(
             app, "127.0.0.1", self.port, handler_cancellation=True,

@@ -49,7 +49,9 @@ class Action(enum.Enum):
 
     SUCCEED = "succeed"  # 2xx delivered
     FAIL = "fail"  # final: the answer (if any) went to the caller
-    REROUTE_GONE = "reroute_gone"  # connection refused/reset: drop the worker's leases
+    # the worker is gone: drop its leases; the job goes elsewhere if it never reached the
+    # worker, or (connection lost after sending) if it may run again
+    REROUTE_GONE = "reroute_gone"
     REROUTE_EVICT = "reroute_evict"  # 401/410: drop this lease
     REROUTE_SHRINK = "reroute_shrink"  # 429: halve the lease's budget
     REROUTE_LEGACY = "reroute_legacy"  # 401 on a reused answer: replay-protected worker
@@ -61,7 +63,8 @@ class AttemptKind(enum.StrEnum):
     """How one attempt of a job on a worker ended."""
 
     ANSWERED = "answered"  # the worker answered ``status`` (delivered, or a re-route status)
-    GONE = "gone"  # connection refused or lost before an answer: the worker is gone
+    GONE = "gone"  # the request never reached the worker (refused, DNS, TLS): it is gone
+    LOST = "lost"  # the connection broke after the request was sent, before an answer
     TIMEOUT = "timeout"  # no answer in time (it may have run)
     RETRYABLE_5XX = "retryable_5xx"  # a 5xx the endpoint allows to run again elsewhere
     MALFORMED = "malformed"  # a 2xx that is not what it says, or cut short before the caller
@@ -71,15 +74,17 @@ class AttemptKind(enum.StrEnum):
 
 
 # Outcomes after which the job may have run on the worker: only an idempotent one goes again.
-MAY_HAVE_RUN = frozenset({AttemptKind.TIMEOUT, AttemptKind.RETRYABLE_5XX, AttemptKind.MALFORMED})
+MAY_HAVE_RUN = frozenset(
+    {AttemptKind.TIMEOUT, AttemptKind.RETRYABLE_5XX, AttemptKind.MALFORMED, AttemptKind.LOST}
+)
 # Outcomes that end the job whatever the worker's state: no retry, no worker penalty.
 FINAL = frozenset({AttemptKind.EXPIRED, AttemptKind.CALLER_GONE, AttemptKind.BROKEN})
 
 
 def decide(kind: AttemptKind, status: int | None, reused: bool, detect_legacy: bool) -> Action:
     """What to do after an attempt; ``status`` is the worker's when it ``ANSWERED`` (the
-    caller checks that a job which may have run may run again)."""
-    if kind == AttemptKind.GONE:
+    caller checks that a job which may have run may run again: ``MAY_HAVE_RUN``)."""
+    if kind in (AttemptKind.GONE, AttemptKind.LOST):
         return Action.REROUTE_GONE
     if kind in MAY_HAVE_RUN:
         return Action.RETRY

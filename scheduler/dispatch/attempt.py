@@ -64,7 +64,8 @@ async def attempt(
     except TimeoutError:
         return AttemptResult(Kind.EXPIRED, detail="deadline passed before a worker answered")
     except WorkerError as exc:
-        kind = Kind.TIMEOUT if exc.kind == "timeout" else Kind.GONE
+        kinds = {"timeout": Kind.TIMEOUT, "lost": Kind.LOST}
+        kind = kinds.get(exc.kind, Kind.GONE)
         return AttemptResult(kind, error_kind=exc.kind, detail=str(exc))
     except CallerGone:
         return AttemptResult(Kind.CALLER_GONE, detail="caller went away")

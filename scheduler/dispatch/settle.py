@@ -27,8 +27,11 @@ FINAL_STATUS = {
 }
 REROUTES_OFF_THE_WORKER = (Action.REROUTE_GONE, Action.REROUTE_EVICT, Action.REROUTE_LEGACY)
 # Outcomes after which the job may have run, asked here whether it may run again (a 5xx was
-# asked in the attempt, before its answer was read).
-ASK_BEFORE_RETRY = frozenset({AttemptKind.TIMEOUT, AttemptKind.MALFORMED})
+# asked in the attempt, before its answer was read). A connection lost after the request was
+# sent is one: at-most-once unless the endpoint is idempotent.
+ASK_BEFORE_RETRY = frozenset({AttemptKind.TIMEOUT, AttemptKind.MALFORMED, AttemptKind.LOST})
+MAY_RUN_AGAIN = (Action.RETRY, Action.REROUTE_GONE)
+NOT_RE_RUN = " (it may have run: only an idempotent endpoint runs it again)"
 
 
 def refusals(job: Job) -> int:
@@ -94,6 +97,7 @@ class Settling:
         self._leasing.release(lease, job.cost, succeeded, sent)
         if succeeded:
             self.outliers.success(lease.worker_url)
+            self._routing.worker_backoff.completed(lease.worker_url)
             self.completions.completed(job.cost, now)
             self._calibrate(job, lease, result)
             ctx.finish(job, JobStatus.SUCCEEDED)
@@ -104,12 +108,17 @@ class Settling:
         kind = result.error_kind or error_kind_of(result.status or 0)
         self.worker_trouble(lease.worker_url, kind, job)
         job.history += (f"{action.value}:{kind}",)
-        if (action is Action.RETRY and result.kind in ASK_BEFORE_RETRY
+        detail = result.detail
+        if (action in MAY_RUN_AGAIN and result.kind in ASK_BEFORE_RETRY
                 and not self.may_run_again(job)()):  # fmt: skip
+            if action is Action.REROUTE_GONE:  # the worker is still taken as gone
+                self._off_the_worker(job, lease, action)
+                self._sessions.mark_gone(lease)
+                detail = f"{detail}{NOT_RE_RUN}"
             action = Action.FAIL  # it may have run: only idempotent ones go again
         if action is Action.FAIL:
             answered = result.kind == AttemptKind.ANSWERED and result.status
-            error = f"worker answered {result.status}" if answered else result.detail
+            error = f"worker answered {result.status}" if answered else detail
             self._ctx.finish(job, JobStatus.FAILED, error)
             return
         if job.pinned_session is not None:
@@ -120,7 +129,19 @@ class Settling:
             self._ctx.finish(job, JobStatus.FAILED, f"session worker unavailable ({kind})")
             return
         self._off_the_worker(job, lease, action)
+        if action is Action.REROUTE_SHRINK and self._refused_everywhere(job):
+            self._ctx.finish(job, JobStatus.FAILED,
+                             f"every worker refused it (429), {refusals(job)} times")  # fmt: skip
+            return
         self._requeue(job, action.value)
+
+    def _refused_everywhere(self, job: Job) -> bool:
+        """A 429 is not an attempt while the job has somewhere to go: it fails the job only
+        after ``max_attempts`` of them with every leased worker in its 429 back-off."""
+        if refusals(job) < self._ctx.config.max_attempts:
+            return False
+        now = self._ctx.clock()
+        return not self._leasing.pool.workers() - self._routing.worker_backoff.backed_off(now)
 
     def _off_the_worker(self, job: Job, lease: Lease, action: Action) -> None:
         """What a re-route does to the worker's leases (and to route calls after a 429)."""
@@ -137,8 +158,10 @@ class Settling:
             pool.shrink(lease)
             if lease.mode is not ReuseMode.SESSION:
                 pool.retire(lease)  # one job at a time cannot shrink: route elsewhere
-            # The autoscaler may well answer the same worker again: no new route call before
-            # a back-off (a lease with room still takes the job at once).
+            # No job goes to this worker for its back-off (another lease with room takes the
+            # job at once), and the autoscaler may well answer the same worker again: no new
+            # route call before a back-off either.
+            self._routing.worker_refused(lease.worker_url, now)
             self._routing.delay_until(now + self._ctx.backoff(refusals(job)))
         elif action is Action.REROUTE_LEGACY:
             self._leasing.switch_to_never()
@@ -164,7 +187,7 @@ class Settling:
         ctx = self._ctx
         ctx.metrics.worker_errors.labels(ctx.name, kind).inc()
         self.worker_error_counts[kind] += 1
-        event = "worker.gone" if kind in ("gone", "tls") else "worker.error"
+        event = "worker.gone" if kind in ("gone", "lost", "tls") else "worker.error"
         log.warning(event, endpoint=ctx.name, kind=kind, job_id=job.id if job else None,
                     attempt=job.attempts if job else None)  # fmt: skip
 

@@ -126,6 +126,15 @@ class WorkerGone(WorkerError):
     kind = "gone"
 
 
+class WorkerLost(WorkerGone):
+    """The connection broke after the request was (or may have been) sent, before an answer:
+    a reset, a server disconnect. The worker may have run the job (at-most-once: only an
+    idempotent endpoint runs it again). A plain ``WorkerGone`` is a request that provably
+    never reached the worker: connection refused, DNS, a failed TLS handshake."""
+
+    kind = "lost"
+
+
 class SessionRefused(WorkerError):
     """The worker will not open a session: at ``max_sessions`` (429) or no session support."""
 

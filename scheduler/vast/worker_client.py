@@ -20,6 +20,7 @@ from scheduler.vast.types import (
     VastRootUnavailable,
     WorkerError,
     WorkerGone,
+    WorkerLost,
     WorkerTimeout,
     WorkerTLSError,
 )
@@ -52,9 +53,14 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 @contextmanager
 def translated_errors() -> Iterator[None]:
-    """aiohttp's errors at the worker boundary become the protocol's typed errors."""
+    """aiohttp's errors at the worker boundary become the protocol's typed errors. Failures
+    before the request left (connect refused or timed out, DNS, TLS handshake: aiohttp's
+    ``ClientConnectorError`` family) are ``WorkerGone``; a connection that broke once the
+    request may have been sent is ``WorkerLost``: the worker may have run it."""
     try:
         yield
+    except aiohttp.ConnectionTimeoutError as exc:  # connect timeout: nothing was sent
+        raise WorkerGone("worker connection timed out before the request was sent") from exc
     except TimeoutError as exc:
         raise WorkerTimeout("worker did not answer in time") from exc
     except aiohttp.ClientConnectorCertificateError as exc:
@@ -62,8 +68,12 @@ def translated_errors() -> Iterator[None]:
         raise WorkerTLSError(f"the worker's certificate did not verify: {reason}") from exc
     except aiohttp.ClientSSLError as exc:
         raise WorkerTLSError(f"TLS with the worker failed: {type(exc).__name__}") from exc
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+    except aiohttp.ClientConnectorError as exc:
         raise WorkerGone(f"worker connection failed: {type(exc).__name__}") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise WorkerLost(
+            f"worker connection lost after the request was sent: {type(exc).__name__}"
+        ) from exc
 
 
 class WorkerClient:

@@ -13,6 +13,8 @@ from scheduler.core.retry import Action, AttemptKind, Outcome, classify_status, 
 # kind but ANSWERED (expired, caller gone, broken, unknown) fails the job.
 UNANSWERED = {
     AttemptKind.GONE: Action.REROUTE_GONE,
+    # sent, then the connection broke: off the worker too; the dispatcher checks idempotency
+    AttemptKind.LOST: Action.REROUTE_GONE,
     AttemptKind.TIMEOUT: Action.RETRY,
     AttemptKind.RETRYABLE_5XX: Action.RETRY,
     # a 2xx that is not what it says: the dispatcher checks idempotency

@@ -287,9 +287,10 @@ FAULT_SIGNALS = {
         "error",
         "rate_limited",
     },
-    ("vast_scheduler_worker_errors_total", "kind"): {"gone", "overloaded", "client_error"},
+    # doomed's worker dies mid-request: "lost" (sent, then cut), not re-run (not idempotent)
+    ("vast_scheduler_worker_errors_total", "kind"): {"lost", "overloaded", "client_error"},
     ("vast_scheduler_jobs_finished_total", "outcome"): {"succeeded", "failed", "expired"},
-    ("vast_scheduler_retries_total", "reason"): {"reroute_gone", "reroute_shrink"},
+    ("vast_scheduler_retries_total", "reason"): {"reroute_shrink"},
     ("vast_scheduler_jobs_rejected_total", "reason"): {"queue_full"},
     ("vast_scheduler_worker_ejections_total", "endpoint"): {"doomed"},
     ("vast_scheduler_lease_lookups_total", "result"): {"hit", "miss"},

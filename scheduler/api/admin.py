@@ -11,8 +11,11 @@ from scheduler.api.context import METRICS, SERVICE
 from scheduler.api.reload import reload, reload_answer, require_admin
 from scheduler.api.vast_status import not_ready_reason
 from scheduler.api.vast_status import status as full_status
+from scheduler.jobs.service import SchedulerService
 from scheduler.store.base import StoreUnavailable
 from scheduler.vast.tls import WORKER_TLS
+
+MAX_REASONS = 5  # endpoints named in one not-ready answer
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -28,7 +31,19 @@ async def readyz(request: web.Request) -> web.Response:
     reason = not_ready_reason(request.app)
     if reason is not None:
         return web.json_response({"status": "vast_keys_unavailable", "reason": reason}, status=503)
+    refused = route_refused(service)
+    if refused is not None:  # Vast answers 400/401 to route calls: nothing routes until fixed
+        return web.json_response({"status": "route_refused", "reason": refused}, status=503)
     return web.json_response({"status": "ready"})
+
+
+def route_refused(service: SchedulerService) -> str | None:
+    """Why the daemon cannot route: endpoints whose route calls Vast refuses (400/401)."""
+    reasons = [
+        reason for d in service.dispatchers.values()
+        if (reason := d.routing.refused_reason(d.ctx.clock())) is not None
+    ]  # fmt: skip
+    return "; ".join(reasons[:MAX_REASONS]) if reasons else None
 
 
 async def status(request: web.Request) -> web.Response:

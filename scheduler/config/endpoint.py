@@ -70,19 +70,34 @@ class CostConfig(Model):
         return value
 
 
-class PollConfig(Model):
+class BackoffConfig(Model):
+    """Capped exponential back-off (``scheduler.core.backoff``); each step is jittered over
+    [50%, 100%] of ``initial_s * multiplier ** (n - 1)``, at most ``max_s``."""
+
+    initial_s: float = Field(1.0, gt=0, le=3600)
+    max_s: float = Field(30.0, gt=0, le=3600)
+    multiplier: float = Field(2.0, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _range(self) -> BackoffConfig:
+        if self.initial_s > self.max_s:
+            raise ValueError("initial_s must be <= max_s")
+        return self
+
+
+class PollConfig(BackoffConfig):
     """Back-off of the one poller an endpoint runs while Vast has no worker ready."""
 
     initial_s: float = Field(0.25, gt=0)
     max_s: float = Field(1.0, gt=0)
-    multiplier: float = Field(2.0, ge=1, le=10)
     max_cost: float = Field(1e6, gt=0)  # cap on the backlog cost a poll declares
 
-    @model_validator(mode="after")
-    def _range(self) -> PollConfig:
-        if self.initial_s > self.max_s:
-            raise ValueError("initial_s must be <= max_s")
-        return self
+
+class RouteBackoffConfig(BackoffConfig):
+    """Route calls Vast refuses (429 without ``Retry-After``, which Vast documents none of;
+    400; 401) wait this back-off; a ``Retry-After`` is honoured up to ``max_retry_after_s``."""
+
+    max_retry_after_s: float = Field(60.0, gt=0, le=3600)
 
 
 class BatchConfig(Model):
@@ -168,6 +183,9 @@ class EndpointConfig(Model):
     max_route_inflight: int = Field(4, gt=0, le=256)
     route_rate_per_s: float = Field(10.0, gt=0)
     route_burst: int = Field(10, gt=0)
+    route_backoff: RouteBackoffConfig = RouteBackoffConfig()
+    # A worker's 429 (its queue is past max_queue_time): no job goes to it for this back-off.
+    worker_backoff: BackoffConfig = BackoffConfig(initial_s=0.5, max_s=15.0)
     idempotent: bool = False  # 5xx and timeouts may be retried elsewhere
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     ejection: EjectionConfig = EjectionConfig()

@@ -220,7 +220,10 @@ class EndpointDispatcher:
         self.leasing.close_idle(now)
         self._place(now)
         free_slots = max_concurrency(self.config) - self.inflight
-        return self.routing.maybe_route(now, free_slots, self._holding)
+        wake_at = self.routing.maybe_route(now, free_slots, self._holding)
+        # Look again when a worker's 429 back-off ends: its leases may take queued jobs.
+        back = self.routing.worker_backoff.next_release(now) if len(self.queue) else None
+        return min((t for t in (wake_at, back) if t is not None), default=None)
 
     async def _sleep(self, wake_at: float | None) -> None:
         wakeup = self.ctx.wakeup
@@ -236,7 +239,8 @@ class EndpointDispatcher:
                 await wakeup.wait()
 
     def _place(self, now: float) -> None:
-        excluded = self.settling.outliers.ejected(now)
+        backed_off = self.routing.worker_backoff.backed_off(now)  # answered 429 a moment ago
+        excluded = self.settling.outliers.ejected(now) | backed_off
         horizon_s = self.config.placement.horizon_s
         self._holding = False
         cap = max_concurrency(self.config)

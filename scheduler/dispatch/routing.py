@@ -1,5 +1,7 @@
 """Route calls for one endpoint: batches of queued jobs, the one poller while Vast has no worker
-ready, the token bucket that spaces calls, and what recent calls answered."""
+ready (a batch answered WAITING while it polls keeps its own ``request_idx`` and asks again
+with it), the token bucket that spaces calls, back-off after refusals (of route calls, and
+per worker after a 429), and what recent calls answered."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from scheduler.config import EndpointConfig
+from scheduler.config.endpoint import BackoffConfig
 from scheduler.core.assignments import Lease, ReuseMode, session_cost
+from scheduler.core.backoff import (
+    Backoff,
+    RouteTrouble,
+    WorkerBackoff,
+    route_failed,
+    route_refusal_delay_s,
+)
 from scheduler.core.batching import BatchLimits, take_batch
 from scheduler.core.ratelimit import TokenBucket
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
@@ -32,6 +42,7 @@ MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait 
 RECENT_ROUTES = 20  # route answers kept for the status page
 MAX_HELD_ROUTE_DOUBLINGS = 4  # held route calls back off to 16x held_route_interval_s
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
+MAX_BATCH_POLLS = 100_000  # a bound, not a limit reached in practice: jobs' deadlines end it
 StartJob = Callable[[Job, Lease], None]
 FleetBacklog = Callable[[str], Awaitable[tuple[int, float]]]
 
@@ -82,6 +93,8 @@ class Routing:
         self.last_waiting: Waiting | None = None
         self.recent: deque[RouteRecord] = deque(maxlen=RECENT_ROUTES)
         self.error_counts: Counter[str] = Counter()
+        self.trouble: RouteTrouble | None = None  # route calls failing in a row, if any
+        self.worker_backoff = WorkerBackoff(backoff_policy(ctx.config.worker_backoff))
 
     @property
     def polling(self) -> bool:
@@ -89,11 +102,33 @@ class Routing:
 
     def reconfigure(self, config: EndpointConfig) -> None:
         self.bucket.set_rate(config.route_rate_per_s, config.route_burst, self._ctx.clock())
+        self.worker_backoff.policy = backoff_policy(config.worker_backoff)
 
     def delay_until(self, until: float) -> None:
         """No new route call before ``until`` (a worker refused a job: Vast may well answer
         the same worker again at once)."""
         self._retry_at = max(self._retry_at, until)
+
+    def worker_refused(self, worker_url: str, now: float) -> float:
+        """A worker answered a job 429: no job goes to it until the returned time (its back-off
+        doubles with each 429 in a row, up to ``worker_backoff.max_s``)."""
+        until = self.worker_backoff.refused(worker_url, now, self._ctx.rng.random())
+        self._ctx.metrics.worker_backoffs.labels(self._ctx.name).inc()
+        log.info("worker.backed_off", endpoint=self._ctx.name, worker_url=worker_url,
+                 streak=self.worker_backoff.streak(worker_url),
+                 for_s=round(until - now, 3))  # fmt: skip
+        return until
+
+    def refused_reason(self, now: float) -> str | None:
+        """Why this endpoint cannot route now: Vast refuses its route calls (400/401)."""
+        trouble = self.trouble
+        if trouble is None or not trouble.refused:
+            return None
+        return (
+            f"endpoint {self._ctx.name}: route calls refused ({trouble.kind}) "
+            f"{trouble.streak} times in a row for {now - trouble.since:.0f} s; "
+            f"next try in {max(0.0, trouble.retry_at - now):.0f} s"
+        )
 
     # batches ----------------------------------------------------------------------------
     def maybe_route(self, now: float, free_slots: float, holding: bool) -> float | None:
@@ -164,10 +199,26 @@ class Routing:
             self.failed(exc, batch)
             return
         if isinstance(result, Waiting):
-            self.release(batch)
-            self._start_poller(result.request_idx)
-            return
+            if not self.polling:
+                self.release(batch)  # the poller carries its request_idx and its jobs' cost
+                self._start_poller(result.request_idx)
+                return
+            # Another request_idx is being polled: this one is in Vast's queue with this
+            # batch's cost, and stays there until asked again or timed out. Ask with it until
+            # it is answered, rather than let it count twice beside the poller's backlog.
+            ready = await self._wait_in_line(batch, result.request_idx)
+            if ready is None:
+                return
+            result = ready
+        await self._use_answer(batch, result)
+
+    async def _use_answer(self, batch: Batch, result: Ready) -> None:
         leasing = self._leasing
+        if self.worker_backoff.blocked(result.url, self._ctx.clock()):
+            # The worker answered 429 a moment ago: Vast may well name it again at once.
+            self.delay_until(self._ctx.clock() + self._ctx.config.placement.held_route_interval_s)
+            self.release(batch)
+            return
         if leasing.mode is ReuseMode.SESSION and (
             leasing.pool.saturated(result.url) or not leasing.session_room(result.url, result.cost)
         ):
@@ -182,6 +233,56 @@ class Routing:
             self._batch_attempt_failed(batch)
             return
         self._place_batch(batch, lease)
+
+    async def _wait_in_line(self, batch: Batch, request_idx: int | None) -> Ready | None:
+        """Poll for a WAITING batch with its own ``request_idx`` until Vast names a worker
+        (returned); None when its jobs are gone (finished, cancelled, expired, or given back
+        to the queue because a lease has room for them now)."""
+        ctx = self._ctx
+        for waits in range(1, MAX_BATCH_POLLS + 1):
+            await asyncio.sleep(ctx.backoff(waits))
+            if not self._still_waiting(batch):
+                return None
+            await self._wait_for_token()
+            try:
+                result = await self.route(self._declared_cost(batch), request_idx)
+            except RouteError as exc:
+                if isinstance(exc, RouteBadRequest | RouteUnauthorized):
+                    self.failed(exc, batch)
+                    return None
+                continue
+            if isinstance(result, Ready):
+                return result
+            request_idx = result.request_idx if result.request_idx is not None else request_idx
+        self.release(batch)
+        return None
+
+    def _still_waiting(self, batch: Batch) -> bool:
+        """Drop the batch's jobs that are gone (expiring those past their deadline); give the
+        rest back to the queue if a lease takes its first job now. True: it still waits."""
+        ctx, now = self._ctx, self._ctx.clock()
+        live: list[str] = []
+        for job_id in batch.job_ids:
+            job = ctx.jobs.get(job_id)
+            if job is None or job.finished or job_id not in self.reserved:
+                self.reserved.pop(job_id, None)
+            elif job.deadline <= now:
+                self.reserved.pop(job_id, None)
+                ctx.finish(job, JobStatus.EXPIRED, "deadline passed while waiting for a worker")
+            else:
+                live.append(job_id)
+        batch.job_ids = live
+        batch.cost = sum(ctx.jobs[job_id].cost for job_id in live)
+        if not live:
+            return False
+        first = ctx.jobs[live[0]]
+        if self._leasing.pool.pick(first.cost, now, ctx.rng, self._unavailable(now)) is not None:
+            self.release(batch)
+            return False
+        return True
+
+    def _unavailable(self, now: float) -> frozenset[str]:
+        return self.worker_backoff.backed_off(now)
 
     def _declared_cost(self, batch: Batch) -> float:
         """A batch's route call declares its jobs' cost; for a session under learnt limits, at
@@ -217,25 +318,38 @@ class Routing:
         self.release(batch)
 
     def failed(self, exc: RouteError, batch: Batch | None) -> None:
-        """A route call failed: back off (or wait out Vast's 429), and give the batch back."""
-        now = self._ctx.clock()
+        """A route call for ``batch`` failed (``route`` has set the back-off): give the batch
+        back, or fail it when Vast refuses the call as configured."""
         if isinstance(exc, RouteBadRequest | RouteUnauthorized):
             # Nothing queued here can succeed until the config is fixed: fail the batch only,
-            # later jobs try again (the key may be rotated under us).
+            # later jobs try again after the back-off (the key may be rotated under us).
             for job_id in batch.job_ids if batch else []:
                 self.reserved.pop(job_id, None)
                 job = self._ctx.jobs.get(job_id)
                 if job is not None and not job.finished:
                     self._ctx.finish(job, JobStatus.FAILED, str(exc))
             return
-        self._errors += 1
-        if isinstance(exc, RouteRateLimited):
-            delay = exc.retry_after_s or self._ctx.backoff(self._errors)
-            self.bucket.block_until(now + delay)
-        else:
-            self._retry_at = now + self._ctx.backoff(self._errors)
         if batch is not None:
             self.release(batch)
+
+    def _backed_off(self, exc: RouteError) -> None:
+        """No route call for a while after a failed one. Refusals (429, 400, 401) block every
+        route call (batches, the poller, caller sessions): Vast's ``Retry-After`` if it sent
+        one (capped), else a back-off doubling up to ``route_backoff.max_s``. Other failures
+        (5xx, timeouts) hold new batches back for the poll back-off."""
+        ctx = self._ctx
+        now = ctx.clock()
+        self._errors += 1
+        if isinstance(exc, RouteRateLimited | RouteBadRequest | RouteUnauthorized):
+            rb = ctx.config.route_backoff
+            retry_after = exc.retry_after_s if isinstance(exc, RouteRateLimited) else None
+            delay = route_refusal_delay_s(backoff_policy(rb), self._errors, retry_after,
+                                          rb.max_retry_after_s, ctx.rng.random())  # fmt: skip
+            self.bucket.block_until(now + delay)
+        else:
+            delay = ctx.backoff(self._errors)
+            self._retry_at = now + delay
+        self.trouble = route_failed(self.trouble, exc.kind, now, now + delay)
 
     def release(self, batch: Batch) -> None:
         """Put a batch's jobs back at the head of the queue, in order."""
@@ -273,6 +387,7 @@ class Routing:
         detail = "interrupted"  # cancelled or an unexpected exception
         try:
             result = await self._router.route(ctx.name, cost, request_idx)
+            self._errors, self.trouble = 0, None
             outcome = "ready" if isinstance(result, Ready) else "no_worker"
             detail = result.url if isinstance(result, Ready) else result.status
             ctx.metrics.route_batch_cost.labels(ctx.name).observe(cost)
@@ -285,7 +400,9 @@ class Routing:
             outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
             detail = exc.kind
             self.error_counts[exc.kind] += 1
-            log.warning("route.error", endpoint=ctx.name, kind=exc.kind, error=str(exc))
+            self._backed_off(exc)
+            log.warning("route.error", endpoint=ctx.name, kind=exc.kind, error=str(exc),
+                        streak=self._errors)  # fmt: skip
             raise
         finally:
             latency_s = ctx.clock() - started
@@ -305,7 +422,6 @@ class Routing:
         ctx = self._ctx
         if not len(self._leasing.pool):
             await self._fleet.got_worker(ctx.name, ctx.config.lease.ttl_s)
-        self._errors = 0
         if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
             self.known_workers.pop(next(iter(self.known_workers)))
         self.known_workers[result.url] = ctx.clock()
@@ -385,3 +501,7 @@ class Routing:
         for reserved_id in list(self.reserved):
             self._ctx.finish(self._ctx.jobs[reserved_id], JobStatus.FAILED, reason)
         self.reserved.clear()
+
+
+def backoff_policy(config: BackoffConfig) -> Backoff:
+    return Backoff(config.initial_s, config.max_s, config.multiplier)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scheduler.core.assignments import Lease
+from scheduler.core.backoff import RouteTrouble
 from scheduler.dispatch.routing import RouteRecord
 from scheduler.vast.types import Waiting, summarise_counts
 
@@ -41,6 +42,7 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
             "samples": settling.calibrator.samples,
         },
         "last_no_worker": waiting_view(routing.last_waiting),
+        "route_error": trouble_view(routing.trouble, now),
         # newest first
         "recent_routes": [route_view(r, now) for r in reversed(routing.recent)],
         "errors": {
@@ -48,6 +50,7 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
             "route": dict(sorted(routing.error_counts.items())),
             "ejected_workers": len(settling.outliers.ejected(now)),
             "ejections": settling.outliers.ejections_total,
+            "backed_off_workers": len(routing.worker_backoff.backed_off(now)),
         },
     }
 
@@ -83,6 +86,20 @@ def waiting_view(waiting: Waiting | None) -> dict[str, Any] | None:
         "worker_counts": waiting.worker_counts,
         "state": summarise_counts(waiting.worker_counts),
         "request_idx": waiting.request_idx,
+    }
+
+
+def trouble_view(trouble: RouteTrouble | None, now: float) -> dict[str, Any] | None:
+    """Route calls failing in a row (None: the last one was answered): the last error's kind,
+    for how long, how many, when the next call may go, and whether Vast refuses them."""
+    if trouble is None:
+        return None
+    return {
+        "kind": trouble.kind,
+        "for_s": round(max(0.0, now - trouble.since), 3),
+        "streak": trouble.streak,
+        "retry_in_s": round(max(0.0, trouble.retry_at - now), 3),
+        "refused": trouble.refused,
     }
 
 

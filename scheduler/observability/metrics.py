@@ -161,6 +161,9 @@ class Metrics:
         self.worker_errors = counter("worker_errors", "Worker failures by kind", [*ep, "kind"])
         self.retries = counter("retries", "Job re-routes and retries by reason", [*ep, "reason"])
         self.ejections = counter("worker_ejections", "Workers ejected as outliers", ep)
+        self.worker_backoffs = counter(
+            "worker_backoffs", "Workers kept from jobs for a while after answering 429", ep
+        )
         # cost
         self.job_cost = histogram("job_cost", "Estimated cost per job", ep, COST_BUCKETS)
         self.cost_ratio = histogram(

@@ -134,7 +134,7 @@ class Accounts:
             "cold_mult": s.cold_mult,
             "max_queue_time": s.max_queue_time_s,
             "target_queue_time": s.target_queue_time_s,
-            "inactivity_timeout": None,
+            "inactivity_timeout": s.inactivity_timeout_s,
             "auto_delete_in_seconds": None,
             "auto_delete_due_24h": False,
         }

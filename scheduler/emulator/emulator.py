@@ -18,6 +18,7 @@ from scheduler.emulator.admin import AdminApi
 from scheduler.emulator.autoscaler import Autoscaler
 from scheduler.emulator.console import Console, ConsoleStats
 from scheduler.emulator.listener import Listener
+from scheduler.emulator.scaler import EndpointScaler
 from scheduler.emulator.settings import EmulatedEndpoint, EmulatorConfig
 from scheduler.emulator.tls_root import TlsRoot
 from scheduler.emulator.worker import EmulatedWorker, WorkerSpec
@@ -61,6 +62,12 @@ class Emulator:
         self._up.set()
         self._outage_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None  # a refuse outage closing the port
+        self.scalers = {
+            name: EndpointScaler(name, ep, self.autoscaler.book, self.workers, self.add_worker)
+            for name, ep in config.endpoints.items()
+            if ep.autoscale
+        }
+        self._scaler_tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Emulator:
         await self.start()
@@ -88,11 +95,16 @@ class Emulator:
             for _ in range(settings.workers):
                 self._create_worker(endpoint, settings)
         await asyncio.gather(*(w.start() for w in self.all_workers()))
+        self._scaler_tasks = [asyncio.create_task(s.run()) for s in self.scalers.values()]
         log.info("emulator.autoscaler_listening", url=self.autoscaler_url)
 
     async def stop(self) -> None:
         """Stop every worker, then the autoscaler."""
         await self._cancel_outage()
+        for task in self._scaler_tasks:
+            task.cancel()
+        await asyncio.gather(*self._scaler_tasks, return_exceptions=True)
+        self._scaler_tasks = []
         self._started = False
         await asyncio.gather(*(w.stop() for w in self.all_workers()), return_exceptions=True)
         await self._listener.close(abort=False)
@@ -276,6 +288,16 @@ class Emulator:
             await asyncio.sleep(_READY_POLL_S)
         raise TimeoutError(f"{endpoint}: fewer than {count} ready workers after {timeout_s} s")
 
+    def billing(self, endpoint: str, now: float | None = None) -> dict[str, Any]:
+        """Worker-seconds billed for ``endpoint``'s emulated workers (each from start to stop
+        or kill, the running ones up to ``now``), and how many are running."""
+        at = time.monotonic() if now is None else now
+        workers = self.workers(endpoint)
+        return {
+            "worker_seconds": round(sum(w.billed_seconds(at) for w in workers), 6),
+            "running": sum(1 for w in workers if w.running),
+        }
+
     def route_log(self) -> list[dict[str, Any]]:
         """Time-stamped route calls (bounded), oldest first, for plotting."""
         return list(self.autoscaler.stats.log)
@@ -288,7 +310,9 @@ class Emulator:
                 "status": book.summary(name, now),
                 "reqnum": book.reqnums[name],
                 "workers": [w.info() for w in self.workers(name)],
+                "billing": self.billing(name, now),
             }
+            | ({"autoscale": self.scalers[name].stats.snapshot()} if name in self.scalers else {})
             for name in sorted(book.endpoints)
         }
         faults = {f"route_{k}": v for k, v in asdict(self.autoscaler.faults).items()}

@@ -148,6 +148,8 @@ class RouteBook:
     reqnums: Counter[str] = field(default_factory=Counter)
     pending: OrderedDict[int, Waiter] = field(default_factory=OrderedDict)
     last_request_idx: int = 0
+    received: dict[str, float] = field(default_factory=dict)  # reported new_load, summed
+    last_route_at: dict[str, float] = field(default_factory=dict)  # last valid route call
 
     def register(
         self,
@@ -205,6 +207,8 @@ class RouteBook:
         if view.history is not None:
             view.history.append(StatusReport(now, report))
         view.note_life(report, now)
+        received = self.received.get(view.endpoint, 0.0)
+        self.received[view.endpoint] = received + _number(report.get("new_load"))
         view.report, view.reported_at = report, now
         view.routed_since_report = 0.0
         view.reports += 1
@@ -250,6 +254,7 @@ class RouteBook:
         """Keep a waiter's place: a request_idx given out earlier for this endpoint, and
         not expired, comes back unchanged (its cost and expiry renewed); else a new one."""
         self.expire_waiters(now)
+        self.last_route_at[endpoint] = now
         waiter = self.pending.get(carried) if carried else None
         if waiter is not None and waiter.endpoint == endpoint:
             waiter.cost, waiter.expires_at = cost, now + replay_timeout_s

@@ -96,7 +96,32 @@ class EmulatedEndpoint(_Frozen):
       ``max_workers``, ``cold_workers``, ``min_load``, ``target_util``, ``cold_mult``,
       ``max_queue_time`` (= ``max_queue_time_s``, also the workers' 429 bound) and
       ``target_queue_time`` (= ``target_queue_time_s``). Defaults are Vast's (``vastai
-      update endpoint --help``). Only ``max_queue_time_s`` changes what the emulator does.
+      update endpoint --help``). ``max_queue_time_s`` is the workers' 429 bound and the
+      queue limit past which the autoscaler holds requests (WAITING); the others drive the
+      autoscaler model below when ``autoscale`` is on, and are only listed otherwise.
+
+    The autoscaler model (``autoscale: true``; off by default: the fleet stays as
+    configured). Every ``autoscale_interval_s`` it computes the workers the endpoint wants
+    (:mod:`scheduler.emulator.scaling`), starts the missing ones (a stopped worker first,
+    else a new one; each takes ``cold_start_s`` before it is ready) and stops excess
+    workers that have had nothing in flight (no request, no session) for
+    ``scale_down_idle_s``. ``workers`` is the fleet at start.
+
+    - From Vast's documentation and code (``vastai`` 1.9.1 CLI help, ``api/endpoints.py``,
+      protocol doc section 3): the settings' names, meanings and defaults (``min_load``
+      floor load in perf units/s, ``target_util`` target utilisation, ``target_queue_time``
+      seconds to clear the queue, ``inactivity_timeout`` seconds of no traffic before it
+      may scale to zero active workers, ``max_workers``); that Vast scales on the load
+      workers report and the demand it holds; that it bills an instance from start to stop.
+    - Assumed: the formula (see :mod:`scheduler.emulator.scaling`), the load as reported
+      ``new_load`` per second over ``load_window_s``, the tick, the idle time before a
+      stop, one cold-start delay whether the instance was stopped or new, and
+      ``inactivity_timeout_s`` default 60 (Vast's listing leaves it unset).
+      ``cold_mult``/``cold_workers`` (stopped instances kept warm) are listed, not modelled:
+      stopped instances cost nothing here.
+
+    Billing (always on, shown in ``/admin/stats``): worker-seconds from each start to its
+    stop or kill, per worker and per endpoint.
     """
 
     workers: int = Field(default=2, ge=0, le=256)
@@ -123,6 +148,11 @@ class EmulatedEndpoint(_Frozen):
     target_util: float = Field(default=0.9, gt=0, le=1)
     cold_mult: float = Field(default=2.5, gt=0)
     target_queue_time_s: float = Field(default=10.0, gt=0)
+    inactivity_timeout_s: float = Field(default=60.0, ge=0)
+    autoscale: bool = False
+    autoscale_interval_s: float = Field(default=1.0, gt=0)
+    scale_down_idle_s: float = Field(default=10.0, ge=0)
+    load_window_s: float = Field(default=10.0, gt=0)
 
     @field_validator("api_key")
     @classmethod

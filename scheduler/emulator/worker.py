@@ -67,6 +67,8 @@ class EmulatedWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._key: Any = None
         self.writer = ResponseWriter(worker_id=spec.worker_id)
+        self.billed_s = 0.0  # worker-seconds of finished runs (start to stop or kill)
+        self._running_since: float | None = None
         self._fresh_state()
 
     @property
@@ -99,6 +101,7 @@ class EmulatedWorker:
             return
         self._fresh_state()
         self.writer.restore()
+        self._running_since = time.monotonic()
         self._http = ClientSession(
             timeout=ClientTimeout(total=5, connect=2), connector=TCPConnector(limit=4)
         )
@@ -138,6 +141,9 @@ class EmulatedWorker:
         )  # fmt: skip
 
     async def _shutdown(self, state: WorkerState) -> None:
+        if self._running_since is not None:
+            self.billed_s += time.monotonic() - self._running_since
+            self._running_since = None
         if not self._listener.open:
             self.state = state
             return
@@ -342,6 +348,21 @@ class EmulatedWorker:
         self.replay_guard.admit(auth_data)
         return True
 
+    def billed_seconds(self, now: float) -> float:
+        """Worker-seconds billed so far: finished runs plus the current one."""
+        running = now - self._running_since if self._running_since is not None else 0.0
+        return self.billed_s + running
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped (loading, ready or errored): billed."""
+        return self._running_since is not None
+
+    @property
+    def busy(self) -> bool:
+        """A request or a session in flight."""
+        return bool(self.metrics.requests_working or self.sessions.table.sessions)
+
     def info(self) -> dict[str, Any]:
         """A JSON-able summary for the admin API and stats."""
         return {
@@ -359,5 +380,6 @@ class EmulatedWorker:
             "cur_load": self.metrics.cur_load,
             "num_requests_working": len(self.metrics.requests_working),
             "sessions": len(self.sessions.table.sessions),
+            "billed_s": round(self.billed_seconds(time.monotonic()), 6),
             "counters": self.counters.snapshot(),
         }

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 
 from tests.integration.harness import (
     daemon_config,
@@ -41,10 +42,15 @@ async def test_cold_start_waits_then_completes(http: aiohttp.ClientSession) -> N
     assert emulator.autoscaler.stats.count("cold", "ready") == 1
 
 
-async def test_worker_killed_mid_job_completes_on_another(http: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize("idempotent", [True, False])
+async def test_worker_killed_mid_job_runs_again_only_when_idempotent(
+    http: aiohttp.ClientSession, idempotent: bool
+) -> None:
+    """The request was sent when the worker died: an idempotent job completes on the other
+    worker; any other ends failed, the other worker never saw it (at most once)."""
     # cost 100 at 100 units/s: one second of work, long enough to kill the worker mid-way.
     async with running_emulator({"slow": {"workers": 2, "perf": 100}}) as emulator:
-        config = daemon_config(emulator.autoscaler_url, {"slow": {}})
+        config = daemon_config(emulator.autoscaler_url, {"slow": {"idempotent": idempotent}})
         async with running_daemon(config) as daemon:
             job_id = await submit(http, daemon.url, "slow")
             workers = emulator.workers("slow")
@@ -56,9 +62,19 @@ async def test_worker_killed_mid_job_completes_on_another(http: aiohttp.ClientSe
             victim = busy_workers()[0]
             await victim.kill()  # type: ignore[attr-defined]
             job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 10)
-    assert job["status"] == "succeeded", job
-    assert job["attempts"] == 2
-    assert job["result"]["body"]["worker_id"] != victim.id  # type: ignore[attr-defined]
+            survivor = next(w for w in workers if w is not victim)
+            seen = sum(survivor.counters.reqnums_seen.values())
+    assert job["history"] == ["reroute_gone:lost"], job
+    if idempotent:
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2
+        assert job["result"]["body"]["worker_id"] != victim.id  # type: ignore[attr-defined]
+        assert seen == 1
+    else:
+        assert job["status"] == "failed", job
+        assert job["attempts"] == 1
+        assert "lost after the request was sent" in job["error"]
+        assert seen == 0
 
 
 async def test_full_queue_answers_429_with_retry_after(http: aiohttp.ClientSession) -> None:

@@ -159,8 +159,10 @@ async def test_worker_limits_keep_a_fifo_worker_under_its_queue_time(
 
 
 async def test_worker_killed_mid_run_loses_no_job(http: aiohttp.ClientSession) -> None:
+    # idempotent: jobs cut mid-request run again (otherwise they fail: at most once)
     async with running_emulator({"echo": {"workers": 3, "perf": 20_000}}) as emulator:
-        config = daemon_config(emulator.autoscaler_url, {"echo": {"max_concurrency": 32}})
+        endpoint = {"max_concurrency": 32, "idempotent": True}
+        config = daemon_config(emulator.autoscaler_url, {"echo": endpoint})
         async with running_daemon(config) as daemon:
             ids = await submit_many(http, f"{daemon.url}/v1/endpoints/echo/jobs", 600)
             victim = emulator.workers("echo")[0]

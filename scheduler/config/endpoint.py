@@ -109,7 +109,14 @@ class BatchConfig(Model):
 class LeaseConfig(Model):
     ttl_s: float = Field(300.0, gt=0)
     idle_close_s: float = Field(30.0, gt=0)
+    # The lifetime a lease's Vast session is opened with at least; longer when the jobs at hand
+    # need it (a quiet session cuts a job running past creation + 2 lifetimes).
     session_lifetime_s: float = Field(120.0, gt=0)
+    # A session whose /session/end is lost frees its worker within this long (plus the
+    # worker's 5 s sweep, and at least 2 lifetimes + 5 s): every request start moves the
+    # worker's expiry one lifetime on, and no job starts on a session past this bound (a new
+    # session takes over).
+    session_end_bound_s: float = Field(1800.0, gt=0)
     min_budget_fraction: float = Field(0.05, gt=0, le=1)
     sequential_rest_s: float = Field(0.1, ge=0, le=10)
 
@@ -117,6 +124,8 @@ class LeaseConfig(Model):
     def _lifetime_covers_idle(self) -> LeaseConfig:
         if self.session_lifetime_s <= self.idle_close_s:
             raise ValueError("session_lifetime_s must be > idle_close_s")
+        if self.session_end_bound_s < 2 * self.session_lifetime_s:
+            raise ValueError("session_end_bound_s must be >= 2 x session_lifetime_s")
         return self
 
 

@@ -19,8 +19,9 @@ that refuses it has work in flight, whose completion is the next chance.
 from __future__ import annotations
 
 import enum
+import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,65 @@ class ReuseMode(enum.StrEnum):
     NEVER = "never"
 
 
+# The official worker sweeps expired sessions every 5 s (``SESSION_GC_INTERVAL``); a session
+# this close to its expiry may be gone before the next request reaches it.
+SESSION_MARGIN_S = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class SessionClock:
+    """A Vast session's expiry by the official worker's rule (``vastai`` 1.9.1,
+    ``lib/backend.py``): creation + ``lifetime_s``, plus ``lifetime_s`` again at the start of
+    every request on it (not on ``/session/get``); a sweep every 5 s ends expired sessions and
+    cuts the requests still running on them.
+
+    So a job that starts on a live session has at least ``lifetime_s`` before it can be cut:
+    the daemon picks ``lifetime_s`` to cover the jobs' deadlines (``session_lifetime``). And
+    every start pushes the expiry ``lifetime_s`` further: a job may start only while the
+    expiry stays within ``max_ahead_s`` of now, so a session whose ``/session/end`` is lost
+    frees its worker within ``max_ahead_s`` (plus the worker's sweep); past it the lease is
+    renewed (retired, a new session opened) instead. ``created_at`` is taken before the create
+    call was sent: the worker's own expiry is then no earlier than this one."""
+
+    lifetime_s: float
+    expires_at: float
+    max_ahead_s: float
+
+    @classmethod
+    def opened(cls, created_at: float, lifetime_s: float, max_ahead_s: float) -> SessionClock:
+        # one job must always fit on a fresh session, whatever the bound
+        ahead = max(max_ahead_s, 2 * lifetime_s + SESSION_MARGIN_S)
+        return cls(lifetime_s, created_at + lifetime_s, ahead)
+
+    def started(self) -> None:
+        """A request on the session starts: the worker adds a lifetime to its expiry."""
+        self.expires_at += self.lifetime_s
+
+    def live(self, now: float) -> bool:
+        """Not (about to be) swept by the worker."""
+        return now + SESSION_MARGIN_S < self.expires_at
+
+    def takes(self, now: float, until: float | None = None) -> bool:
+        """A job may start on it now: the session is live, the expiry after the start stays
+        within the bound, and covers ``until`` (the job's deadline, None: unchecked)."""
+        after = self.expires_at + self.lifetime_s
+        covered = until is None or after >= until + SESSION_MARGIN_S
+        return self.live(now) and after <= now + self.max_ahead_s and covered
+
+    def spent(self, now: float) -> bool:
+        """No job of any deadline can start on it any more (expiring, or at its bound)."""
+        return not self.takes(now)
+
+
+def session_lifetime(configured_s: float, deadlines: Iterable[float], now: float,
+                     cap_s: float) -> float:  # fmt: skip
+    """The lifetime to open a session with: ``configured_s``, or longer so that every job at
+    hand (their ``deadlines``) would finish before a quiet session could cut it, up to
+    ``cap_s`` (beyond which a job's own deadline ends it anyway)."""
+    longest = max((deadline - now for deadline in deadlines), default=0.0)
+    return max(configured_s, min(cap_s, longest + 2 * SESSION_MARGIN_S))
+
+
 @dataclass(eq=False, slots=True)
 class Lease:
     lease_id: int
@@ -63,14 +123,20 @@ class Lease:
     last_used: float = 0.0
     available_at: float = 0.0  # a sequential answer rests after each job, see LeaseLimits
     retired: bool = False
+    # Its Vast session as the worker keeps it (``SessionClock``); None: no session.
+    session: SessionClock | None = None
 
     def __post_init__(self) -> None:
         if self.budget <= 0:
             self.budget = self.capacity
         self.last_used = self.created_at
 
-    def has_room(self, cost: float, now: float) -> bool:
+    def has_room(self, cost: float, now: float, until: float | None = None) -> bool:
+        """Room for a job of ``cost`` now; on a session lease, one the session covers
+        (``SessionClock.takes``) up to ``until`` (the job's deadline, None: unchecked)."""
         if self.retired or now >= self.expires_at:
+            return False
+        if self.session is not None and not self.session.takes(now, until):
             return False
         if self.mode is ReuseMode.SESSION:
             return self.inflight_cost + cost <= self.budget + EPSILON
@@ -174,6 +240,7 @@ class LeasePool:
         rng: random.Random,
         excluded: frozenset[str] = frozenset(),
         speed: Callable[[str], float | None] | None = None,
+        until: float | None = None,
     ) -> Lease | None:
         """Power of two choices among the leases with room: by expected finish time when both
         workers' observed speed is known (cost in flight over cost per second), else by
@@ -181,7 +248,7 @@ class LeasePool:
         candidates = [
             lease
             for lease in self._leases.values()
-            if lease.worker_url not in excluded and lease.has_room(cost, now)
+            if lease.worker_url not in excluded and lease.has_room(cost, now, until)
         ]
         if not candidates:
             return None
@@ -202,16 +269,22 @@ class LeasePool:
         rng: random.Random,
         excluded: frozenset[str] = frozenset(),
         horizon_s: float | None = None,
+        until: float | None = None,
     ) -> Lease | Held | None:
         """Earliest expected finish among the workers that admit the job (see the module
         docstring); ``None`` when no lease has room (route for more), ``HOLD`` when leases have
         room but every such worker is at its concurrency limit or busy past ``horizon_s``.
         Until every worker with room has a measured rate (a new worker, the first jobs),
-        ``pick``'s two choices decide."""
+        ``pick``'s two choices decide. ``until``: the job's deadline, which a session lease
+        must cover; a session lease that can take no job any more is retired here (renewed:
+        the next route answer opens a new session)."""
         room: dict[str, Lease] = {}
         for lease in self._leases.values():
+            if lease.session is not None and not lease.retired and lease.session.spent(now):
+                self.retire(lease)
+                continue
             url = lease.worker_url
-            if url not in excluded and lease.has_room(cost, now):
+            if url not in excluded and lease.has_room(cost, now, until):
                 best = room.get(url)
                 if best is None or lease.utilisation < best.utilisation:
                     room[url] = lease
@@ -225,7 +298,7 @@ class LeasePool:
             return None if self._short_of_budget(room, loads, excluded) else HOLD
         rates = {url: self.meter.throughput(url) for url in room if url not in at_limit}
         if len(rates) > 1 and None in rates.values():
-            return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput)
+            return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput, until)
         best_finish, chosen = float("inf"), None
         for url, rate in rates.items():
             finish = admitted_finish(*loads.get(url, (0.0, 0)), cost, rate, horizon_s)
@@ -297,6 +370,8 @@ class LeasePool:
         lease.inflight_jobs += 1
         lease.uses += 1
         lease.last_used = now
+        if lease.session is not None:
+            lease.session.started()
         self.meter.started(lease.worker_url, now)
         if self.capacity is None:
             return None
@@ -351,6 +426,7 @@ class LeasePool:
             and (
                 lease.retired
                 or now >= lease.expires_at
+                or (lease.session is not None and lease.session.spent(now))
                 or now - lease.last_used >= self.limits.idle_close_s
                 or (lease.mode is ReuseMode.NEVER and lease.uses > 0)
             )
@@ -362,7 +438,11 @@ class LeasePool:
     def next_collection(self, now: float) -> float | None:
         """When ``collect`` next has something to do for an idle lease."""
         times = [
-            min(lease.expires_at, lease.last_used + self.limits.idle_close_s)
+            min(
+                lease.expires_at,
+                lease.last_used + self.limits.idle_close_s,
+                lease.session.expires_at - SESSION_MARGIN_S if lease.session else math.inf,
+            )
             for lease in self._leases.values()
             if lease.idle
         ]

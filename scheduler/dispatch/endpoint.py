@@ -248,7 +248,9 @@ class EndpointDispatcher:
             head = self.queue.peek()
             if head is None:
                 return
-            lease = self.leasing.pool.choose(head[1], now, self.ctx.rng, excluded, horizon_s)
+            job = self.ctx.jobs.get(head[0])
+            until = job.deadline if job is not None else None  # a session must cover it
+            lease = self.leasing.pool.choose(head[1], now, self.ctx.rng, excluded, horizon_s, until)
             if isinstance(lease, Held):
                 self._holding = True
                 return

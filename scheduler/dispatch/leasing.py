@@ -4,11 +4,16 @@ sessions alike; Vast sessions are opened and ended with them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from scheduler.config import EndpointConfig
-from scheduler.core.assignments import Lease, LeasePool, ReuseMode
+from scheduler.core.assignments import (
+    Lease,
+    LeasePool,
+    ReuseMode,
+    SessionClock,
+    session_lifetime,
+)
 from scheduler.core.capacity import Capacity, CapacityPolicy, Sent
 from scheduler.dispatch.context import (
     MAX_REMEMBERED_WORKERS,
@@ -25,6 +30,8 @@ from scheduler.vast.types import Ready, SessionRefused, WorkerError
 Unreachable = Callable[[str, str], None]  # worker URL, error kind
 MAX_SESSIONS_PER_WORKER = 4
 MAX_RETIRING_SESSIONS = 2  # retired sessions still running their last jobs, on top
+END_ATTEMPTS = 4  # /session/end tries: after 0, 0.5, 1.5 and 3.5 s (each call up to 10 s)
+END_BACKOFF_S = 0.5
 
 
 class Leasing:
@@ -68,11 +75,11 @@ class Leasing:
         session_id = None
         if mode is ReuseMode.SESSION and ready.url in self._sessionless_workers:
             mode = ReuseMode.SEQUENTIAL
+        started = self._ctx.clock()
+        lifetime_s = self.lifetime_for_jobs(started)
         if mode is ReuseMode.SESSION:
             try:
-                session_id = await self._forwarder.create_session(
-                    ready, self._ctx.config.lease.session_lifetime_s
-                )
+                session_id = await self._forwarder.create_session(ready, lifetime_s)
             except SessionRefused as exc:
                 mode = ReuseMode.SEQUENTIAL  # this answer carries one job at a time
                 if exc.status != 429:  # 429: at max_sessions for now, not for good
@@ -82,23 +89,40 @@ class Leasing:
                 return None
         now = self._ctx.clock()
         lease = self.pool.add(self.pool.make_lease(ready.url, ready, mode, ready.cost, now))
-        lease.session_id = session_id
+        if session_id is not None:
+            self._track(lease, session_id, started, lifetime_s)
         self._ctx.metrics.leases_opened.labels(self._ctx.name, str(mode)).inc()
         log.info("lease.opened", endpoint=self._ctx.name, lease_id=lease.lease_id,
-                 mode=str(mode), capacity=ready.cost, session=session_id is not None)  # fmt: skip
+                 mode=str(mode), capacity=ready.cost, session=session_id is not None,
+                 session_lifetime_s=lifetime_s if session_id else None)  # fmt: skip
         self._ctx.wakeup.set()
         return lease
 
     async def open_pinned(self, ready: Ready, lifetime_s: float) -> Lease:
         """A caller session's lease: a Vast session of its own, kept out of the pool (only the
         caller's jobs run on it). Raises the worker's error when it cannot be opened."""
+        started = self._ctx.clock()
         session_id = await self._forwarder.create_session(ready, lifetime_s)
         now = self._ctx.clock()
         lease = self.pool.make_lease(
             ready.url, ready, ReuseMode.SESSION, ready.cost, now, expires_at=float("inf")
         )
-        lease.session_id = session_id
+        self._track(lease, session_id, started, lifetime_s)
         return lease
+
+    def lifetime_for_jobs(self, now: float) -> float:
+        """The lifetime a new lease's session is opened with: ``lease.session_lifetime_s``,
+        or longer so that no job held here (queued, routing or running) could be cut by the
+        worker's expiry before its deadline (``core.assignments.session_lifetime``)."""
+        config = self._ctx.config
+        deadlines = (job.deadline for job in self._ctx.jobs.values())
+        return session_lifetime(config.lease.session_lifetime_s, deadlines, now,
+                                config.max_timeout_s)  # fmt: skip
+
+    def _track(self, lease: Lease, session_id: str, created_at: float, lifetime_s: float) -> None:
+        lease.session_id = session_id
+        bound_s = self._ctx.config.lease.session_end_bound_s
+        lease.session = SessionClock.opened(created_at, lifetime_s, bound_s)
 
     def release(self, lease: Lease, cost: float, succeeded: bool, sent: Sent | None) -> None:
         """A job on ``lease`` ended (``sent``: what the pool returned when it started)."""
@@ -123,12 +147,26 @@ class Leasing:
                 spawn(self.end_session(lease), self._background, f"session-end-{self._ctx.name}")
 
     async def end_session(self, lease: Lease) -> None:
+        """``/session/end``, tried ``END_ATTEMPTS`` times with back-off. Where every try fails
+        (the worker gone, the network), the worker ends the session itself at its expiry,
+        which ``SessionClock`` keeps within ``lease.session_end_bound_s`` of now."""
         session_id = lease.session_id
         if session_id is None:
             return
-        # A failure means the worker is gone or reaps the session itself after its lifetime.
-        with contextlib.suppress(WorkerError):
-            await self._forwarder.end_session(lease.answer, session_id)
+        for attempt in range(1, END_ATTEMPTS + 1):
+            try:
+                await self._forwarder.end_session(lease.answer, session_id)
+                return
+            except WorkerError as exc:
+                if attempt == END_ATTEMPTS:
+                    expires_in = (
+                        lease.session.expires_at - self._ctx.clock() if lease.session else None
+                    )
+                    log.warning("session.end_failed", endpoint=self._ctx.name,
+                                lease_id=lease.lease_id, kind=exc.kind, attempts=attempt,
+                                worker_ends_it_in_s=expires_in)  # fmt: skip
+                    return
+                await asyncio.sleep(END_BACKOFF_S * 2 ** (attempt - 1))
 
     def switch_to_never(self) -> None:
         """Legacy (replay-protected) workers: one route answer per job from now on."""

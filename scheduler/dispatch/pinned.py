@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scheduler.core.assignments import Lease
+from scheduler.core.assignments import SESSION_MARGIN_S, Lease
 from scheduler.vast.types import Ready, RouteResult, Waiting
 
 RouteCall = Callable[[float, int | None], Awaitable[RouteResult]]
@@ -51,8 +51,16 @@ class PinnedSession:
     gone: bool = False
     owner: str | None = None  # the tenant that opened it while auth is on; None: anyone
 
+    def expires_in_s(self, now: float) -> float:
+        """Until the worker ends it by its own rule (``core.assignments.SessionClock``:
+        creation + lifetime, + lifetime at each job's start), less the sweep's margin."""
+        clock = self.lease.session
+        if clock is None:
+            return max(0.0, self.lifetime_s - (now - self.lease.last_used))
+        return max(0.0, clock.expires_at - SESSION_MARGIN_S - now)
+
     def expired(self, now: float) -> bool:
-        return now - self.lease.last_used >= self.lifetime_s
+        return self.expires_in_s(now) <= 0
 
     def public(self, now: float) -> dict[str, Any]:
         return {
@@ -60,7 +68,7 @@ class PinnedSession:
             "cost": self.lease.capacity,
             "inflight_cost": self.lease.inflight_cost,
             "inflight_jobs": self.lease.inflight_jobs,
-            "expires_in_s": round(max(0.0, self.lifetime_s - (now - self.lease.last_used)), 3),
+            "expires_in_s": round(self.expires_in_s(now), 3),
             "gone": self.gone,
         }
 

@@ -158,8 +158,12 @@ class WorkerClient:
         raise WorkerError(f"session create answered {status}")
 
     async def end_session(self, ready: Ready, session_id: str) -> None:
+        """Ends the session; a 4xx (unknown, already ended, not ours) is final, a 5xx is a
+        ``WorkerError`` worth another try."""
         body = {"session_id": session_id, "session_auth": ready.auth_data}
-        await self._session_call(ready, "/session/end", body)
+        status, _ = await self._session_call(ready, "/session/end", body)
+        if status >= 500:
+            raise WorkerError(f"session end answered {status}")
 
     async def _session_call(self, ready: Ready, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=SESSION_CALL_TIMEOUT_S)

@@ -171,7 +171,8 @@ async def get_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
 
 
 async def lose_a_worker_mid_job(http: aiohttp.ClientSession, daemon: Any, emulator: Any) -> None:
-    """As in test_failover: the job is re-routed and succeeds; a ``gone`` error is counted."""
+    """As in test_failover: the job (idempotent endpoint) is re-routed and succeeds; a ``lost``
+    error is counted."""
     async with http.post(f"{daemon.url}/v1/endpoints/flaky/jobs", json={"payload": {}}) as resp:
         assert resp.status == 202
         job_id = (await resp.json())["id"]
@@ -191,7 +192,10 @@ async def test_status_page_in_headless_chromium(
             emulator.autoscaler_url,
             # steady without learnt limits (both jobs run on its one worker at once, and its
             # row shows no limit); flaky learns one, and has no max_concurrency.
-            {"steady": {"max_concurrency": 2, "capacity": {"enabled": False}}, "flaky": {}},
+            {
+                "steady": {"max_concurrency": 2, "capacity": {"enabled": False}},
+                "flaky": {"idempotent": True},
+            },
             server={"grace_period_s": 0.5},
         )
         async with running_daemon(config) as daemon:
@@ -254,8 +258,8 @@ async def test_status_page_in_headless_chromium(
     # 100 units at 100 units/s: a second per job, 1000 ms per 100 units of cost
     assert 900 <= float(values[f"{flaky_row}/latency_floor"].removesuffix(" ms")) <= 1500
     assert 50 <= float(values[f"{flaky_row}/throughput_cost_per_s"]) <= 110
-    assert int(values["flaky/worker_error/gone"]) >= 1
-    assert values["flaky/worker_errors_total"] == values["flaky/worker_error/gone"]
+    assert int(values["flaky/worker_error/lost"]) >= 1
+    assert values["flaky/worker_errors_total"] == values["flaky/worker_error/lost"]
     assert values["flaky/route/0/outcome"] in ("ready", "no_worker")
     check_screenshot(shot)
 

@@ -102,7 +102,9 @@ def session_lifetime(configured_s: float, deadlines: Iterable[float], now: float
     hand (their ``deadlines``) would finish before a quiet session could cut it, up to
     ``cap_s`` (beyond which a job's own deadline ends it anyway)."""
     longest = max((deadline - now for deadline in deadlines), default=0.0)
-    return max(configured_s, min(cap_s, longest + 2 * SESSION_MARGIN_S))
+    # at least 2 margins: a session opened now must be live (not sweepable) when its first
+    # job reaches the worker
+    return max(configured_s, 2 * SESSION_MARGIN_S, min(cap_s, longest) + SESSION_MARGIN_S)
 
 
 @dataclass(eq=False, slots=True)

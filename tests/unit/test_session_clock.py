@@ -1,0 +1,106 @@
+"""SessionClock: a Vast session's expiry by the official worker's rule (creation + lifetime, +
+lifetime at each request start, swept every 5 s), and the daemon's two promises on top: a job
+started on it is covered up to its deadline, and the expiry never runs further ahead of now
+than the bound (what a lost /session/end costs the worker)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scheduler.core.assignments import (
+    SESSION_MARGIN_S,
+    LeaseLimits,
+    LeasePool,
+    ReuseMode,
+    SessionClock,
+    session_lifetime,
+)
+
+lifetimes = st.floats(1, 3600)
+bounds = st.floats(1, 86_400)
+# (seconds since the previous step, the job's deadline as seconds from then)
+steps = st.lists(st.tuples(st.floats(0, 600), st.floats(0, 7200)), max_size=60)
+
+
+@given(lifetime=lifetimes, bound=bounds, steps=steps)
+def test_no_start_runs_the_expiry_past_the_bound(
+    lifetime: float, bound: float, steps: list[tuple[float, float]]
+) -> None:
+    clock = SessionClock.opened(0.0, lifetime, bound)
+    now = 0.0
+    for gap, deadline_in in steps:
+        now += gap
+        if clock.takes(now, now + deadline_in):
+            clock.started()
+            assert clock.expires_at - now <= max(bound, 2 * lifetime + SESSION_MARGIN_S) + 1e-6
+
+
+@given(lifetime=lifetimes, bound=bounds, steps=steps)
+def test_a_job_it_takes_is_covered_until_its_deadline(
+    lifetime: float, bound: float, steps: list[tuple[float, float]]
+) -> None:
+    """The worker cuts a request at the session's expiry: what the job was admitted with
+    (its deadline) must come first, even if no other request ever starts on the session."""
+    clock = SessionClock.opened(0.0, lifetime, bound)
+    now = 0.0
+    for gap, deadline_in in steps:
+        now += gap
+        if clock.takes(now, now + deadline_in):
+            clock.started()
+            assert clock.expires_at >= now + deadline_in + SESSION_MARGIN_S - 1e-6
+
+
+@given(lifetime=lifetimes, bound=bounds, deadline_in=st.floats(0, 3600))
+def test_a_fresh_session_opened_for_a_job_takes_it(
+    lifetime: float, bound: float, deadline_in: float
+) -> None:
+    """The lifetime chosen for the jobs at hand always lets the longest of them start."""
+    chosen = session_lifetime(lifetime, [10.0 + deadline_in], 10.0, cap_s=3600)
+    clock = SessionClock.opened(10.0, chosen, bound)
+    assert clock.takes(10.0, 10.0 + deadline_in)
+
+
+@given(
+    configured=lifetimes,
+    deadlines=st.lists(st.floats(-100, 10_000), max_size=20),
+    cap=st.floats(1, 7200),
+)
+def test_the_lifetime_covers_the_jobs_at_hand_up_to_the_cap(
+    configured: float, deadlines: list[float], cap: float
+) -> None:
+    chosen = session_lifetime(configured, deadlines, 0.0, cap)
+    assert chosen >= max(configured, 2 * SESSION_MARGIN_S)
+    longest = max(deadlines, default=0.0)
+    assert chosen >= min(cap, longest) + SESSION_MARGIN_S - 1e-6
+    assert chosen <= max(configured, 2 * SESSION_MARGIN_S, cap + SESSION_MARGIN_S) + 1e-6
+
+
+def test_a_quiet_session_is_spent_before_the_worker_sweeps_it() -> None:
+    clock = SessionClock.opened(0.0, 120.0, 1800.0)
+    assert clock.takes(0.0)
+    assert clock.spent(120.0 - SESSION_MARGIN_S)
+    clock.started()  # a job at 0 s: the worker's expiry is now 240 s
+    assert clock.expires_at == 240.0
+    assert not clock.spent(200.0)
+
+
+def test_a_spent_session_lease_is_renewed_not_used() -> None:
+    """In the pool, a session lease at its bound is retired (it ends once its jobs have) and
+    ``choose`` asks for a new route answer (None) instead of placing on it."""
+    pool = LeasePool(LeaseLimits())
+    lease = pool.new_lease("http://w", object(), ReuseMode.SESSION, 1000.0, 0.0)
+    lease.session = SessionClock.opened(0.0, 100.0, 400.0)  # at most 400 s ahead
+    rng = random.Random(1)
+    placed = 0
+    for _ in range(10):  # bounded: the bound lets 3 starts in at t=0 (200, 300, 400 s ahead)
+        chosen = pool.choose(1.0, 0.0, rng)
+        if chosen is not lease:
+            break
+        pool.acquire(lease, 1.0, 0.0)
+        placed += 1
+    assert placed == 3
+    assert lease.retired
+    assert pool.choose(1.0, 0.0, rng) is None

@@ -61,6 +61,10 @@ MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict
 # says nothing about the limit, and is measured again, at most MAX_UNFILLED_ROUNDS times.
 FILL_SHARE = 0.75
 MAX_UNFILLED_ROUNDS = 3
+# Start-up's throughput grew by at least this share of the limit's growth: the next step is
+# 4x instead of 2x.
+LINEAR_SHARE = 0.8
+LONG_STEP_SHARE = 0.6  # a 4x step that paid less than this share of 4x is measured at 2x
 # Latency per cost within this factor of the floor means the worker does not queue what it
 # holds (a FIFO or sharing worker holding two jobs is at 2x): an up probe comes after
 # HEADROOM_ROUNDS steady rounds instead of probe_every.
@@ -68,7 +72,7 @@ HEADROOM = 1.5
 HEADROOM_ROUNDS = 2
 # An up probe whose gain was at least this share of the proportional one found a worker far
 # from its knee (its batch grew, others left it): the doubling of start-up resumes.
-STRONG_PROBE = 0.8
+STRONG_PROBE = 0.7
 
 
 class Phase(enum.StrEnum):
@@ -157,6 +161,7 @@ class WorkerState:
     probe_wins: int = 0  # rounds in a row the current probe paid
     probe_down: bool = False  # the last probe tried a lower limit
     unfilled: int = 0  # rounds in a row at this limit that were not kept filled
+    long_step_failed: int = 0  # the limit a 4x start-up step reached and did not pay at
     sent: int = 0  # jobs ever sent to it
     # The limit the last dropped up probe started from: from there the next probe for
     # headroom waits half the probe interval, not HEADROOM_ROUNDS.
@@ -268,8 +273,12 @@ class Capacity:
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
         )
         old = state.limit
-        filled = done.held_s / elapsed >= FILL_SHARE * state.limit
-        reason = self._verdict(state, done, rate, latency, filled)
+        held_mean = done.held_s / elapsed
+        filled = held_mean >= FILL_SHARE * state.limit
+        # Not kept full, and holding less than even the last limit that paid: the load ebbed
+        # (not: there is not load enough for the new limit, which is an answer too).
+        ebbed = not filled and held_mean < state.base_limit
+        reason = self._verdict(state, done, rate, latency, filled, ebbed)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
@@ -279,12 +288,18 @@ class Capacity:
         return change
 
     def _verdict(
-        self, state: WorkerState, done: _Round, rate: float, latency: float, filled: bool
+        self,
+        state: WorkerState,
+        done: _Round,
+        rate: float,
+        latency: float,
+        filled: bool,
+        ebbed: bool,
     ) -> str | None:
         held = done.blocked
         if held and filled:
             state.unfilled = 0
-        elif held and state.phase is not Phase.STEADY and self._unfilled(state):
+        elif held and ebbed and state.phase is not Phase.STEADY and self._unfilled(state):
             return None  # jobs waited, yet the worker was not kept full: measured again
         if state.phase is Phase.STARTUP:
             if held and filled:
@@ -294,6 +309,7 @@ class Capacity:
                 # back, or never kept full): back to the last limit a held round showed paying.
                 # Left higher, a worker the placement favours fills past its batch while
                 # another has room.
+                state.long_step_failed = state.limit
                 state.limit = state.base_limit
                 return "startup_unheld"
         congested = state.base_latency > 0 and (
@@ -322,9 +338,25 @@ class Capacity:
 
     def _startup(self, state: WorkerState, rate: float, latency: float) -> str:
         p = self.policy
-        if state.base_limit == 0 or rate >= state.base_rate * p.startup_gain:
+        step = state.limit / state.base_limit if state.base_limit else 0.0
+        pays = state.base_limit == 0 or rate >= state.base_rate * p.startup_gain
+        if step > 2 and (not pays or rate < state.base_rate * LONG_STEP_SHARE * step):
+            # A long step that paid well short of its length: the knee may lie inside it,
+            # where the fallback could not find it. Measure the doubling it skipped.
+            state.long_step_failed = state.limit
+            state.limit = state.base_limit * 2
+            return "startup"
+        if pays:
+            # Throughput that grew about as much as the limit (a batching worker far below its
+            # batch): the next step is twice as long, and the batch is reached in half the
+            # rounds. A FIFO or sharing worker never grows so, and still doubles from one.
+            linear = step > 1 and rate >= state.base_rate * LINEAR_SHARE * step
             self._set_base(state, rate, latency)
-            state.limit = min(p.max_limit, state.limit * 2)
+            if state.long_step_failed and state.limit * 2 >= state.long_step_failed:
+                state.phase = Phase.STEADY  # the next step was measured already, and failed
+                state.steady_rounds = 0
+                return "startup_done"
+            state.limit = min(p.max_limit, state.limit * (4 if linear else 2))
             if state.limit == state.base_limit:
                 state.phase = Phase.STEADY
             return "startup"
@@ -387,6 +419,7 @@ class Capacity:
             if strong and state.limit < p.max_limit:
                 state.phase = Phase.STARTUP
                 state.probe_wins = 0
+                state.long_step_failed = 0  # the worker changed: measure anew
                 state.limit = min(p.max_limit, state.limit * 2)
                 return verdict
             # A probe that paid is followed by another the same way at the next round.

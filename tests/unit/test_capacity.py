@@ -196,22 +196,21 @@ def test_a_round_the_load_ebbed_in_does_not_end_start_up_low() -> None:
     assert sim.limit >= 0.9 * 32, sim.limits
 
 
-def test_a_batching_worker_settled_low_climbs_back_to_its_batch_soon() -> None:
-    """Light load settles a batching worker's limit far below its batch. When load grows, its
-    latency per cost is near the floor, so it probes up within a couple of rounds and, as the
-    probes pay in full, doubles again: at its batch within seconds, not after dozens of probe
-    intervals of a quarter each."""
-    sim = Sim(batching(200.0, 32, 0.02), 6, [100.0])
-    sim.run(until_s=30.0)
+def test_a_worker_that_starts_batching_is_found_again_within_seconds() -> None:
+    """A FIFO worker settles at one or two jobs. Redeployed behind a batching server (same
+    URL), its latency per cost is near the floor at that limit, so it probes up within a
+    couple of rounds and, as the probes pay in full, doubles again: near its batch within
+    seconds, not after dozens of probe intervals of a quarter each."""
+    sim = Sim(fifo(200.0), 96, [100.0])
+    sim.run(until_s=20.0)
     low = sim.limit
     state = sim.capacity.state(W)
     assert state is not None
-    assert low <= 8, sim.limits
+    assert low <= 2, sim.limits
     assert state.phase is not Phase.STARTUP, sim.limits
-    sim.set_demand(96)
-    sim.run(until_s=sim.now + 8.0)
-    # Doubling from where it was, it lands near the batch, not on it (a quarter-step probe
-    # then finds no more): within a quarter of it.
+    sim.worker.advance(sim.now)
+    sim.worker.service = "batching"  # max_batch 32, slowdown 0.02
+    sim.run(until_s=sim.now + 10.0)
     assert sim.limit >= 0.75 * 32, (low, sim.limits)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -116,14 +116,62 @@ class BreakingWorker:
 
 @asynccontextmanager
 async def serving(spy: S, path: str) -> AsyncIterator[S]:
-    app = web.Application()
-    app.router.add_post(path, spy.handle)
-    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
-    spy.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving_routes(spy, {path: spy.handle}):
         yield spy
+
+
+class HasUrl(Protocol):
+    url: str
+
+
+@asynccontextmanager
+async def serving_routes(
+    server: HasUrl, routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+) -> AsyncIterator[None]:
+    """``server``'s POST ``routes`` on a port of 127.0.0.1 (its ``url`` set) while inside."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
+    server.url = f"http://127.0.0.1:{port}"
+    try:
+        yield
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class SessionWorker:
+    """A worker that opens sessions and answers its jobs by script (the last repeats), each
+    after ``delay_s``; ``answered`` lists the statuses it gave, in order."""
+
+    script: list[int]
+    delay_s: float = 0.0
+    answered: list[int] = field(default_factory=list)
+    url: str = ""
+
+    async def create(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"session_id": f"s{len(self.answered)}"}, status=201)
+
+    async def end(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ok": True})
+
+    async def generate(self, request: web.Request) -> web.Response:
+        await request.read()
+        status = self.script[min(len(self.answered), len(self.script) - 1)]
+        self.answered.append(status)
+        await asyncio.sleep(self.delay_s)
+        return web.json_response({"n": len(self.answered)}, status=status)
+
+
+@asynccontextmanager
+async def serving_worker(worker: SessionWorker) -> AsyncIterator[SessionWorker]:
+    routes = {"/session/create": worker.create, "/session/end": worker.end,
+              "/generate": worker.generate}  # fmt: skip
+    async with serving_routes(worker, routes):
+        yield worker
 
 
 def ready_answer(worker_url: str, reqnum: int = 1, request_idx: int = 0) -> dict[str, Any]:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import aiohttp
-from aiohttp import web
 
-from scheduler.listen import listen
 from tests.integration.harness import (
     API_KEY,
     daemon_config,
@@ -16,7 +12,13 @@ from tests.integration.harness import (
     running_emulator,
     wait_until,
 )
-from tests.integration.spies import SpyServer, ready_answer, serving
+from tests.integration.spies import (
+    SessionWorker,
+    SpyServer,
+    ready_answer,
+    serving,
+    serving_worker,
+)
 
 
 async def test_a_worker_at_max_sessions_gets_sessions_again_once_one_frees(
@@ -52,29 +54,6 @@ async def test_a_worker_at_max_sessions_gets_sessions_again_once_one_frees(
     assert len(worker.sessions.table.sessions) == 0
 
 
-@dataclass
-class SessionWorker:
-    """A worker that opens sessions and answers its jobs by script (the last repeats)."""
-
-    script: list[int]
-    answered: list[int] = field(default_factory=list)
-    url: str = ""
-
-    async def create(self, request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"session_id": f"s{len(self.answered)}"}, status=201)
-
-    async def end(self, request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"ok": True})
-
-    async def generate(self, request: web.Request) -> web.Response:
-        await request.read()
-        status = self.script[min(len(self.answered), len(self.script) - 1)]
-        self.answered.append(status)
-        return web.json_response({"n": len(self.answered)}, status=status)
-
-
 async def test_a_401_on_a_session_lease_evicts_it_and_is_not_taken_for_a_legacy_worker(
     http: aiohttp.ClientSession,
 ) -> None:
@@ -82,21 +61,14 @@ async def test_a_401_on_a_session_lease_evicts_it_and_is_not_taken_for_a_legacy_
     used before (a worker that has not fetched its key yet, a session it lost) drops that lease
     and re-routes the job; the endpoint keeps its sessions (it used to switch to one route
     call per job for good)."""
-    worker = SessionWorker([200, 401, 200])
-    app = web.Application()
-    app.router.add_post("/session/create", worker.create)
-    app.router.add_post("/session/end", worker.end)
-    app.router.add_post("/generate", worker.generate)
-    runner, port = await listen(app, "127.0.0.1", 0, access_log=None)
-    worker.url = f"http://127.0.0.1:{port}"
-    try:
-        async with serving(SpyServer([(200, ready_answer(worker.url), {})]), "/route/") as spy:
-            config = daemon_config(spy.url, {"spy": {"reuse": "auto"}})
-            async with running_daemon(config) as daemon:
-                run = f"{daemon.url}/v1/endpoints/spy/run"
-                assert await run_many(http, run, 3, concurrency=1) == [200] * 3
-                status = daemon.service.status()["endpoints"]["spy"]
-    finally:
-        await runner.cleanup()
+    async with (
+        serving_worker(SessionWorker([200, 401, 200])) as worker,
+        serving(SpyServer([(200, ready_answer(worker.url), {})]), "/route/") as spy,
+    ):
+        config = daemon_config(spy.url, {"spy": {"reuse": "auto"}})
+        async with running_daemon(config) as daemon:
+            run = f"{daemon.url}/v1/endpoints/spy/run"
+            assert await run_many(http, run, 3, concurrency=1) == [200] * 3
+            status = daemon.service.status()["endpoints"]["spy"]
     assert worker.answered == [200, 401, 200, 200]  # the refused job ran again
     assert (status["reuse"], status["legacy_detected"]) == ("session", False)

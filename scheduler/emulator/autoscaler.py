@@ -3,7 +3,8 @@
 ``/route/`` follows the protocol doc: bearer key (or ``api_key`` in query/body) else 401;
 the keys that count are the endpoint's (``Accounts.route_identity``: its own key once it has
 one, else the emulator's global keys);
-per-identity minimum interval else 429 (plain text, ``Retry-After`` in whole seconds);
+per-identity minimum interval else 429 (plain text, ``Retry-After`` in whole seconds unless
+``route_retry_after`` is false: Vast documents none);
 injected 500s and delay; 400 for bad parameters (``replay_timeout``, when given, a number
 > 0) or an unknown endpoint; READY answers signed (legacy workers: whole message) or
 WAITING with a status summary and a stable ``request_idx`` (kept ``replay_timeout`` s from
@@ -194,7 +195,7 @@ class Autoscaler:
             identity, time.monotonic(), self.faults.min_interval_ms / 1000
         )
         if retry_after is not None:
-            headers = {"Retry-After": str(retry_after)}
+            headers = {"Retry-After": str(retry_after)} if self.config.route_retry_after else {}
             text = "API requests too frequent"
             return web.Response(status=429, text=text, headers=headers), "429"
         if self.faults.error_rate > 0 and self._rng.random() < self.faults.error_rate:

@@ -200,6 +200,8 @@ class EmulatorConfig(_Frozen):
     route_min_interval_ms: float = Field(default=0.0, ge=0)
     route_error_rate: float = Field(default=0.0, ge=0, le=1)
     route_delay_ms: float = Field(default=0.0, ge=0)
+    # Vast documents no Retry-After on its 429s: false answers them without one, as Vast may.
+    route_retry_after: bool = True
     status_interval_s: float = Field(default=1.0, gt=0)
     stale_after_s: float | None = Field(default=None, gt=0)
     session_reap_interval_s: float = Field(default=5.0, gt=0)

@@ -14,9 +14,11 @@ import aiohttp
 from aiohttp import web
 
 from tests.integration.harness import (
+    API_KEY,
     daemon_config,
     run_many,
     running_daemon,
+    running_emulator,
     submit_many,
     wait_all_finished,
     wait_until,
@@ -231,3 +233,33 @@ async def test_every_waiting_batch_keeps_its_own_request_idx(
     assert len(autoscaler.issued) >= 2
     assert len(slow.answered) + len(later.answered) == 9
     assert all(job is not None and job.status == "succeeded" for job in statuses)
+
+
+async def test_route_429s_without_retry_after_from_the_emulator_are_backed_off(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The emulator set to answer its rate limit (one call a second per key) as Vast
+    documents it, without Retry-After; its worker is ready after 3 s. The daemon's poller
+    (polling every 0.05-0.2 s) meets 429s and waits doubling steps instead of asking again
+    at its poll rate; the job runs once the worker is ready."""
+    async with running_emulator(
+        {"echo": {"workers": 1, "cold_start_s": 3.0}},
+        route_min_interval_ms=1000,
+        route_retry_after=False,
+    ) as emulator:
+        for _ in range(2):
+            body = {"endpoint": "echo", "cost": 1}
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with http.post(
+                f"{emulator.autoscaler_url}/route/", json=body, headers=headers
+            ) as resp:
+                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        assert (status, retry_after) == (429, None)
+        await asyncio.sleep(1.0)  # the probes' interval is over
+        endpoint = {"route_backoff": {"initial_s": 0.4, "max_s": 3.0}, "poll": FAST_POLL}
+        config = daemon_config(emulator.autoscaler_url, {"echo": endpoint})
+        async with running_daemon(config) as daemon:
+            run = f"{daemon.url}/v1/endpoints/echo/run"
+            assert await run_many(http, run, 1, concurrency=1) == [200]
+        throttled = emulator.autoscaler.stats.count("echo", "429") - 1  # less the probe's
+    assert 1 <= throttled <= 5, throttled  # asked at its poll rate: about 15

@@ -33,7 +33,9 @@ DIRECT, OFFICIAL, RUN, PROXY, RELAY = "direct", "official", "run", "proxy", "rel
 STATUS_INTERVAL_S = 0.5
 # (a)'s closed and open loops, each system once per repetition; figures are their medians.
 REPETITIONS = int(os.environ.get("BENCH_REPS") or 3)
-ECHO_FAST = {"workers": 4, "perf": 100_000.0}
+# Pinned to processor_sharing (the emulator's default before FIFO): the figures assume it.
+PS = "processor_sharing"
+ECHO_FAST = {"workers": 4, "perf": 100_000.0, "service": PS}
 DAEMON_ENDPOINTS: dict[str, Any] = {
     "echo": {"default_route": "/generate", "cost": {"estimator": "constant", "value": 100}},
     "cold": {"default_route": "/generate", "cost": {"estimator": "constant", "value": 100}},
@@ -86,6 +88,9 @@ class Stage:
             f"{self.emu.url}{path}", json=body or {}, timeout=timeout
         ) as resp:
             return await resp.json()
+
+    async def emulator_stats(self) -> dict[str, Any]:
+        return dict(await self._get(f"{self.emu.url}/admin/stats"))
 
     async def route_total(self) -> int:
         return int((await self._get(f"{self.emu.url}/admin/stats"))["route"]["total"])
@@ -406,7 +411,9 @@ async def scenario_b(ctx: Ctx) -> dict[str, Any]:
     concurrency = 64
     count = 200 if ctx.quick else 1500
     jobs = llm_jobs(count, ctx.seed)
-    emulator = emulator_config(ctx, {"llm": {"workers": 0, "workload": "max_tokens"}})
+    emulator = emulator_config(
+        ctx, {"llm": {"workers": 0, "workload": "max_tokens", "service": PS}}
+    )
     kinds = [DIRECT, OFFICIAL, RUN] if ctx.quick else [DIRECT, OFFICIAL, RUN, PROXY]
 
     async def prepare(st: Stage) -> None:
@@ -455,7 +462,9 @@ async def scenario_c(ctx: Ctx) -> dict[str, Any]:
     cold_s = 3.0 if ctx.quick else 10.0
     workers = 2
     jobs = echo_jobs(count, "cold")
-    emulator = emulator_config(ctx, {"cold": {"workers": 0, "perf": ECHO_FAST["perf"]}})
+    emulator = emulator_config(
+        ctx, {"cold": {"workers": 0, "perf": ECHO_FAST["perf"], "service": PS}}
+    )
     kinds = [DIRECT, OFFICIAL, RUN]
 
     async def load(system: System, st: Stage) -> tuple[list[Record], float, dict[str, Any]]:
@@ -592,7 +601,7 @@ async def scenario_e(ctx: Ctx) -> dict[str, Any]:
     count = 2000 if ctx.quick else 100_000
     official_count = 500 if ctx.quick else 5000
     window_s = 3.0 if ctx.quick else 10.0
-    emulator = emulator_config(ctx, {"backlog": {"workers": 0}})
+    emulator = emulator_config(ctx, {"backlog": {"workers": 0, "service": PS}})
 
     async def load(system: System, st: Stage) -> tuple[list[Record], float, dict[str, Any]]:
         records, wall = await _submit_backlog(st, count, ctx.seed)

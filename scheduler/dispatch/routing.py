@@ -120,9 +120,13 @@ class Routing:
         return until
 
     def refused_reason(self, now: float) -> str | None:
-        """Why this endpoint cannot route now: Vast refuses its route calls (400/401)."""
+        """Why this endpoint cannot route now: Vast refused its last route call (400/401), and
+        jobs wait for the next or its back-off is not over. With nothing waiting, nothing
+        would call again to clear it (a balancer sends no jobs to a replica not ready)."""
         trouble = self.trouble
         if trouble is None or not trouble.refused:
+            return None
+        if now >= trouble.retry_at and not len(self._ctx.queue) and not self.reserved:
             return None
         return (
             f"endpoint {self._ctx.name}: route calls refused ({trouble.kind}) "

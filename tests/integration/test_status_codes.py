@@ -263,3 +263,23 @@ async def test_route_429s_without_retry_after_from_the_emulator_are_backed_off(
             assert await run_many(http, run, 1, concurrency=1) == [200]
         throttled = emulator.autoscaler.stats.count("echo", "429") - 1  # less the probe's
     assert 1 <= throttled <= 5, throttled  # asked at its poll rate: about 15
+
+
+async def test_a_refusal_with_nothing_waiting_is_not_ready_only_for_its_back_off(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A 401 fails the batch it answered; with no job left to ask again, /readyz turns ready
+    once the back-off is over (it would otherwise stay 503 for good: a balancer sends no job
+    to a replica that is not ready, so no route call would ever clear it)."""
+    refused = (401, {"error": "invalid api key"}, {})
+    async with serving(SpyServer([refused]), "/route/") as spy:
+        endpoint = {"route_backoff": {"initial_s": 3.0, "max_s": 3.0}}
+        async with running_daemon(daemon_config(spy.url, {"spy": endpoint})) as daemon:
+            run = f"{daemon.url}/v1/endpoints/spy/run"
+            assert await run_many(http, run, 1, concurrency=1) == [502]
+            code, body = await readyz(http, daemon.url)
+            await asyncio.sleep(3.0)
+            after = await readyz(http, daemon.url)
+    assert (code, body["status"]) == (503, "route_refused")
+    assert after == (200, {"status": "ready"})
+    assert len(spy.received) == 1

@@ -87,6 +87,7 @@ def setup_logging(config: AppConfig) -> None:
     if vast.account_api_key is not None:
         secrets.append(vast.account_api_key.get_secret_value())
     secrets += [e.api_key.get_secret_value() for e in config.endpoints.values() if e.api_key]
+    secrets += config.emulator.secrets()  # the embedded or standalone emulator's account keys
     if config.server.webhook.secret is not None:
         secrets.append(config.server.webhook.secret.get_secret_value())
     secrets += [t.token.get_secret_value() for t in config.auth.tokens if t.token is not None]

@@ -127,6 +127,8 @@ class Leasing:
     def release(self, lease: Lease, cost: float, succeeded: bool, sent: Sent | None) -> None:
         """A job on ``lease`` ended (``sent``: what the pool returned when it started)."""
         change = self.pool.release(lease, cost, self._ctx.clock(), succeeded, sent)
+        if lease.idle:  # the loop's next look must count its idle close (and end its session)
+            self._ctx.wakeup.set()
         if change is not None:
             ctx = self._ctx
             ctx.metrics.limit_changes.labels(ctx.name, change.reason).inc()

@@ -1,0 +1,163 @@
+"""The daemon's Vast sessions against the official worker (``vastai`` 1.9.1), whose rule is:
+expiry = creation + lifetime, + lifetime at each request start, a sweep every 5 s that ends
+expired sessions and cuts the requests still running on them (``core.assignments.SessionClock``).
+
+Scaled down from the acceptance (a 400 s job on a lease whose session lifetime is 120 s): a
+12 s job with ``lease.session_lifetime_s`` 2 s. The worker's sweep runs every 5 s, so a 2 s
+session that a request extended once (4 s) is swept by 10 s at the latest: a 12 s job on it
+would be cut. The bound of a lost ``/session/end`` is scaled the same way (seconds, not the
+default 30 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from official_worker import SKIP_REASON, OfficialWorker, official_workers, vastai_installed
+
+from scheduler.core.assignments import SESSION_MARGIN_S
+from scheduler.dispatch.leasing import END_ATTEMPTS
+from scheduler.vast.types import Ready, WorkerGone
+from tests.integration.harness import (
+    Daemon,
+    daemon_config,
+    running_daemon,
+    running_emulator,
+    wait_all_finished,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.skipif(not vastai_installed(), reason=SKIP_REASON)
+ENDPOINT = "official"
+COST_FIELD = {"estimator": "field", "field": "cost", "default": 100}
+SWEEP_S = 5.0  # the official worker's SESSION_GC_INTERVAL
+REPORT_S = 1.0  # its METRICS_UPDATE_INTERVAL
+SLACK_S = 3.0  # scheduling noise on a loaded machine (the daemon's loop, the worker's sends)
+LEASE = {"session_lifetime_s": 2, "idle_close_s": 1, "session_end_bound_s": 4}
+
+
+@asynccontextmanager
+async def daemon_for(emulator_url: str, **endpoint: Any) -> AsyncIterator[Daemon]:
+    settings = {"cost": COST_FIELD, "lease": LEASE, **endpoint}
+    async with running_daemon(daemon_config(emulator_url, {ENDPOINT: settings})) as daemon:
+        yield daemon
+
+
+async def submit(http: aiohttp.ClientSession, daemon: Daemon, **body: Any) -> str:
+    async with http.post(f"{daemon.url}/v1/endpoints/{ENDPOINT}/jobs", json=body) as resp:
+        assert resp.status == 202, await resp.text()
+        job_id: str = (await resp.json())["id"]
+        return job_id
+
+
+def idle_since(worker: OfficialWorker, after: float) -> float | None:
+    """When the worker's reports since ``after`` (monotonic) turned to no session and no
+    request for good, if they have."""
+    reports = [r for r in worker.reports() if r.at > after]
+    if not reports or reports[-1].body.get("num_requests_working") != 0:
+        return None
+    since = reports[-1].at
+    for report in reversed(reports):
+        if report.body.get("num_requests_working") != 0:
+            break
+        since = report.at
+    return since
+
+
+async def wait_idle(workers: list[OfficialWorker], after: float, timeout_s: float) -> float:
+    """Waits (bounded) until every worker reports zero session load; returns when."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                times = [idle_since(w, after) for w in workers]
+                if all(t is not None for t in times):
+                    return max(t for t in times if t is not None)
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        last = [[(round(r.at - after, 2), r.body.get("num_requests_working"),
+                  r.body.get("cur_load")) for r in w.reports()[-5:]] for w in workers]  # fmt: skip
+        pytest.fail(f"workers not idle {timeout_s} s after: last reports {last}")
+
+
+async def test_a_job_longer_than_the_session_lifetime_completes(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The session is opened with a lifetime covering the job's deadline (30 s), not the
+    configured 2 s: the worker's sweep does not cut the 12 s job, which runs once."""
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 1, ENDPOINT) as (worker,),
+        daemon_for(emulator.autoscaler_url) as daemon,
+    ):
+        job_id = await submit(http, daemon, payload={"cost": 100, "sleep_s": 12, "n": 1},
+                              timeout_s=30)  # fmt: skip
+        job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 40)
+        received = [r for r in (await worker.records(http))["worker"] if r["n"] == 1]
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1, job
+    assert len(received) == 1
+    assert received[0]["session_id"] is not None  # it ran in a session
+
+
+async def test_after_a_burst_every_worker_reports_zero_session_load(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Idle leases close after idle_close_s and their sessions end: the workers' reports say
+    no session and no request within idle_close_s + one report interval (+ slack)."""
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 2, ENDPOINT) as workers,
+        daemon_for(emulator.autoscaler_url) as daemon,
+    ):
+        ids = [await submit(http, daemon, payload={"cost": 100, "sleep_s": 0.2, "n": i})
+               for i in range(20)]  # fmt: skip
+        await wait_all_finished(daemon, ids, timeout_s=60)
+        done = time.monotonic()
+        idle_at = await wait_idle(workers, done, timeout_s=30)
+        sessions = [r["session_id"] for w in workers for r in (await w.records(http))["worker"]]
+    assert any(sessions), "the burst ran in sessions"
+    assert idle_at - done <= LEASE["idle_close_s"] + REPORT_S + SLACK_S, idle_at - done
+
+
+@pytest.mark.timeout(120)
+async def test_a_lost_session_end_frees_the_worker_within_the_bound(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Every ``/session/end`` is dropped on purpose (never sent): the worker frees itself at
+    the sessions' expiry, which the daemon keeps within max(session_end_bound_s, 2 x the
+    lifetime + 5 s) of the last job's start, plus the worker's sweep. Jobs of 1 s deadline:
+    lifetime 10 s (2 sweep margins), so the bound is 25 s; without it the 8 jobs' starts
+    would carry one session's expiry 90 s ahead."""
+    dropped: list[str] = []
+
+    async def drop(ready: Ready, session_id: str) -> None:
+        dropped.append(session_id)
+        raise WorkerGone("dropped on purpose by the test")
+
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 1, ENDPOINT) as (worker,),
+        daemon_for(emulator.autoscaler_url, max_concurrency=1) as daemon,
+    ):
+        daemon.service.dispatchers[ENDPOINT].leasing._forwarder.end_session = drop  # type: ignore[method-assign]
+        for n in range(8):  # one after the other: each start extends the session it runs on
+            job_id = await submit(http, daemon, payload={"cost": 100, "n": n}, timeout_s=1)
+            job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 10)
+            assert job["status"] == "succeeded", job
+        last_start = time.monotonic()
+        lifetime = 2 * SESSION_MARGIN_S
+        bound = max(LEASE["session_end_bound_s"], 2 * lifetime + SESSION_MARGIN_S)
+        idle_at = await wait_idle([worker], last_start, bound + SWEEP_S + REPORT_S + 30)
+        calls = list(dropped)
+    ended = set(calls)
+    assert ended, "the sessions' end calls were dropped"
+    counts = [calls.count(s) for s in ended]  # the last one may still be trying
+    assert max(counts) == END_ATTEMPTS, calls  # each tried again, a bounded number of times
+    assert all(count <= END_ATTEMPTS for count in counts), calls
+    assert idle_at - last_start <= bound + SWEEP_S + REPORT_S + SLACK_S, idle_at - last_start

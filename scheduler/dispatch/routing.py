@@ -461,6 +461,8 @@ class Routing:
             poll = ctx.config.poll
             delay = ctx.backoff(waits)
             await asyncio.sleep(min(delay, FOLLOWER_CHECK_S) if following else delay)
+            if not len(ctx.queue):
+                break  # the backlog went while it slept: no call for nothing
             following = not await self._fleet.may_route(ctx.name, self.poll_ttl_s())
             if following:
                 continue  # another replica polls for the fleet: wait for its worker

@@ -283,3 +283,31 @@ async def test_a_refusal_with_nothing_waiting_is_not_ready_only_for_its_back_off
     assert (code, body["status"]) == (503, "route_refused")
     assert after == (200, {"status": "ready"})
     assert len(spy.received) == 1
+
+
+async def test_a_waiting_batch_stops_asking_once_its_jobs_are_gone(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Vast never names a worker again: the WAITING batches' jobs expire at their deadline
+    (reserved jobs are not in the queue, whose sweep would expire them) and no index is
+    asked with after that."""
+    async with serving_worker(SessionWorker([200], delay_s=6.0)) as slow:
+        autoscaler = HoldingAutoscaler(slow.url, slow.url)
+        async with serving(autoscaler, "/route/"):
+            endpoint = {"capacity": NO_LIMITS, "batch": {"max_jobs": 2},
+                        "max_route_inflight": 4}  # fmt: skip
+            async with running_daemon(daemon_config(autoscaler.url, {"spy": endpoint})) as daemon:
+                jobs = f"{daemon.url}/v1/endpoints/spy/jobs"
+                await submit_many(http, jobs, 1)
+                await wait_until(lambda: len(slow.answered) == 1)
+                body = {"payload": {}, "timeout_s": 1.5}
+                rest = await submit_many(http, jobs, 8, body=body, concurrency=1)
+                await wait_all_finished(daemon, rest, timeout_s=4)  # the slow job holds 6 s
+                expired = [daemon.service.get(job_id) for job_id in rest]
+                await asyncio.sleep(0.3)  # a call sent as the last job expired is answered
+                calls = len(autoscaler.issued) + len(autoscaler.carried)
+                await asyncio.sleep(1.0)
+                later = len(autoscaler.issued) + len(autoscaler.carried)
+    assert len(autoscaler.issued) >= 2
+    assert all(job is not None and job.status == "expired" for job in expired)
+    assert later == calls

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.integration.harness import (
@@ -31,6 +32,7 @@ from tests.integration.spies import (
     serving_worker,
     waiting_answer,
 )
+from tests.integration.test_openapi import validator_for
 
 FAST_POLL = {"initial_s": 0.05, "max_s": 0.2}  # what route errors other than refusals wait
 BIG_COST = 10_000  # a session answer with room for many jobs: a 429 does not empty it
@@ -136,16 +138,18 @@ async def readyz(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, 
         return resp.status, await resp.json()
 
 
+@pytest.mark.parametrize(("status", "kind"), [(401, "unauthorized"), (400, "bad_request")])
 async def test_a_refused_poller_backs_off_and_the_daemon_says_not_ready_until_vast_answers(
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession, status: int, kind: str
 ) -> None:
-    """No worker yet (WAITING), then Vast refuses the key (401): the poller's calls back off
-    (not the poll's 0.05-0.2 s), /readyz is 503 with the reason and /v1/status names the
-    error and since when; the job waits, and runs once Vast answers again."""
+    """No worker yet (WAITING), then Vast refuses the calls (a bad key, a bad request): the
+    poller's calls back off (not the poll's 0.05-0.2 s), /readyz is 503 with the reason and
+    /v1/status names the error and since when (both as the OpenAPI spec says); the job waits,
+    and runs once Vast answers again."""
     async with serving_worker(SessionWorker([200])) as worker:
-        refused = (401, {"error": "invalid api key"}, {})
+        refused = (status, {"error": "refused"}, {})
         async with serving(SpyServer([(200, waiting_answer(7), {}), refused]), "/route/") as spy:
-            endpoint = {"route_backoff": {"initial_s": 0.2, "max_s": 0.8}, "poll": FAST_POLL}
+            endpoint = {"route_backoff": {"initial_s": 0.2, "max_s": 1.6}, "poll": FAST_POLL}
             async with running_daemon(daemon_config(spy.url, {"spy": endpoint})) as daemon:
                 [job_id] = await submit_many(http, f"{daemon.url}/v1/endpoints/spy/jobs", 1)
                 await wait_until(lambda: len(spy.received) >= 2)
@@ -154,18 +158,23 @@ async def test_a_refused_poller_backs_off_and_the_daemon_says_not_ready_until_va
                 calls = [r.at for r in spy.received if r.at >= started]
                 code, ready_body = await readyz(http, daemon.url)
                 async with http.get(f"{daemon.url}/v1/status") as resp:
-                    trouble = (await resp.json())["endpoints"]["spy"]["route_error"]
+                    status_body = await resp.json()
+                async with http.get(f"{daemon.url}/openapi.json") as resp:
+                    spec = await resp.json()
                 spy.script[:] = [ready(worker.url)]
                 await wait_all_finished(daemon, [job_id], timeout_s=10)
                 job = daemon.service.status()["endpoints"]["spy"]
                 after = await readyz(http, daemon.url)
-    # 0.1-0.2, 0.2-0.4, then 0.4-0.8 apart: at most 6 calls in 2.5 s (at ~5-20/s before)
+    # at least 0.1, 0.2, 0.4, 0.8, 0.8 s apart: at most 6 calls in 2.5 s (~15 at the poll's)
     assert 2 <= len(calls) <= 6, Calls(calls).gaps()
     assert all(r.body["request_idx"] == 7 for r in spy.received[1:])  # the poller's own
+    validator_for(spec, "Health").validate(ready_body)
+    validator_for(spec, "Status").validate(status_body)
+    trouble = status_body["endpoints"]["spy"]["route_error"]
     assert code == 503
     assert ready_body["status"] == "route_refused"
-    assert "endpoint spy: route calls refused (unauthorized)" in ready_body["reason"]
-    assert trouble["kind"] == "unauthorized"
+    assert f"endpoint spy: route calls refused ({kind})" in ready_body["reason"]
+    assert trouble["kind"] == kind
     assert trouble["refused"] is True
     assert trouble["streak"] >= 2
     assert trouble["for_s"] >= 2.0

@@ -98,13 +98,16 @@ class SessionClock:
 
 def session_lifetime(configured_s: float, deadlines: Iterable[float], now: float,
                      cap_s: float) -> float:  # fmt: skip
-    """The lifetime to open a session with: ``configured_s``, or longer so that every job at
-    hand (their ``deadlines``) would finish before a quiet session could cut it, up to
-    ``cap_s`` (beyond which a job's own deadline ends it anyway)."""
+    """The lifetime to open a session with: ``configured_s``, or longer so that a fresh
+    session takes any job at hand (their ``deadlines``, up to ``cap_s`` away): its first
+    start brings the expiry to creation + 2 lifetimes, past the deadline. Half the longest
+    deadline, not all of it: each start adds a lifetime, so a shorter one lets a session carry
+    more jobs within its bound; a later job the session no longer covers (``takes``) waits for
+    a new session instead of being cut. At least 2 sweep margins: a session opened now must be
+    live when its first job reaches the worker."""
     longest = max((deadline - now for deadline in deadlines), default=0.0)
-    # at least 2 margins: a session opened now must be live (not sweepable) when its first
-    # job reaches the worker
-    return max(configured_s, 2 * SESSION_MARGIN_S, min(cap_s, longest) + SESSION_MARGIN_S)
+    covering = (min(cap_s, longest) + SESSION_MARGIN_S) / 2 + SESSION_MARGIN_S
+    return max(configured_s, 2 * SESSION_MARGIN_S, covering)
 
 
 @dataclass(eq=False, slots=True)

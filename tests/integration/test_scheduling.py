@@ -20,7 +20,8 @@ from tests.integration.spies import SpyServer, ready_answer, serving
 
 
 async def test_steady_load_makes_few_route_calls(http: aiohttp.ClientSession) -> None:
-    async with running_emulator({"echo": {"workers": 3, "perf": 50_000}}) as emulator:
+    echo = {"workers": 3, "perf": 50_000, "service": "processor_sharing"}  # figures assume it
+    async with running_emulator({"echo": echo}) as emulator:
         config = daemon_config(emulator.autoscaler_url, {"echo": {"max_concurrency": 64}})
         async with running_daemon(config) as daemon:
             statuses = await run_many(
@@ -58,10 +59,17 @@ async def test_cold_start_one_poller_carries_the_backlog(http: aiohttp.ClientSes
 async def test_completed_cost_follows_worker_perf(http: aiohttp.ClientSession) -> None:
     # Jobs of 300 units (37-150 ms of service): the daemon's own time between a job's answer and
     # the next job's send stays a small share even on the fastest worker, held at a job or two.
-    async with running_emulator({"mixed": {"workers": 0, "workload_units": 300}}) as emulator:
+    async with running_emulator(
+        {"mixed": {"workers": 0, "workload_units": 300, "service": "processor_sharing"}}
+    ) as emulator:
         workers = [await emulator.add_worker("mixed", perf=p) for p in (2000, 4000, 8000)]
         await emulator.wait_ready("mixed", count=3, timeout_s=10)
-        endpoint = {"max_concurrency": 48, "batch": {"max_jobs": 8}, "cost": {"value": 300}}
+        # Timeouts to match the jobs: a Vast session is opened to cover the jobs' deadlines and
+        # each job start adds that lifetime to its expiry, so with the default 300 s a session
+        # would carry only ~5 starts before its renewal (lease.session_end_bound_s) and
+        # placement would follow the route answers more than the workers' measured rates.
+        endpoint = {"max_concurrency": 48, "batch": {"max_jobs": 8}, "cost": {"value": 300},
+                    "default_timeout_s": 10}  # fmt: skip
         config = daemon_config(emulator.autoscaler_url, {"mixed": endpoint})
         async with running_daemon(config) as daemon:
             statuses = await run_many(

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scheduler.config import ConfigError, parse_config
 from scheduler.core.assignments import (
     SESSION_MARGIN_S,
     LeaseLimits,
@@ -18,6 +20,7 @@ from scheduler.core.assignments import (
     SessionClock,
     session_lifetime,
 )
+from scheduler.dispatch.pinned import PinnedSession
 
 lifetimes = st.floats(1, 3600)
 bounds = st.floats(1, 86_400)
@@ -105,3 +108,30 @@ def test_a_spent_session_lease_is_renewed_not_used() -> None:
     assert placed == 3
     assert lease.retired
     assert pool.choose(1.0, 0.0, rng) is None
+
+
+def test_a_bound_below_two_lifetimes_is_refused_naming_it() -> None:
+    """A session's first job already carries its expiry 2 lifetimes ahead: a smaller bound
+    could not hold for any session (check-config says so, with the field's path)."""
+    text = "endpoints:\n  e:\n    lease: {session_lifetime_s: 600, session_end_bound_s: 900}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={})
+    wanted = "session_end_bound_s must be >= 2 x session_lifetime_s"
+    problems = info.value.problems
+    assert any(wanted in p and "endpoints.e.lease" in p for p in problems), problems
+    assert parse_config(text.replace("900", "1200"), env={}).endpoints["e"].lease
+
+
+def test_a_caller_session_expires_by_the_workers_rule() -> None:
+    """``expires_in_s`` of a caller session: creation + lifetime, + lifetime at each job's
+    start (not at its end: a job that ends late gives nothing back), less the sweep margin."""
+    pool = LeasePool(LeaseLimits())
+    lease = pool.make_lease("http://w", object(), ReuseMode.SESSION, 100.0, 0.0)
+    lease.session = SessionClock.opened(0.0, 60.0, 1800.0)
+    pinned = PinnedSession("ses_x", lease, 60.0)
+    assert pinned.expires_in_s(0.0) == 60.0 - SESSION_MARGIN_S
+    sent = pool.acquire(lease, 1.0, 10.0)
+    assert pinned.expires_in_s(10.0) == 120.0 - SESSION_MARGIN_S - 10.0
+    pool.release(lease, 1.0, 100.0, True, sent)  # ends at 100 s: the expiry stays 120 s
+    assert pinned.expires_in_s(100.0) == 120.0 - SESSION_MARGIN_S - 100.0
+    assert pinned.expired(120.0 - SESSION_MARGIN_S)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from scheduler.api.auth import auth_middleware
 from scheduler.api.context import CONFIG, ENDPOINT_KEYS, METRICS, SERVICE, VAST_WORKERS
 from scheduler.api.errors import METRICS_HOOK, api_middleware
+from scheduler.api.frontdoor_state import FRONTDOOR, new_frontdoor
 from scheduler.api.reload import redact_new_secrets
 from scheduler.api.routes import add_routes
 from scheduler.config import AppConfig
@@ -58,6 +59,7 @@ def create_app(config: AppConfig, clock: Callable[[], float] = time.monotonic) -
     metrics = Metrics(CollectorRegistry(), package_version())
     app[METRICS] = metrics
     app[METRICS_HOOK] = lambda request, code, _: count_request(metrics, request, code)
+    app[FRONTDOOR] = new_frontdoor()
     add_routes(app)
     app.cleanup_ctx.append(embedded_emulator)
     app.cleanup_ctx.append(lambda a: scheduler_context(a, clock))

@@ -23,6 +23,9 @@ from scheduler.config import AuthConfig, TokenConfig
 log = structlog.get_logger("scheduler.auth")
 CHALLENGE = 'Bearer realm="vast-scheduler"'
 MAX_TOKEN_CHARS = 4096
+# Routes that check their own credentials (the front door's /session/get and /session/end,
+# which the official client calls with an empty key and the session's signed ticket).
+SELF_AUTHENTICATED_ROUTES = frozenset({"vast_session_get", "vast_session_end"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,8 @@ class Authenticator:
         path), so no spelling of a path can reach a protected handler as an open one."""
         resource = request.match_info.route.resource
         if resource is not None and resource.canonical in self.open_paths:
+            return None
+        if request.match_info.route.name in SELF_AUTHENTICATED_ROUTES:
             return None
         token = bearer_token(request)
         principal = None if token is None else self.table.lookup(token)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from scheduler.api import admin, jobs, openapi, sessions, status_page, streaming
+from scheduler.api import (
+    admin,
+    frontdoor,
+    frontdoor_sessions,
+    jobs,
+    openapi,
+    sessions,
+    status_page,
+    streaming,
+)
 
 ENDPOINT = r"{endpoint:[A-Za-z0-9][A-Za-z0-9._-]{0,127}}"
 
@@ -28,3 +37,18 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", admin.metrics, name="metrics")
     app.router.add_get("/openapi.json", openapi.openapi_json, name="openapi")
     app.router.add_post("/v1/admin/reload", admin.reload_config, name="admin_reload")
+    add_frontdoor_routes(app)
+
+
+def add_frontdoor_routes(app: web.Application) -> None:
+    """What ``vastai``'s client asks of ``webserver_url`` and ``autoscaler_url``."""
+    app.router.add_get("/api/v0/endptjobs/", frontdoor.list_endpoints, name="vast_endpoints")
+    app.router.add_get("/api/v0/endptjobs/{endpoint_id}/", frontdoor.get_endpoint,
+                       name="vast_endpoint")  # fmt: skip
+    app.router.add_post("/route/", frontdoor.route, name="vast_route")
+    worker = f"{frontdoor.PREFIX}/{ENDPOINT}"
+    app.router.add_post(f"{worker}/session/get", frontdoor_sessions.get_session,
+                        name="vast_session_get")  # fmt: skip
+    app.router.add_post(f"{worker}/session/end", frontdoor_sessions.end_session,
+                        name="vast_session_end")  # fmt: skip
+    app.router.add_post(f"{worker}/{{tail:[\\s\\S]*}}", frontdoor.worker_call, name="vast_worker")

@@ -50,13 +50,19 @@ async def run_job(request: web.Request) -> web.StreamResponse:
     return await stream_job(request, sub, "sync")
 
 
-async def proxy(request: web.Request) -> web.StreamResponse:
+def endpoint_and_route(request: web.Request) -> tuple[str, str]:
+    """The configured endpoint (else 404) and the worker route of a ``.../{endpoint}/{tail}``
+    URL (else 422 naming ``route``)."""
     endpoint = request.match_info["endpoint"]
     request.app[SERVICE].dispatcher(endpoint)
     try:
-        route = check_worker_route("/" + request.match_info["tail"])
+        return endpoint, check_worker_route("/" + request.match_info["tail"])
     except ValueError as exc:
         raise ApiError(422, "invalid_field", f"route: {exc}", "route") from exc
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    endpoint, route = endpoint_and_route(request)
     payload = await read_json(request)
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_field", "body: must be a JSON object", "body")

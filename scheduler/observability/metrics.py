@@ -15,6 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from scheduler.core.frontdoor_sign import REFUSALS
+
 DURATION_BUCKETS_S = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -186,6 +188,13 @@ class Metrics:
         # shared store (Redis); op: enqueue, claim, finish, requeue, touch, reclaim, cancel,
         # get, backlog, listen
         self.store_errors = counter("store_errors", "Failed shared job store operations", ["op"])
+        # the Vast-compatible front door: tickets (signed route answers) refused with 401;
+        # reason: malformed, bad_signature (forged or tampered), mismatch, expired, replayed
+        self.frontdoor_refusals = counter(
+            "frontdoor_refusals", "Front-door tickets refused by reason", ["reason"]
+        )
+        for reason in REFUSALS:
+            self.frontdoor_refusals.labels(reason)
 
     def series(self, metric: Metric, *values: str) -> Metric:
         """``metric.labels(*values)``, bound once: on a per-request path ``.labels()`` costs

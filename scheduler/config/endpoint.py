@@ -116,9 +116,10 @@ class LeaseConfig(Model):
     # worker's 5 s sweep, and at least 2 lifetimes + 5 s): every request start moves the
     # worker's expiry one lifetime on, and no job starts on a session past this bound (a new
     # session takes over). Each new session is a route call and a /session/create, and a
-    # lifetime covers the jobs' deadlines (5 min by default), so a bound of N lifetimes is
-    # about N jobs per session: 30 min made a busy batching worker open a session every 5
-    # jobs (0.3 route calls per job, throughput a third). 6 h: ~70 jobs per session.
+    # lifetime covers half the jobs' longest deadline (5 min by default: ~160 s), so a bound
+    # of N lifetimes is about N jobs per session: 30 min (with whole-deadline lifetimes) made
+    # a busy batching worker open a session every 5 jobs (0.3 route calls per job, throughput
+    # a third). 6 h: ~135 jobs per session.
     session_end_bound_s: float = Field(21600.0, gt=0)
     min_budget_fraction: float = Field(0.05, gt=0, le=1)
     sequential_rest_s: float = Field(0.1, ge=0, le=10)

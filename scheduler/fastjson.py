@@ -34,7 +34,9 @@ def loads(raw: bytes) -> Any:
 
 def dumps(value: Any) -> bytes:
     """What ``json.dumps(value, separators=(",", ":")).encode()`` gives, compact and ASCII only,
-    up to the spelling of floats (``0.00001`` for ``1e-05``: the same number)."""
+    up to the spelling of floats (``0.00001`` for ``1e-05``: the same number) and of DEL
+    (``\x7f`` raw where the standard library writes ``\u007f``: JSON escapes only controls
+    below 0x20, so both are the same string)."""
     try:
         encoded = orjson.dumps(value)
     except TypeError:  # an integer past 64 bits, a lone surrogate

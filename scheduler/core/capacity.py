@@ -124,7 +124,11 @@ class _Round:
     started_at: float
     held_s: float = 0.0  # integral of jobs held over the round's time (job-seconds)
     completions: int = 0  # of jobs sent in this round
-    latency_per_cost: float = 0.0  # summed over its counted successes (s per unit of cost)
+    # Over its counted successes: latencies (s) and costs; their ratio is the latency per unit
+    # of cost that Little's law wants (a mean of each job's ratio would weigh a small job's
+    # fixed overheads as much as a large job's work).
+    latency_s: float = 0.0
+    cost: float = 0.0
     samples: int = 0
     blocked: bool = False  # a job waited in the daemon because of this worker's limit
     peak: int = 0  # the most jobs held at once during the round
@@ -236,16 +240,18 @@ class Capacity:
         latency_s = now - sent.at
         counts = sent.counted or not current.blocked  # an unheld round: every job is its state
         if succeeded and counts and latency_s > 0 and cost > 0 and math.isfinite(cost):
-            current.latency_per_cost += latency_s / cost
+            current.latency_s += latency_s
+            current.cost += cost
             current.samples += 1
         if current.completions < self._round_length(state):
             return None
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
             return None  # no job sent at the limit has ended yet
         if current.samples:
-            mean = current.latency_per_cost / current.samples
+            per_cost = current.latency_s / current.cost
             for at, job_cost in current.running.values():
-                current.latency_per_cost += max(mean, (now - at) / job_cost)
+                current.latency_s += max(per_cost * job_cost, now - at)
+                current.cost += job_cost
             current.samples += len(current.running)
         state.epoch += 1
         state.round = _Round(now)
@@ -266,7 +272,7 @@ class Capacity:
         elapsed = now - done.started_at
         if not done.samples or elapsed <= 0:
             return None  # nothing to learn from (failures only)
-        latency = done.latency_per_cost / done.samples
+        latency = done.latency_s / done.cost
         rate = done.held_s / elapsed / latency
         p = self.policy
         state.floor = (

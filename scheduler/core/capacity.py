@@ -11,14 +11,13 @@ The controller measures each worker in rounds and climbs its throughput curve, i
 BBR and of Envoy's adaptive concurrency filter. A round is the turnover of the jobs sent at the
 current limit (``limit`` of them completed), so that a verdict on a limit rests on jobs that
 ran under it. Its throughput comes from Little's law: jobs held on average over the round,
-over its jobs' mean latency per unit of cost. With jobs alike that is the delivered cost per
-second; with mixed sizes it still rises with concurrency on a batching worker (each job's
-latency is proportional to its cost) and not on a FIFO one (small jobs wait behind large ones),
-and unlike counting completed cost it does not swing with which jobs happened to finish in the
-round. Only
-jobs sent into a worker already at the limit count: the first ones after a raise meet a worker
-emptier than the limit will keep it, and would make a FIFO worker look faster at two jobs than
-at one.
+over its jobs' latency per unit of cost (their latencies' sum over their costs' sum). With
+jobs alike that is the delivered cost per second; with mixed sizes it still rises with
+concurrency on a batching worker (each job's latency is proportional to its cost) and not on a
+FIFO one (small jobs wait behind large ones), and unlike counting completed cost it does not
+swing with which jobs happened to finish in the round. Only jobs sent into a worker already at
+the limit count: the first ones after a raise meet a worker emptier than the limit will keep
+it, and would make a FIFO worker look faster at two jobs than at one.
 
 * **Start-up.** From ``initial_limit`` the limit doubles after every round in which the worker
   was held at its limit (jobs waited in the daemon for it) while delivered throughput grew by

@@ -55,9 +55,10 @@ class EmulatedEndpoint(_Frozen):
     Service model (``service``; ``perf`` is the rate of one request alone, cost units/s, so
     a request alone always takes ``workload / perf`` seconds):
 
-    - ``processor_sharing`` (default): n requests in flight each progress at ``perf / n``;
-    - ``fifo``: one request at a time at ``perf``, the others wait in arrival order (the
-      official worker with ``allow_parallel_requests=False``, or a one-at-a-time model);
+    - ``fifo`` (default): one request at a time at ``perf``, the others wait in arrival
+      order (the official worker's default, ``allow_parallel_requests=False``; a model that
+      serves one at a time);
+    - ``processor_sharing``: n requests in flight each progress at ``perf / n``;
     - ``batching``: a continuous-batching inference server (vLLM, TGI): up to ``max_batch``
       requests progress at once, each at ``perf / (1 + batch_slowdown * (n - 1))`` with n
       the number in the batch; the rest wait FIFO and join as soon as a slot frees.
@@ -129,7 +130,7 @@ class EmulatedEndpoint(_Frozen):
     cold_start_s: float = Field(default=0.0, ge=0)
     max_queue_time_s: float = Field(default=30.0, gt=0)
     max_sessions: int = Field(default=10, ge=0)
-    service: ServiceModel = "processor_sharing"
+    service: ServiceModel = "fifo"
     max_batch: int = Field(default=32, ge=1, le=4096)
     batch_slowdown: float = Field(default=0.02, ge=0, le=1)
     benchmark_concurrency: int = Field(default=10, ge=1, le=4096)

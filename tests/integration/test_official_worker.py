@@ -22,6 +22,7 @@ from official_worker import (
     SKIP_REASON,
     OfficialWorker,
     calls_running,
+    calls_started,
     official_worker,
     vastai_installed,
 )
@@ -58,12 +59,20 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> 
             await asyncio.sleep(0.05)
 
 
-async def test_routed_request_gets_200_and_is_reported_finished(official: Shared) -> None:
+# Both of the worker's modes: /generate (allow_parallel_requests=True) and /fifo (its
+# default, allow_parallel_requests=False: one request at a time, the rest queued in order).
+MODES = pytest.mark.parametrize("path", ["/generate", "/fifo"], ids=["parallel", "fifo"])
+
+
+@MODES
+async def test_routed_request_gets_200_and_is_reported_finished(
+    official: Shared, path: str
+) -> None:
     emu, http, worker = official
     answer = await routed(http, emu, cost=100)
     assert answer["url"] == worker.url
     payload = {"cost": 100, "sleep_s": 0, "prompt": "hello"}
-    assert await call_worker(http, answer, payload) == (200, {"echo": payload})
+    assert await call_worker(http, answer, payload, path=path) == (200, {"echo": payload})
 
     def finished_ok() -> bool:
         done = [r for r in worker.finished() if r["request_idx"] == answer["request_idx"]]
@@ -72,16 +81,17 @@ async def test_routed_request_gets_200_and_is_reported_finished(official: Shared
     await eventually(finished_ok)
 
 
-async def test_tampered_signature_gets_401(official: Shared) -> None:
+@MODES
+async def test_tampered_signature_gets_401(official: Shared, path: str) -> None:
     emu, http, worker = official
     answer = await routed(http, emu, cost=100)
     tampered = {**answer, "signature": answer["signature"][:-8] + "AAAAAAA="}
-    assert (await call_worker(http, tampered, {"sleep_s": 0}))[0] == 401
+    assert (await call_worker(http, tampered, {"sleep_s": 0}, path=path))[0] == 401
     moved = {**answer, "url": worker.url + "/"}  # the signature covers the URL only
     envelope = {"auth_data": moved, "session_id": None, "payload": {"sleep_s": 0}}
-    async with http.post(f"{worker.url}/generate", json=envelope) as resp:
+    async with http.post(f"{worker.url}{path}", json=envelope) as resp:
         assert resp.status == 401
-    assert (await call_worker(http, answer, {"sleep_s": 0}))[0] == 200
+    assert (await call_worker(http, answer, {"sleep_s": 0}, path=path))[0] == 200
 
 
 async def test_session_carries_two_concurrent_requests(official: Shared) -> None:
@@ -109,6 +119,36 @@ async def test_session_carries_two_concurrent_requests(official: Shared) -> None
     ended_at = time.monotonic()
     assert (await call_worker(http, answer, payloads[0], session_id=session_id))[0] == 410
     await worker.wait_for_report(lambda b: b["cur_load"] == 0, since=ended_at)
+
+
+async def test_fifo_session_serves_its_requests_one_at_a_time(official: Shared) -> None:
+    """The FIFO mode (the worker's default) queues a session's requests like any others:
+    the second starts only when the first ends. The emulator's ``fifo`` service does the
+    same (test_emulator_worker.py)."""
+    emu, http, worker = official
+    answer = await routed(http, emu, cost=300)
+    body = {"auth_data": answer, "payload": {"lifetime": 30}}
+    async with http.post(f"{worker.url}/session/create", json=body) as resp:
+        assert resp.status == 201
+        session_id = (await resp.json())["session_id"]
+    payloads = [{"cost": 50, "hold": f"fifo-{n}", "n": 10 + n} for n in range(2)]
+    first = asyncio.create_task(
+        call_worker(http, answer, payloads[0], path="/fifo", session_id=session_id)
+    )
+    await worker.wait_for_records(http, lambda r: calls_running(r) == {10})
+    second = asyncio.create_task(
+        call_worker(http, answer, payloads[1], path="/fifo", session_id=session_id)
+    )
+    await asyncio.sleep(0.5)  # time for the second to reach the model, were it passed on
+    assert 11 not in calls_started(await worker.records(http))
+    await worker.release(http, "fifo-0")
+    assert await first == (200, {"echo": payloads[0]})
+    await worker.wait_for_records(http, lambda r: calls_running(r) == {11})
+    await worker.release(http, "fifo-1")
+    assert await second == (200, {"echo": payloads[1]})
+    end = {"session_id": session_id, "session_auth": answer}
+    async with http.post(f"{worker.url}/session/end", json=end) as resp:
+        assert resp.status == 200
 
 
 async def test_two_requests_on_one_answer_are_one_entry_in_the_workers_books(
@@ -145,11 +185,12 @@ async def test_two_requests_on_one_answer_are_one_entry_in_the_workers_books(
     assert (await second)[0] == 200
 
 
-async def test_in_flight_request_is_reported_in_cur_load(official: Shared) -> None:
+@MODES
+async def test_in_flight_request_is_reported_in_cur_load(official: Shared, path: str) -> None:
     emu, http, worker = official
     answer = await routed(http, emu, cost=250)
     sent_at = time.monotonic()
-    status, _ = await call_worker(http, answer, {"cost": 250, "sleep_s": 2.0})
+    status, _ = await call_worker(http, answer, {"cost": 250, "sleep_s": 2.0}, path=path)
     done_at = time.monotonic()
     assert status == 200
     during = [

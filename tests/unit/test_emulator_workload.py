@@ -175,7 +175,7 @@ def test_benchmark_perf_is_the_throughput_at_the_benchmark_concurrency() -> None
 
 
 def test_service_settings_and_the_parallel_alias() -> None:
-    assert EmulatedEndpoint().service == "processor_sharing"
+    assert EmulatedEndpoint().service == "fifo"  # the official worker's default
     assert EmulatedEndpoint.model_validate({"parallel": True}).service == "processor_sharing"
     assert EmulatedEndpoint.model_validate({"parallel": False}).service == "fifo"
     both = {"parallel": False, "service": "fifo"}

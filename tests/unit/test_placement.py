@@ -85,16 +85,21 @@ def serve_shared(perf: float, arrivals: list[tuple[float, float]], meters: list[
     remaining: dict[int, float] = {}
     costs = [cost for _, cost in arrivals]
     now, nxt = 0.0, 0
-    while nxt < len(arrivals) or remaining:
+    # Each step takes an arrival or ends the jobs with the least work left: bounded. (Ending
+    # "whatever is within 1e-9 of zero" after the float update could miss the job, and loop.)
+    for _ in range(2 * len(arrivals) + 1):
+        if nxt >= len(arrivals) and not remaining:
+            return
         next_arrival = arrivals[nxt][0] if nxt < len(arrivals) else float("inf")
         rest = min(remaining.values()) if remaining else 0.0
         next_done = now + rest * len(remaining) / perf if remaining else float("inf")
         step_to = min(next_arrival, next_done)
+        finishing = [j for j, left in remaining.items() if left == rest] if remaining else []
         for job in remaining:
             remaining[job] -= (step_to - now) * perf / len(remaining)
         now = step_to
         if step_to == next_done:
-            for job in [j for j, left in remaining.items() if left <= rest * 1e-9]:
+            for job in finishing:
                 del remaining[job]
                 for meter in meters:
                     meter.finished("w", costs[job], now, succeeded=True)
@@ -103,6 +108,7 @@ def serve_shared(perf: float, arrivals: list[tuple[float, float]], meters: list[
             nxt += 1
             for meter in meters:
                 meter.started("w", now)
+    raise AssertionError("the simulated worker did not finish its jobs")
 
 
 @settings(max_examples=60, deadline=None)

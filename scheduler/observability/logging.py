@@ -14,6 +14,9 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 REDACTED = "[redacted]"
 # Whole words at the end of a key: "x-api-key", "access_token", "Authorization" are secret;
 # "max_tokens" or "prompt_tokens" are not.
+_QUERY_SECRET = re.compile(
+    r"([?&](?:api_key|apikey|access_token|token|key|secret|session_auth)=)[^&\s\"']+", re.IGNORECASE
+)
 _SECRET_KEYS = re.compile(
     r"(?:^|[-_])(?:api[-_]?key|token|secret|password|authorization|signature)$", re.I
 )
@@ -36,7 +39,9 @@ class Redactor:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
-            return value
+            # A key in a URL's query (the official client sends ?api_key=): masked even when it
+            # is no known secret, as a mistyped or foreign key in an access log line would be.
+            return _QUERY_SECRET.sub(rf"\1{REDACTED}", value)
         if isinstance(value, MutableMapping):
             return {k: REDACTED if _is_secret_key(k) else self.scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

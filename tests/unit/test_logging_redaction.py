@@ -220,3 +220,19 @@ def test_overlapping_secrets_fully_masked() -> None:
 @pytest.mark.parametrize("key", ["x-api-key", "X-API-Key", "api-key"])
 def test_hyphenated_api_key_header_redacted(key: str) -> None:
     assert Redactor().scrub({key: "caller-own-key-123"}) == {key: REDACTED}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'GET /api/v0/endptjobs/?client_id=me&api_key=not-a-known-key-42 HTTP/1.1" 401',
+        "POST /route/?API_KEY=mistyped-token-xyz",
+        "/v1/x?token=abc123&other=1",
+    ],
+)
+def test_keys_in_a_query_string_are_masked_even_unknown(line: str) -> None:
+    scrubbed = Redactor([]).scrub(line)
+    assert REDACTED in scrubbed
+    for secret in ("not-a-known-key-42", "mistyped-token-xyz", "abc123"):
+        assert secret not in scrubbed
+    assert "client_id=me" in Redactor([]).scrub("/x?client_id=me&api_key=k")

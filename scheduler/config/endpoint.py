@@ -119,8 +119,10 @@ class LeaseConfig(Model):
     # lifetime covers half the jobs' longest deadline (5 min by default: ~160 s), so a bound
     # of N lifetimes is about N jobs per session: 30 min (with whole-deadline lifetimes) made
     # a busy batching worker open a session every 5 jobs (0.3 route calls per job, throughput
-    # a third). 6 h: ~135 jobs per session.
-    session_end_bound_s: float = Field(21600.0, gt=0)
+    # a third); 6 h (~135 starts) still renewed sessions mid-run in a 900-job bench, each
+    # renewal a route call while jobs wait (warm (f1) p99 1.8x the official client's). 24 h:
+    # ~550 starts per session.
+    session_end_bound_s: float = Field(86400.0, gt=0)
     min_budget_fraction: float = Field(0.05, gt=0, le=1)
     sequential_rest_s: float = Field(0.1, ge=0, le=10)
 

@@ -151,7 +151,8 @@ async def test_worker_limits_keep_a_fifo_worker_under_its_queue_time(
     http: aiohttp.ClientSession,
 ) -> None:
     """The same overloadable workers with the limits on (the default): each holds a job or two,
-    so the worker's queue never reaches max_queue_time and nothing is refused."""
+    so the worker's queue never reaches max_queue_time and nothing is refused. A limit read
+    while it is being probed may be one step (to 3) above the settled one."""
     async with running_emulator({"busy": OVERLOADABLE}) as emulator:
         endpoint = {"reuse": "sequential", "max_attempts": 50}
         config = daemon_config(emulator.autoscaler_url, {"busy": endpoint})
@@ -159,11 +160,12 @@ async def test_worker_limits_keep_a_fifo_worker_under_its_queue_time(
             statuses = await run_many(
                 http, f"{daemon.url}/v1/endpoints/busy/run", 200, concurrency=16
             )
-            limits = [w["limit"] for w in daemon.service.status()["endpoints"]["busy"]["workers"]]
+            workers = daemon.service.status()["endpoints"]["busy"]["workers"]
+            limits = [(w["limit"], w["phase"]) for w in workers]
     assert statuses == [200] * 200
     assert sum(w.counters.by_status.get(429, 0) for w in emulator.workers("busy")) == 0
     assert limits, "no leased worker"
-    assert all(limit <= 2 for limit in limits), limits
+    assert all(limit <= (3 if phase == "probing" else 2) for limit, phase in limits), limits
 
 
 async def test_worker_killed_mid_run_loses_no_job(http: aiohttp.ClientSession) -> None:

@@ -25,6 +25,7 @@ from bench.scenarios import (
     DIRECT,
     OFFICIAL,
     RUN,
+    VIA,
     Ctx,
     Load,
     Stage,
@@ -247,13 +248,14 @@ async def _three_systems(
     concurrency: int,
     prepare: Callable[[Stage], Awaitable[None]] = _all_ready,
     warm_jobs: list[Job] | None = None,
+    kinds: Sequence[str] = (DIRECT, OFFICIAL, RUN),
 ) -> list[dict[str, Any]]:
     async def warmup(system: System) -> None:  # not measured, the same for every system
         if warm_jobs:
             await closed_loop(system, warm_jobs, concurrency, 120)
 
     return await run_systems(
-        ctx, [DIRECT, OFFICIAL, RUN], emulator, ENDPOINT, WORKERS, concurrency, variant, load,
+        ctx, list(kinds), emulator, ENDPOINT, WORKERS, concurrency, variant, load,
         prepare, warmup if warm_jobs else None,
     )  # fmt: skip
 
@@ -276,12 +278,17 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
     fixed = [100.0] * fixed_count
     mixed = mixed_costs(mixed_count, ctx.seed)
     v1, v2 = f"f1 cost 100, c={CONCURRENCY}", f"f2 cost 20/400, c={CONCURRENCY}"
+    # The official client through the daemon's front door runs beside the others here (issue
+    # 17): the batching fleet is where the daemon's limits matter most.
+    kinds = (DIRECT, OFFICIAL, RUN, VIA)
     runs = await _three_systems(
-        ctx, emulator, v1, closed_load(cost_jobs(fixed), CONCURRENCY, 120), CONCURRENCY
-    )
+        ctx, emulator, v1, closed_load(cost_jobs(fixed), CONCURRENCY, 120), CONCURRENCY,
+        kinds=kinds,
+    )  # fmt: skip
     runs += await _three_systems(
-        ctx, emulator, v2, closed_load(cost_jobs(mixed), CONCURRENCY, 120), CONCURRENCY
-    )
+        ctx, emulator, v2, closed_load(cost_jobs(mixed), CONCURRENCY, 120), CONCURRENCY,
+        kinds=kinds,
+    )  # fmt: skip
     # The same loads after a warm-up that is not counted (as in (a)): a long-running daemon's
     # steady state, its limits learnt; the cold runs above include the daemon's ramp.
     w1, w2 = f"{v1}, warm", f"{v2}, warm"
@@ -292,8 +299,9 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
     ):
         load = closed_load(cost_jobs(costs), CONCURRENCY, 120)
         runs += await _three_systems(
-            ctx, emulator, variant, load, CONCURRENCY, warm_jobs=cost_jobs(warm_costs)
-        )
+            ctx, emulator, variant, load, CONCURRENCY, warm_jobs=cost_jobs(warm_costs),
+            kinds=kinds,
+        )  # fmt: skip
     ceilings = {v1: ceiling(fixed), v2: ceiling(mixed), w1: ceiling(fixed), w2: ceiling(mixed)}
     for run in runs:
         top = ceilings[run["variant"]]["jobs_per_s"]
@@ -344,6 +352,13 @@ def _f_targets(
                          "jobs/s")  # fmt: skip
     out += _ratio_target("(f2) p50 <= 1.0x official", run2, off2, _p50, 1.0, False, "ms")
     out += _ratio_target("(f2) p99 <= 1.0x official", run2, off2, _p99, 1.0, False, "ms")
+    for variant, label in ((v1, "(f1)"), (v2, "(f2)")):
+        via, run = (
+            _by(runs, variant, "vast-scheduler (official"),
+            _by(runs, variant, "vast-scheduler (run)"),
+        )
+        out += _ratio_target(f"{label} official client through the daemon >= 0.9x the run API",
+                             via, run, _throughput, 0.9, True, "jobs/s")  # fmt: skip
     for item in out:
         item["target"] = item["target"].replace(")", f"{warm})", 1)
     return out

@@ -174,6 +174,9 @@ def admitted_finish(
 
 
 BUSY_ALPHA = 0.05  # decay of the per-worker busy-rate sums, per completion (see tests)
+# Idle workers whose expected finish is within this share of the best one are alike: the one
+# used last gets the job (``LeasePool._packed``).
+PACK_TOLERANCE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,12 +307,35 @@ class LeasePool:
         rates = {url: self.meter.throughput(url) for url in room if url not in at_limit}
         if len(rates) > 1 and None in rates.values():
             return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput, until)
-        best_finish, chosen = float("inf"), None
+        finishes: dict[str, float] = {}
         for url, rate in rates.items():
             finish = admitted_finish(*loads.get(url, (0.0, 0)), cost, rate, horizon_s)
-            if finish is not None and finish < best_finish:
-                best_finish, chosen = finish, room[url]
-        return HOLD if chosen is None else chosen
+            if finish is not None:
+                finishes[url] = finish
+        if not finishes:
+            return HOLD
+        earliest = min(finishes, key=finishes.__getitem__)
+        return room[self._packed(earliest, finishes, loads)]
+
+    def _packed(
+        self, best: str, finishes: dict[str, float], loads: dict[str, tuple[float, int]]
+    ) -> str:
+        """When the earliest finish is on an idle worker, the idle worker used last among those
+        about as fast (within ``PACK_TOLERANCE``): light load then stays on few workers, and
+        the others go idle, close their leases (their sessions end) and can be scaled down by
+        Vast, which keeps a worker whose session is open. Measured rates of alike workers
+        differ by noise; left to it, light load spreads over every worker it ever met."""
+        if loads.get(best, (0.0, 0))[1]:
+            return best
+        bound = finishes[best] * (1 + PACK_TOLERANCE) + EPSILON
+        idle = [u for u, f in finishes.items() if f <= bound and not loads.get(u, (0.0, 0))[1]]
+        if len(idle) < 2:
+            return best
+        last_used: dict[str, float] = {}
+        for lease in self._leases.values():
+            url = lease.worker_url
+            last_used[url] = max(last_used.get(url, 0.0), lease.last_used)
+        return max(idle, key=lambda url: (last_used.get(url, 0.0), -finishes[url]))
 
     def _at_limit(
         self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float

@@ -187,6 +187,29 @@ def test_choose_weighs_work_in_flight_on_every_lease_of_a_worker() -> None:
     assert pool.choose(100.0, 1.0, RNG, horizon_s=HORIZON_S) is leases["slow"]
 
 
+def test_light_load_stays_on_the_alike_idle_worker_used_last() -> None:
+    """Idle workers within 25% of each other's rate are alike: the one used last takes the
+    job, so light load keeps to few workers and the others go idle (their leases close, Vast
+    can stop them). Without the rule the measured-fastest (b) would take every job."""
+    pool, leases = fleet({"a": 10_000.0, "b": 11_000.0, "c": 9_000.0})
+    now = 2.0
+    for _ in range(4):
+        chosen = pool.choose(100.0, now, RNG) if now > 2.0 else leases["c"]
+        assert chosen is leases["c"]
+        sent = pool.acquire(chosen, 100.0, now)
+        pool.release(chosen, 100.0, now + 100.0 / 9_000.0, succeeded=True, sent=sent)
+        now += 1.0
+    # Not alike (twice as fast): the fast idle worker wins whoever was used last.
+    pool, leases = fleet({"slow": 5_000.0, "fast": 10_000.0})
+    sent = pool.acquire(leases["slow"], 100.0, 2.0)
+    pool.release(leases["slow"], 100.0, 2.02, succeeded=True, sent=sent)
+    assert pool.choose(100.0, 3.0, RNG) is leases["fast"]
+    # An idle worker still beats a busy one used last (the rule packs only idle workers).
+    pool, leases = fleet({"a": 10_000.0, "b": 10_000.0})
+    pool.acquire(leases["a"], 100.0, 2.0)
+    assert pool.choose(100.0, 2.0, RNG) is leases["b"]
+
+
 def test_choose_holds_when_every_busy_worker_is_past_the_horizon() -> None:
     pool, leases = fleet({"slow": 5_000.0, "fast": 20_000.0})
     pool.acquire(leases["slow"], 400.0, 1.0)

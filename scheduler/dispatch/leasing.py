@@ -7,14 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 from scheduler.config import EndpointConfig
-from scheduler.core.assignments import (
-    Lease,
-    LeasePool,
-    ReuseMode,
-    SessionClock,
-    session_lifetime,
-)
+from scheduler.core.assignments import Lease, LeasePool, ReuseMode
 from scheduler.core.capacity import Capacity, CapacityPolicy, Sent
+from scheduler.core.sessions import SessionClock, session_lifetime
 from scheduler.dispatch.context import (
     MAX_REMEMBERED_WORKERS,
     EndpointContext,

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scheduler.core.assignments import SESSION_MARGIN_S, Lease
+from scheduler.core.assignments import Lease
+from scheduler.core.sessions import SESSION_MARGIN_S
 from scheduler.vast.types import Ready, RouteResult, Waiting
 
 RouteCall = Callable[[float, int | None], Awaitable[RouteResult]]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from scheduler.config import EndpointConfig
 from scheduler.config.endpoint import BackoffConfig
-from scheduler.core.assignments import Lease, ReuseMode, session_cost
+from scheduler.core.assignments import Lease, ReuseMode
 from scheduler.core.backoff import (
     Backoff,
     RouteTrouble,
@@ -22,6 +22,7 @@ from scheduler.core.backoff import (
 )
 from scheduler.core.batching import BatchLimits, take_batch
 from scheduler.core.ratelimit import TokenBucket
+from scheduler.core.sessions import session_cost
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
 from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.seams import Router

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from official_worker import SKIP_REASON, OfficialWorker, official_workers, vastai_installed
 
-from scheduler.core.assignments import SESSION_MARGIN_S
+from scheduler.core.sessions import SESSION_MARGIN_S
 from scheduler.dispatch.leasing import END_ATTEMPTS
 from scheduler.vast.types import Ready, WorkerGone
 from tests.integration.harness import (

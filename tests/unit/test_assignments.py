@@ -24,14 +24,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scheduler.core.assignments import (
-    EPSILON,
-    Lease,
-    LeaseLimits,
-    LeasePool,
-    ReuseMode,
-    session_cost,
-)
+from scheduler.core.assignments import EPSILON, Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.sessions import session_cost
 
 LIMITS = LeaseLimits(ttl_s=100.0, idle_close_s=10.0, min_budget_fraction=0.05)
 TOL = 1e-6

@@ -12,14 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.config import ConfigError, parse_config
-from scheduler.core.assignments import (
-    SESSION_MARGIN_S,
-    LeaseLimits,
-    LeasePool,
-    ReuseMode,
-    SessionClock,
-    session_lifetime,
-)
+from scheduler.core.assignments import LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.sessions import SESSION_MARGIN_S, SessionClock, session_lifetime
 from scheduler.dispatch.pinned import PinnedSession
 
 lifetimes = st.floats(1, 3600)

@@ -149,6 +149,7 @@ class RouteBook:
     pending: OrderedDict[int, Waiter] = field(default_factory=OrderedDict)
     last_request_idx: int = 0
     received: dict[str, float] = field(default_factory=dict)  # reported new_load, summed
+    routed: dict[str, float] = field(default_factory=dict)  # cost of READY answers, summed
     last_route_at: dict[str, float] = field(default_factory=dict)  # last valid route call
 
     def register(
@@ -290,6 +291,7 @@ class RouteBook:
         """Route ``cost`` to ``view``; return the endpoint's next reqnum."""
         self.pending.pop(request_idx, None)
         view.routed_since_report += cost
+        self.routed[view.endpoint] = self.routed.get(view.endpoint, 0.0) + cost
         self.reqnums[view.endpoint] += 1
         return self.reqnums[view.endpoint]
 

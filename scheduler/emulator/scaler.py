@@ -62,6 +62,7 @@ class EndpointScaler:
         self._workers_of = workers_of
         self._add_worker = add_worker
         self._window = RateWindow(settings.load_window_s)
+        self._routed_window = RateWindow(settings.load_window_s)
         self._idle_since: dict[int, float] = {}
         self._last_busy: float | None = None
 
@@ -89,6 +90,7 @@ class EndpointScaler:
             backlog=reported + waiting_cost,
             since_traffic_s=now - max(traffic) if traffic else float("inf"),
             worker_perf=benchmark_perf(self.settings),
+            routed_rate=self._routed_window.add(now, self._book.routed.get(self.endpoint, 0.0)),
         )
 
     async def tick(self, now: float) -> None:

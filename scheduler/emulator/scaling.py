@@ -8,10 +8,14 @@ the seconds in which the queue should be cleared; ``inactivity_timeout`` the sec
 traffic before the endpoint can scale to zero active workers; ``max_workers`` the cap; Vast
 scales on the load workers report and the demand it holds (WAITING requests).
 
-Assumed (Vast publishes no formula): load = the workload workers report receiving
-(``new_load``) per second over the last ``window_s``; capacity wanted = the largest of
-``min_load``, load / ``target_util`` and backlog / ``target_queue_time`` (backlog = reported
-``cur_load`` of running workers + the cost of waiting requests); workers wanted = that over
+From the protocol doc (section 3): Vast scales on routed cost, pending (WAITING) cost and the
+load workers report.
+
+Assumed (Vast publishes no formula): load = the larger of the workload workers report
+receiving (``new_load``) and the cost routed to them (READY answers), each per second over the
+last ``window_s``; capacity wanted = the largest of ``min_load``, load / ``target_util`` and
+backlog / ``target_queue_time`` (backlog = reported ``cur_load`` of running workers + the cost
+of waiting requests); workers wanted = that over
 one worker's ``max_perf``, rounded up, at least one while traffic is younger than
 ``inactivity_timeout``, at most ``max_workers``.
 """
@@ -42,13 +46,14 @@ class Demand:
     backlog: float  # reported cur_load of running workers + cost of waiting requests
     since_traffic_s: float  # since the last route call or in-flight work
     worker_perf: float  # one worker's max_perf, units/s
+    routed_rate: float = 0.0  # cost routed to its workers per second (READY answers)
 
 
 def capacity_wanted(params: ScalingParams, demand: Demand) -> float:
     """Perf units/s the endpoint should have running."""
     return max(
         params.min_load,
-        demand.load_rate / params.target_util,
+        max(demand.load_rate, demand.routed_rate) / params.target_util,
         demand.backlog / params.target_queue_time_s,
     )
 

@@ -1,7 +1,7 @@
 """The emulator's autoscaler model over real sockets: starts workers for waiting demand
-(WAITING requests' cost over target_queue_time), up to max_workers, each after its cold
-start; stops them once traffic is older than inactivity_timeout and they are idle; bills
-worker-seconds from each start to its stop (``/admin/stats``). Off by default."""
+(WAITING requests' cost over target_queue_time) and for routed cost, up to max_workers, each
+after its cold start; stops them once traffic is older than inactivity_timeout and they are
+idle; bills worker-seconds from each start to its stop (``/admin/stats``). Off by default."""
 
 from __future__ import annotations
 
@@ -71,6 +71,24 @@ async def test_a_large_backlog_starts_up_to_max_workers() -> None:
         await asyncio.sleep(0.3)
         assert len(emu.workers("echo")) == 3
         assert (await stats(http, emu))["autoscale"]["wanted"] == 3
+
+
+async def test_routed_cost_starts_workers_before_any_worker_reports_it() -> None:
+    """Vast scales on routed cost (protocol doc, section 3): READY answers of 200 units every
+    0.1 s (2,000 units/s over 1,000 units/s per worker at target_util 0.9) want 3 workers,
+    though no request reaches the worker and no answer is WAITING."""
+    async with running(config(echo=SCALED)) as (emu, http):
+        held = await route(http, emu, cost=100)
+        async with asyncio.timeout(10):
+            while "url" not in await route(http, emu, 100, held["request_idx"]):
+                await asyncio.sleep(0.05)
+        for _ in range(60):  # at most 6 s
+            answer = await route(http, emu, cost=200)
+            assert "url" in answer  # never held: the worker is far from its queue limit
+            if (await stats(http, emu))["autoscale"]["starts"] >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert (await stats(http, emu))["autoscale"]["starts"] == 3
 
 
 async def test_off_by_default_the_fleet_stays_as_configured() -> None:

@@ -29,6 +29,15 @@ def test_load_over_target_util_sets_the_fleet() -> None:
     assert workers_wanted(PARAMS, demand(load_rate=901)) == 11
 
 
+def test_routed_cost_counts_as_load_when_it_exceeds_the_reported() -> None:
+    """Vast scales on routed cost too (protocol doc, section 3): a client that keeps its queue
+    and routes it in batches shows its demand there, before any worker reports it."""
+    routed = Demand(load_rate=100, backlog=0, since_traffic_s=1e9, worker_perf=100,
+                    routed_rate=900)  # fmt: skip
+    assert workers_wanted(PARAMS, routed) == 10
+    assert workers_wanted(PARAMS, demand(load_rate=100)) == 2  # without it: 100 / 0.9
+
+
 def test_backlog_is_cleared_within_target_queue_time() -> None:
     assert workers_wanted(PARAMS, demand(backlog=3000)) == 3  # 3000 units in 10 s at 100/s
 

@@ -191,10 +191,12 @@ async def test_status_page_in_headless_chromium(
         config = daemon_config(
             emulator.autoscaler_url,
             # steady without learnt limits (both jobs run on its one worker at once, and its
-            # row shows no limit); flaky learns one, and has no max_concurrency.
+            # row shows no limit); flaky learns one, and has no max_concurrency. flaky's idle
+            # lease must outlive the page's reads (two Chromium runs; the 2 s default closed
+            # it between them on a loaded machine).
             {
                 "steady": {"max_concurrency": 2, "capacity": {"enabled": False}},
-                "flaky": {"idempotent": True},
+                "flaky": {"idempotent": True, "lease": {"idle_close_s": 60}},
             },
             server={"grace_period_s": 0.5},
         )

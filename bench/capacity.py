@@ -31,8 +31,11 @@ from bench.scenarios import (
     Stage,
     _by,
     emulator_config,
+    figure_number,
+    ratio_target,
     run_systems,
     target,
+    throughput,
 )
 from bench.systems import Job, System
 
@@ -195,39 +198,12 @@ def limits_text(run: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-def _ratio_target(
-    name: str,
-    run: dict[str, Any] | None,
-    off: dict[str, Any] | None,
-    figure: Callable[[dict[str, Any]], float | None],
-    bound: float,
-    at_least: bool,
-    unit: str,
-) -> list[dict[str, Any]]:
-    if not run or not off:
-        return []
-    mine, theirs = figure(run), figure(off)
-    if not mine or not theirs:
-        return [target(name, f"missing ({mine} vs {theirs})", False)]
-    ratio = mine / theirs
-    met = ratio >= bound if at_least else ratio <= bound
-    return [target(name, f"{ratio:.2f}x ({mine:,.1f} vs {theirs:,.1f} {unit})", met)]
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _throughput(run: dict[str, Any]) -> float | None:
-    return _number(run.get("throughput_jobs_s"))
-
-
 def _p50(run: dict[str, Any]) -> float | None:
-    return _number(run["latency_ms"].get("p50"))
+    return figure_number(run["latency_ms"].get("p50"))
 
 
 def _p99(run: dict[str, Any]) -> float | None:
-    return _number(run["latency_ms"].get("p99"))
+    return figure_number(run["latency_ms"].get("p99"))
 
 
 def _no_failed(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -334,7 +310,7 @@ def _f_targets(
     warm = ", warm" if v1.endswith("warm") else ""
     out: list[dict[str, Any]] = []
     run1, off1 = _by(runs, v1, "vast-scheduler (run)"), _by(runs, v1, "official")
-    out += _ratio_target("(f1) throughput >= 1.0x official", run1, off1, _throughput, 1.0, True,
+    out += ratio_target("(f1) throughput >= 1.0x official", run1, off1, throughput, 1.0, True,
                          "jobs/s")  # fmt: skip
     if run1:
         top = ceilings[v1]["jobs_per_s"]
@@ -346,19 +322,19 @@ def _f_targets(
                 share >= 0.9,
             )
         )
-    out += _ratio_target("(f1) p99 <= 1.0x official", run1, off1, _p99, 1.0, False, "ms")
+    out += ratio_target("(f1) p99 <= 1.0x official", run1, off1, _p99, 1.0, False, "ms")
     run2, off2 = _by(runs, v2, "vast-scheduler (run)"), _by(runs, v2, "official")
-    out += _ratio_target("(f2) throughput >= 1.0x official", run2, off2, _throughput, 1.0, True,
+    out += ratio_target("(f2) throughput >= 1.0x official", run2, off2, throughput, 1.0, True,
                          "jobs/s")  # fmt: skip
-    out += _ratio_target("(f2) p50 <= 1.0x official", run2, off2, _p50, 1.0, False, "ms")
-    out += _ratio_target("(f2) p99 <= 1.0x official", run2, off2, _p99, 1.0, False, "ms")
+    out += ratio_target("(f2) p50 <= 1.0x official", run2, off2, _p50, 1.0, False, "ms")
+    out += ratio_target("(f2) p99 <= 1.0x official", run2, off2, _p99, 1.0, False, "ms")
     for variant, label in ((v1, "(f1)"), (v2, "(f2)")):
         via, run = (
             _by(runs, variant, "vast-scheduler (official"),
             _by(runs, variant, "vast-scheduler (run)"),
         )
-        out += _ratio_target(f"{label} official client through the daemon >= 0.9x the run API",
-                             via, run, _throughput, 0.9, True, "jobs/s")  # fmt: skip
+        out += ratio_target(f"{label} official client through the daemon >= 0.9x the run API",
+                             via, run, throughput, 0.9, True, "jobs/s")  # fmt: skip
     for item in out:
         item["target"] = item["target"].replace(")", f"{warm})", 1)
     return out
@@ -383,8 +359,8 @@ async def scenario_g(ctx: Ctx) -> dict[str, Any]:
         ctx, emulator, variant, closed_load(cost_jobs(costs), concurrency, 180), concurrency
     )
     run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
-    out = _ratio_target("(g) p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
-    out += _ratio_target("(g) throughput >= 0.95x official", run, off, _throughput, 0.95, True,
+    out = ratio_target("(g) p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
+    out += ratio_target("(g) throughput >= 0.95x official", run, off, throughput, 0.95, True,
                          "jobs/s")  # fmt: skip
     out.append(_no_failed("(g)", runs))
     fleet_cost_s = WORKERS * PERF
@@ -423,7 +399,7 @@ async def scenario_h(ctx: Ctx) -> dict[str, Any]:
         prepare,
     )  # fmt: skip
     run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
-    out = _ratio_target("(h) throughput >= 1.0x official", run, off, _throughput, 1.0, True,
+    out = ratio_target("(h) throughput >= 1.0x official", run, off, throughput, 1.0, True,
                         "jobs/s")  # fmt: skip
     out.append(_no_failed("(h)", runs))
     mean = sum(costs) / len(costs)

@@ -277,6 +277,35 @@ def target(name: str, measured_text: str, met: bool | None) -> dict[str, Any]:
     return {"target": name, "measured": measured_text, "met": met}
 
 
+def ratio_target(
+    name: str,
+    run: dict[str, Any] | None,
+    off: dict[str, Any] | None,
+    figure: Callable[[dict[str, Any]], float | None],
+    bound: float,
+    at_least: bool,
+    unit: str,
+) -> list[dict[str, Any]]:
+    """A target on ``figure(run) / figure(off)``: at least (or at most) ``bound``; none when
+    either run is absent, missed when a figure is."""
+    if not run or not off:
+        return []
+    mine, theirs = figure(run), figure(off)
+    if not mine or not theirs:
+        return [target(name, f"missing ({mine} vs {theirs})", False)]
+    ratio = mine / theirs
+    met = ratio >= bound if at_least else ratio <= bound
+    return [target(name, f"{ratio:.2f}x ({mine:,.1f} vs {theirs:,.1f} {unit})", met)]
+
+
+def figure_number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def throughput(run: dict[str, Any]) -> float | None:
+    return figure_number(run.get("throughput_jobs_s"))
+
+
 def _by(runs: list[dict[str, Any]], variant: str, system_prefix: str) -> dict[str, Any] | None:
     """The run of a variant and system; of a repeated one, the row of medians."""
     found = [
@@ -368,18 +397,6 @@ async def scenario_a(ctx: Ctx) -> dict[str, Any]:
     }
 
 
-def _throughput_target(
-    name: str, mine: dict[str, Any] | None, theirs: dict[str, Any] | None, bound: float
-) -> list[dict[str, Any]]:
-    if not mine or not theirs or not theirs["throughput_jobs_s"]:
-        return []
-    ratio = mine["throughput_jobs_s"] / theirs["throughput_jobs_s"]
-    measured_text = (
-        f"{ratio:.2f}x ({mine['throughput_jobs_s']} vs {theirs['throughput_jobs_s']} jobs/s)"
-    )
-    return [target(name, measured_text, ratio >= bound)]
-
-
 def targets_a(runs: list[dict[str, Any]], open_variant: str) -> list[dict[str, Any]]:
     out = []
     run_c = _by(runs, "closed", "vast-scheduler (run)")
@@ -389,11 +406,12 @@ def targets_a(runs: list[dict[str, Any]], open_variant: str) -> list[dict[str, A
         out.append(
             target("(a) route calls per job <= 0.05", f"{rpj}", rpj is not None and rpj <= 0.05)
         )
-    out += _throughput_target("(a) throughput at c=64 >= 1.5x official", run_c, off_c, 1.5)
-    via_c = _by(runs, "closed", "vast-scheduler (official client)")
-    out += _throughput_target(
-        "(a) official client through the daemon >= 0.9x the run API", via_c, run_c, 0.9
+    out += ratio_target(
+        "(a) throughput at c=64 >= 1.5x official", run_c, off_c, throughput, 1.5, True, "jobs/s"
     )
+    via_c = _by(runs, "closed", "vast-scheduler (official client)")
+    out += ratio_target("(a) official client through the daemon >= 0.9x the run API",
+                        via_c, run_c, throughput, 0.9, True, "jobs/s")  # fmt: skip
     if via_c:
         rpj = via_c["route_calls_per_job"]
         out.append(

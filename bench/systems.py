@@ -103,6 +103,23 @@ class Relay(DaemonRun):
 
 
 # --------------------------------------------------------------------------- the official client
+def offline_client(**kwargs: Any) -> Any:
+    """``vastai.serverless.client.CoroutineServerless(**kwargs)``, quiet and offline."""
+    from vastai.serverless.client.client import CoroutineServerless
+
+    # The client stays silent unless the application configures logging; keep Python's
+    # last-resort handler from printing its warnings (re-routes) on our stderr.
+    logging.getLogger().addHandler(logging.NullHandler())
+    client = CoroutineServerless(**kwargs)
+    # Offline: on its first call the client downloads Vast's root certificate from
+    # https://console.vast.ai/static/jvastai_root.cer to build the SSL context it passes on
+    # every request (even plain-HTTP ones, where aiohttp ignores it). Seeding its cache with
+    # a default context skips that download; nothing else changes (all traffic here is
+    # plain HTTP on 127.0.0.1, so the context is never used for a handshake).
+    client._ssl_context = ssl.create_default_context()
+    return client
+
+
 class Official:
     """``vastai.serverless.client.CoroutineServerless``, one ``endpoint.request`` per job."""
 
@@ -111,72 +128,20 @@ class Official:
     def __init__(
         self, autoscaler_url: str, endpoint: str, timeout_s: float = JOB_TIMEOUT_S
     ) -> None:
-        from vastai.serverless.client.client import CoroutineServerless
         from vastai.serverless.client.endpoint import Endpoint
 
-        # The client stays silent unless the application configures logging; keep Python's
-        # last-resort handler from printing its warnings (re-routes) on our stderr.
-        logging.getLogger().addHandler(logging.NullHandler())
-        self.client = CoroutineServerless(api_key=API_KEY, autoscaler_url=autoscaler_url)
-        # Offline: on its first call the client downloads Vast's root certificate from
-        # https://console.vast.ai/static/jvastai_root.cer to build the SSL context it passes on
-        # every request (even plain-HTTP ones, where aiohttp ignores it). Seeding its cache with
-        # a default context skips that download; nothing else changes (all traffic here is
-        # plain HTTP on 127.0.0.1, so the context is never used for a handshake).
-        self.client._ssl_context = ssl.create_default_context()
-        self.endpoint = Endpoint(self.client, name=endpoint, id=1, api_key=API_KEY)
-        self.timeout_s = timeout_s
-
-    async def call(self, job: Job) -> tuple[bool, int]:
-        try:
-            result = await self.endpoint.request(
-                job.route, job.payload, cost=int(job.cost), timeout=self.timeout_s
-            )
-        except Exception:  # the client raises bare Exceptions (and TimeoutError)
-            return False, 0
-        status = int(result.get("status") or 0)
-        return bool(result.get("ok")) and status == 200, status
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-class OfficialViaDaemon:
-    """The same client with its two URLs pointed at the daemon's front door and a daemon token
-    as its key: ``get_endpoint`` reads the daemon's listing, every ``/route/`` is answered by
-    the daemon at once, and the job runs through the daemon's queue and leases."""
-
-    name = "vast-scheduler (official client)"
-
-    def __init__(
-        self, daemon_url: str, endpoint: str, concurrency: int, timeout_s: float = JOB_TIMEOUT_S
-    ) -> None:
-        from vastai.serverless.client.client import CoroutineServerless
-
-        logging.getLogger().addHandler(logging.NullHandler())
-        # A request queued in the daemon holds its connection until the job ran (straight to
-        # Vast it would be polling instead). Past the client's 500 connections, the route calls
-        # of further requests wait for one and fail after the client's 10 s route timeout:
-        # the README tells users to raise connection_limit to their concurrency, as here.
-        self.client = CoroutineServerless(
-            api_key=DAEMON_TOKEN,
-            autoscaler_url=daemon_url,
-            webserver_url=daemon_url,
-            connection_limit=max(500, concurrency + 16),
-        )
-        self.client._ssl_context = ssl.create_default_context()  # offline, as above
-        self.endpoint_name = endpoint
-        self.endpoint: Any = None
-        self.lock = asyncio.Lock()
+        self.client = offline_client(api_key=API_KEY, autoscaler_url=autoscaler_url)
+        self.endpoint: Any = Endpoint(self.client, name=endpoint, id=1, api_key=API_KEY)
         self.timeout_s = timeout_s
         self.errors: Counter[str] = Counter()  # what the client raised, for the report
 
+    async def _endpoint(self) -> Any:
+        return self.endpoint
+
     async def call(self, job: Job) -> tuple[bool, int]:
         try:
-            async with self.lock:  # one listing call, by the first job
-                if self.endpoint is None:
-                    self.endpoint = await self.client.get_endpoint(self.endpoint_name)
-            result = await self.endpoint.request(
+            endpoint = await self._endpoint()
+            result = await endpoint.request(
                 job.route, job.payload, cost=int(job.cost), timeout=self.timeout_s
             )
         except Exception as exc:  # the client raises bare Exceptions (and TimeoutError)
@@ -187,6 +152,39 @@ class OfficialViaDaemon:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class OfficialViaDaemon(Official):
+    """The same client with its two URLs pointed at the daemon's front door and a daemon token
+    as its key: ``get_endpoint`` reads the daemon's listing, every ``/route/`` is answered by
+    the daemon at once, and the job runs through the daemon's queue and leases."""
+
+    name = "vast-scheduler (official client)"
+
+    def __init__(  # the endpoint comes from the daemon's listing: no super().__init__
+        self, daemon_url: str, endpoint: str, concurrency: int, timeout_s: float = JOB_TIMEOUT_S
+    ) -> None:
+        # A request queued in the daemon holds its connection until the job ran (straight to
+        # Vast it would be polling instead). Past the client's 500 connections, the route calls
+        # of further requests wait for one and fail after the client's 10 s route timeout:
+        # the README tells users to raise connection_limit to their concurrency, as here.
+        self.client = offline_client(
+            api_key=DAEMON_TOKEN,
+            autoscaler_url=daemon_url,
+            webserver_url=daemon_url,
+            connection_limit=max(500, concurrency + 16),
+        )
+        self.endpoint_name = endpoint
+        self.endpoint = None
+        self.lock = asyncio.Lock()
+        self.timeout_s = timeout_s
+        self.errors = Counter()
+
+    async def _endpoint(self) -> Any:
+        async with self.lock:  # one listing call, by the first job
+            if self.endpoint is None:
+                self.endpoint = await self.client.get_endpoint(self.endpoint_name)
+        return self.endpoint
 
 
 # --------------------------------------------------------------------------- direct

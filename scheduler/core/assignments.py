@@ -268,11 +268,7 @@ class LeasePool:
         idle = [u for u, f in finishes.items() if f <= bound and not loads.get(u, (0.0, 0))[1]]
         if len(idle) < 2:
             return best
-        last_used: dict[str, float] = {}
-        for lease in self._leases.values():
-            url = lease.worker_url
-            last_used[url] = max(last_used.get(url, 0.0), lease.last_used)
-        return max(idle, key=lambda url: (last_used.get(url, 0.0), -finishes[url]))
+        return max(idle, key=lambda url: (self.meter.last_active(url), -finishes[url]))
 
     def _at_limit(
         self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float

@@ -212,6 +212,11 @@ class BusyMeter:
         state.busy_sum_s = state.busy_sum_s * keep + state.busy_s
         state.busy_s = 0.0
 
+    def last_active(self, worker: str) -> float:
+        """When a job last started or ended on ``worker`` (0 if never, or forgotten)."""
+        state = self._state.get(worker)
+        return state.last_s if state is not None else 0.0
+
     def throughput(self, worker: str) -> float | None:
         """Cost units per busy second, or None before the worker's first completion."""
         state = self._state.get(worker)

@@ -119,7 +119,7 @@ PACK_TOLERANCE = 0.25
 @dataclass(frozen=True, slots=True)
 class LeaseLimits:
     ttl_s: float = 300.0  # no new placements after this age
-    idle_close_s: float = 30.0  # an idle lease is closed after this long
+    idle_close_s: float = 2.0  # an idle lease is closed after this long (lease.idle_close_s)
     min_budget_fraction: float = 0.05  # AIMD never shrinks a budget below this share
     increase_fraction: float = 0.1  # additive increase per success, as a share of capacity
     # The official worker removes a request's entry (keyed by reqnum) only after it has sent

@@ -15,9 +15,8 @@ Assumed (Vast publishes no formula): load = the larger of the workload workers r
 receiving (``new_load``) and the cost routed to them (READY answers), each per second over the
 last ``window_s``; capacity wanted = the largest of ``min_load``, load / ``target_util`` and
 backlog / ``target_queue_time`` (backlog = reported ``cur_load`` of running workers + the cost
-of waiting requests); workers wanted = that over
-one worker's ``max_perf``, rounded up, at least one while traffic is younger than
-``inactivity_timeout``, at most ``max_workers``.
+of waiting requests); workers wanted = that over one worker's ``max_perf``, rounded up, at
+least one while traffic is younger than ``inactivity_timeout``, at most ``max_workers``.
 """
 
 from __future__ import annotations

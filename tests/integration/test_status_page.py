@@ -260,9 +260,9 @@ async def test_status_page_in_headless_chromium(
     # 100 units at 100 units/s: a second per job, 1000 ms per 100 units of cost
     assert 900 <= float(values[f"{flaky_row}/latency_floor"].removesuffix(" ms")) <= 1500
     assert 50 <= float(values[f"{flaky_row}/throughput_cost_per_s"]) <= 110
-    # The kill is 'lost' (mid-job, not re-run... but idempotent here: re-routed); the re-route
-    # may still be answered with the dead worker (Vast learns of it from missing reports), a
-    # 'gone' on its session create. The page's total is the sum of the kinds it shows.
+    # The kill mid-job is 'lost' (the endpoint is idempotent: the job is re-routed); the new
+    # route answer may still name the dead worker (Vast learns of a death from missing
+    # reports), a 'gone' on its session create. The page's total is the sum of its kinds.
     kinds = {k: int(v) for k, v in values.items() if k.startswith("flaky/worker_error/")}
     assert kinds.get("flaky/worker_error/lost", 0) >= 1, kinds
     assert set(kinds) <= {"flaky/worker_error/lost", "flaky/worker_error/gone"}, kinds

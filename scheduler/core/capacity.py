@@ -23,7 +23,10 @@ it, and would make a FIFO worker look faster at two jobs than at one.
   was held at its limit (jobs waited in the daemon for it) while delivered throughput grew by
   at least ``startup_gain`` over the round before. When a doubling does not pay, the limit
   falls back to the last one that did: a FIFO worker settles at one or two jobs, a batching
-  one at about its batch size, within a handful of rounds.
+  one at about its batch size, within a handful of rounds. A 4x step that the load never
+  filled to the limit, on which the worker held the doubling it skipped and that paid at
+  about the same latency per cost, falls back to that doubling instead (the load sat between
+  the two, and the last held limit would waste what the worker just delivered).
 * **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
   job), and kept only if throughput grew by at least ``probe_efficiency`` of the proportional
   gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is not enough);
@@ -283,7 +286,7 @@ class Capacity:
         # Not kept full, and holding less than even the last limit that paid: the load ebbed
         # (not: there is not load enough for the new limit, which is an answer too).
         ebbed = not filled and held_mean < state.base_limit
-        reason = self._verdict(state, done, rate, latency, filled, ebbed)
+        reason = self._verdict(state, done, rate, latency, held_mean, ebbed)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
@@ -298,10 +301,11 @@ class Capacity:
         done: _Round,
         rate: float,
         latency: float,
-        filled: bool,
+        held_mean: float,
         ebbed: bool,
     ) -> str | None:
         held = done.blocked
+        filled = held_mean >= FILL_SHARE * state.limit
         if held and filled:
             state.unfilled = 0
         elif held and ebbed and state.phase is not Phase.STEADY and self._unfilled(state):
@@ -314,8 +318,18 @@ class Capacity:
                 # back, or never kept full): back to the last limit a held round showed paying.
                 # Left higher, a worker the placement favours fills past its batch while
                 # another has room.
+                # A 4x step the load did not fill, on which the worker held at least the
+                # doubling it skipped, and that paid: that doubling is measured next.
+                skipped = 2 * state.base_limit
+                fallback = state.base_limit
+                if (
+                    not held
+                    and state.limit > skipped <= done.peak
+                    and self._held_more_paid(state, held_mean, rate, latency)
+                ):
+                    fallback = skipped
                 state.long_step_failed = state.limit
-                state.limit = state.base_limit
+                state.limit = fallback
                 return "startup_unheld"
         congested = state.base_latency > 0 and (
             latency > self.policy.congestion_ratio * state.base_latency
@@ -327,6 +341,19 @@ class Capacity:
         if held and filled:
             return self._steady(state, rate, latency)
         return None
+
+    def _held_more_paid(
+        self, state: WorkerState, held_mean: float, rate: float, latency: float
+    ) -> bool:
+        """Holding ``held_mean`` jobs on average, more than the base limit, delivered at least
+        ``probe_efficiency`` of the proportional gain over the base's throughput, at about the
+        base's latency per cost (the worker queued none of them)."""
+        extra = held_mean / state.base_limit - 1
+        return (
+            extra > 0
+            and latency <= HEADROOM * state.base_latency
+            and rate >= state.base_rate * (1 + self.policy.probe_efficiency * extra)
+        )
 
     @staticmethod
     def _unfilled(state: WorkerState) -> bool:

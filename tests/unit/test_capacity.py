@@ -290,3 +290,22 @@ def test_a_worker_under_its_limit_with_full_leases_makes_the_pool_route_for_more
     assert pool.choose(100.0, 0.0, rng) is None
     pool.acquire(pool.new_lease("http://b", object(), ReuseMode.SESSION, 100.0, 0.0), 100.0, 0.0)
     assert pool.choose(100.0, 0.0, rng) is Held.HOLD  # both at their limit of 2 now
+
+
+def test_a_long_step_the_load_did_not_fill_measures_the_doubling_it_skipped() -> None:
+    """Demand of 24 on a batching worker of 32: start-up's 4x step from 8 to 32 is never held
+    (every job finds room), yet the worker held 24 at about the same latency per cost, three
+    times the throughput. Falling back to 8 (the last held limit that paid) would run the worker
+    at a third of what it just delivered; the doubling the step skipped (16) is measured next."""
+    sim = Sim(batching(200.0, 32, 0.02), 24, [100.0])
+    for _ in range(400):
+        if sim.limits and sim.limits[-1][1] == 32:
+            break
+        sim.run(until_s=sim.now + 0.05)
+    assert sim.limits[-1][1] == 32, sim.limits
+    steps = len(sim.limits)
+    sim.run(until_s=sim.now + 2.0)
+    assert sim.limits[steps][1] == 16, sim.limits
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert any(c.old == 32 and c.new == 16 and c.reason == "startup_unheld" for c in state.changes)

@@ -557,6 +557,21 @@ async def check_exposition(http: aiohttp.ClientSession, daemon: Daemon) -> None:
     assert process.returncode == 0, output.decode()
 
 
+async def only_cold_has_no_workers(http: aiohttp.ClientSession, prom: str, expr: str) -> None:
+    """The no-worker condition holds for the endpoint with no worker, and settles on it alone:
+    a busy endpoint may meet it for one scrape (its workers past their queue limit, emulated
+    Vast answers WAITING while its one-use answers are spent), which the alert's 5 minutes
+    ignore."""
+    endpoints: set[str] = set()
+    for _ in range(20):
+        samples = await query_samples(http, prom, expr)
+        endpoints = {labels.get("endpoint", "") for labels, _ in samples}
+        if endpoints == {"cold"}:
+            return
+        await asyncio.sleep(0.5)
+    assert endpoints == {"cold"}
+
+
 @pytest.mark.timeout(90)
 async def test_real_prometheus_has_data_for_every_panel_and_alert(
     http: aiohttp.ClientSession, tmp_path: Path, started_pids: list[int]
@@ -571,5 +586,5 @@ async def test_real_prometheus_has_data_for_every_panel_and_alert(
                     assert not missing, "no data:\n" + "\n".join(missing)
                     await check_rules_health(http, prom)
                     no_workers = next(r for r in alert_rules() if r["alert"].endswith("NoWorkers"))
-                    assert len(await query(http, prom, no_workers["expr"])) == 1  # cold only
+                    await only_cold_has_no_workers(http, prom, no_workers["expr"])
                 await check_exposition(http, daemon)

@@ -1,0 +1,61 @@
+"""The fleet simulation (``bench/fleet_sim.py``) against what its service models give in
+closed form: if it mis-timed workers or lost jobs, its verdicts on placement would be wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.fleet_sim import (
+    CONCURRENCY,
+    SCENARIOS,
+    VARIANTS,
+    Worker,
+    main,
+    official_like,
+    run_variant,
+    through_daemon,
+)
+from scheduler.core.capacity import CapacityPolicy
+
+BATCHING = Worker("batching")  # perf 200, batch 32, slowdown 0.02: cost 100 alone is 0.5 s
+
+
+def test_one_job_per_batching_worker_runs_at_the_rate_of_one() -> None:
+    """Limits held at 1: three workers each finish a cost-100 job every 0.5 s."""
+    fixed = CapacityPolicy(initial_limit=1, max_limit=1)
+    outcome, _ = through_daemon((BATCHING,) * 3, (100.0,), 120, seed=1, policy=fixed)
+    assert outcome.jobs_per_s == pytest.approx(6.0, rel=0.01)
+    assert outcome.p50_s > 0.5 * CONCURRENCY / 3 / 2  # the others waited in the daemon
+
+
+def test_full_batches_run_at_the_batching_ceiling() -> None:
+    """Limits held at the batch: 96 jobs in three full batches of 32, each a batch time of
+    0.5 s x (1 + 0.02 x 31); the daemon's placement fills them as Vast's route would."""
+    fixed = CapacityPolicy(initial_limit=32, max_limit=32)
+    outcome, _ = through_daemon((BATCHING,) * 3, (100.0,), 96, seed=1, policy=fixed)
+    batch_time = 0.5 * (1 + 0.02 * 31)
+    assert outcome.ended_at == pytest.approx(batch_time, rel=0.01)
+    sent_at_once = official_like((BATCHING,) * 3, (100.0,), 96, seed=1)
+    assert sent_at_once.jobs_per_s == pytest.approx(outcome.jobs_per_s, rel=0.01)
+
+
+def test_workers_are_weighed_by_the_perf_they_report() -> None:
+    """Vast weighs a batching worker by its benchmark (10 requests at once), a FIFO one by
+    its rate alone."""
+    assert Worker("fifo").reported_perf == 200.0
+    assert BATCHING.reported_perf == pytest.approx(200 * 10 / 1.18, rel=0.01)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_runs_every_job(variant: str) -> None:
+    scenario = next(s for s in SCENARIOS if s.name == "f2")
+    outcome = run_variant(scenario, variant, seed=3)
+    assert outcome.jobs_per_s > 0
+    assert 0 < outcome.p50_s <= outcome.p99_s
+
+
+def test_the_command_prints_each_variant() -> None:
+    lines: list[str] = []
+    results = main(["--seeds", "1", "--scenario", "g", "--no-write"], lines.append)
+    assert [line.split()[1] for line in lines] == list(VARIANTS)
+    assert set(results["scenarios"]) == {f"g {variant}" for variant in VARIANTS}

@@ -295,7 +295,14 @@ def ratio_target(
         return [target(name, f"missing ({mine} vs {theirs})", False)]
     ratio = mine / theirs
     met = ratio >= bound if at_least else ratio <= bound
-    return [target(name, f"{ratio:.2f}x ({mine:,.1f} vs {theirs:,.1f} {unit})", met)]
+    return [target(name, f"{ratio_text(ratio, bound)}x ({mine:,.1f} vs {theirs:,.1f} {unit})", met)]
+
+
+def ratio_text(ratio: float, bound: float) -> str:
+    """Two decimals, or three where two would print the bound for a ratio on its wrong side
+    (0.8994 against 0.9 reads "0.899", not a missed "0.90")."""
+    text = f"{ratio:.2f}"
+    return f"{ratio:.3f}" if float(text) == bound and ratio != bound else text
 
 
 def figure_number(value: Any) -> float | None:

@@ -17,6 +17,7 @@ from bench.capacity import (
     limits_text,
     mixed_costs,
 )
+from bench.scenarios import ratio_text
 from scheduler.emulator.settings import EmulatedEndpoint
 from scheduler.emulator.workload import WorkQueue
 
@@ -110,3 +111,14 @@ def test_limits_text() -> None:
     }
     assert limits_text(run) == "batching 32 (steady, 90% at 2.5 s); fifo 1 (steady)"
     assert limits_text(None) == "-"
+
+
+@pytest.mark.parametrize(
+    ("ratio", "bound", "text"),
+    [(0.8994, 0.9, "0.899"), (0.9004, 0.9, "0.900"), (0.9, 0.9, "0.90"), (1.234, 1.0, "1.23"),
+     (1.0049, 1.0, "1.005")],
+)  # fmt: skip
+def test_a_ratio_next_to_its_bound_prints_the_side_it_is_on(
+    ratio: float, bound: float, text: str
+) -> None:
+    assert ratio_text(ratio, bound) == text

@@ -26,7 +26,10 @@ it, and would make a FIFO worker look faster at two jobs than at one.
   one at about its batch size, within a handful of rounds. A 4x step that the load never
   filled to the limit, on which the worker held the doubling it skipped and that paid at
   about the same latency per cost, falls back to that doubling instead (the load sat between
-  the two, and the last held limit would waste what the worker just delivered).
+  the two, and the last held limit would waste what the worker just delivered). A round that
+  ends with the worker still filling past that doubling (jobs reach a worker that joins a
+  busy fleet only as fast as they arrive) is measured again, at most MAX_UNFILLED_ROUNDS
+  times, before either fallback.
 * **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
   job), and kept only if throughput grew by at least ``probe_efficiency`` of the proportional
   gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is not enough);
@@ -313,6 +316,12 @@ class Capacity:
         if state.phase is Phase.STARTUP:
             if held and filled:
                 return self._startup(state, rate, latency)
+            if (
+                not held
+                and 2 * state.base_limit < done.peak < state.limit
+                and self._unfilled(state)
+            ):
+                return None  # still filling past the last paying limit: measured again
             if state.base_limit and (done.peak < state.limit or held):
                 # The last doubling is untested (the worker was never the one holding jobs
                 # back, or never kept full): back to the last limit a held round showed paying.

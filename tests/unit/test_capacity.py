@@ -309,3 +309,22 @@ def test_a_long_step_the_load_did_not_fill_measures_the_doubling_it_skipped() ->
     state = sim.capacity.state(W)
     assert state is not None
     assert any(c.old == 32 and c.new == 16 and c.reason == "startup_unheld" for c in state.changes)
+
+
+def test_a_raised_limit_the_load_is_still_growing_into_is_measured_again() -> None:
+    """A worker joins busy workers that hold most of the load: jobs reach it only as fast as
+    they arrive, so its round at a raised limit ends before it fills (past the doubling
+    below, not to the limit). That round is measured again while the load grows into it,
+    instead of ending start-up below where the worker already delivers."""
+    sim = Sim(batching(200.0, 32, 0.02), 20, [100.0])
+    for _ in range(400):
+        if sim.limit == 32:
+            break
+        sim.run(until_s=sim.now + 0.02)
+    assert sim.limit == 32, sim.limits
+    reached = len(sim.limits)
+    for demand in range(24, 44, 4):  # the load grows into the limit over half a second
+        sim.set_demand(demand)
+        sim.run(until_s=sim.now + 0.1)
+    sim.run(until_s=sim.now + 0.5)
+    assert all(limit >= 32 for _, limit in sim.limits[reached:]), sim.limits

@@ -160,7 +160,7 @@ class CapacityConfig(Model):
     """Per-worker concurrency limits learnt from completions (``scheduler.core.capacity``)."""
 
     enabled: bool = True  # false: a worker takes what its leases' budgets allow
-    initial_limit: int = Field(1, gt=0, le=10_000)
+    initial_limit: int = Field(4, gt=0, le=10_000)
     max_limit: int = Field(256, gt=0, le=10_000)
     startup_gain: float = Field(1.25, gt=1, le=10)
     probe_every: int = Field(8, gt=0, le=10_000)

@@ -19,6 +19,12 @@ swing with which jobs happened to finish in the round. Only jobs sent into a wor
 the limit count: the first ones after a raise meet a worker emptier than the limit will keep
 it, and would make a FIFO worker look faster at two jobs than at one.
 
+* **First contact.** A worker starts at ``initial_limit`` (4): a batching server is a
+  doubling further on, and a FIFO one shows itself in the first round, where jobs that ended
+  well after the fastest (per unit of cost) waited at the worker; start-up then begins again
+  from one job. A worker whose start-up settles within a doubling of the first limit, never
+  measured below it and never paid by a step from it (a sharing worker serves four jobs no
+  faster than one), is probed down by halvings at once, each kept while throughput holds.
 * **Start-up.** From ``initial_limit`` the limit doubles after every round in which the worker
   was held at its limit (jobs waited in the daemon for it) while delivered throughput grew by
   at least ``startup_gain`` over the round before. When a doubling does not pay, the limit
@@ -88,7 +94,7 @@ class Phase(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CapacityPolicy:
-    initial_limit: int = 1
+    initial_limit: int = 4
     max_limit: int = 256
     startup_gain: float = 1.25  # a doubling must raise throughput by this factor to go on
     probe_every: int = 8  # rounds at a steady limit between probes
@@ -137,6 +143,8 @@ class _Round:
     samples: int = 0
     blocked: bool = False  # a job waited in the daemon because of this worker's limit
     peak: int = 0  # the most jobs held at once during the round
+    # The first round only: each ended job's latency per cost (see ``_queued_at_first``).
+    first_latencies: list[float] = field(default_factory=list)
     # The counted jobs of this round still running (seq -> sent at, cost). A round that ended
     # on its first completions would see only the jobs that finished first, the small and the
     # lucky, and find throughput where there is none: at its end each of these counts too, at
@@ -151,7 +159,8 @@ class Change:
     worker: str
     old: int
     new: int
-    reason: str  # startup[_done|_unheld] | probe | probe_kept | probe_dropped | congestion
+    # startup[_done|_unheld|_queued] | probe | probe_kept | probe_dropped | congestion | refused
+    reason: str
 
 
 @dataclass(slots=True)
@@ -175,6 +184,12 @@ class WorkerState:
     # The limit the last dropped up probe started from: from there the next probe for
     # headroom waits half the probe interval, not HEADROOM_ROUNDS.
     dropped_from: int = 0
+    # Settled near its first limit, never measured below it: probed down from there until a
+    # step down costs throughput (``_descend_if_unproven``), once.
+    descend: bool = False
+    descended: bool = False
+    measured_below_initial: bool = False
+    grew: bool = False  # a start-up step from at least the first limit paid
     changes: list[Change] = field(default_factory=list)
 
 
@@ -225,6 +240,28 @@ class Capacity:
             state.round.running[state.sent] = (now, cost)
         return Sent(state.epoch, now, counted and usable, cost if usable else 1.0, state.sent)
 
+    def refused(self, worker: str, now: float) -> Change | None:
+        """The worker answered 429: its queue is past its max_queue_time with what it holds.
+        Its limit drops to what it still holds (at least one job); refused at first contact,
+        start-up begins again from one job. A new round starts either way."""
+        state = self._workers.get(worker)
+        if state is None:
+            return None
+        old = state.limit
+        new = 1 if state.base_limit == 0 else max(1, min(old - 1, state.inflight))
+        if new >= old:
+            return None
+        state.limit = new
+        if state.base_limit:
+            state.phase, state.steady_rounds = Phase.STEADY, 0
+            state.base_limit = min(state.base_limit, new)
+        state.epoch += 1
+        state.round = _Round(now)
+        change = Change(worker, old, new, "refused")
+        state.changes.append(change)
+        del state.changes[:-8]
+        return change
+
     def blocked(self, worker: str, now: float) -> None:
         """A queued job could not go to ``worker`` because it was at its limit."""
         self._state(worker, now).round.blocked = True
@@ -244,6 +281,8 @@ class Capacity:
         current.running.pop(sent.seq, None)
         latency_s = now - sent.at
         counts = sent.counted or not current.blocked  # an unheld round: every job is its state
+        if state.base_limit == 0 and succeeded and latency_s > 0 and cost > 0:
+            current.first_latencies.append(latency_s / cost)
         if succeeded and counts and latency_s > 0 and cost > 0 and math.isfinite(cost):
             current.latency_s += latency_s
             current.cost += cost
@@ -290,6 +329,7 @@ class Capacity:
         # (not: there is not load enough for the new limit, which is an answer too).
         ebbed = not filled and held_mean < state.base_limit
         reason = self._verdict(state, done, rate, latency, held_mean, ebbed)
+        self._descend_if_unproven(state, old)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
@@ -314,32 +354,9 @@ class Capacity:
         elif held and ebbed and state.phase is not Phase.STEADY and self._unfilled(state):
             return None  # jobs waited, yet the worker was not kept full: measured again
         if state.phase is Phase.STARTUP:
-            if held and filled:
-                return self._startup(state, rate, latency)
-            if (
-                not held
-                and 2 * state.base_limit < done.peak < state.limit
-                and self._unfilled(state)
-            ):
-                return None  # still filling past the last paying limit: measured again
-            if state.base_limit and (done.peak < state.limit or held):
-                # The last doubling is untested (the worker was never the one holding jobs
-                # back, or never kept full): back to the last limit a held round showed paying.
-                # Left higher, a worker the placement favours fills past its batch while
-                # another has room.
-                # A 4x step the load did not fill, on which the worker held at least the
-                # doubling it skipped, and that paid: that doubling is measured next.
-                skipped = 2 * state.base_limit
-                fallback = state.base_limit
-                if (
-                    not held
-                    and state.limit > skipped <= done.peak
-                    and self._held_more_paid(state, held_mean, rate, latency)
-                ):
-                    fallback = skipped
-                state.long_step_failed = state.limit
-                state.limit = fallback
-                return "startup_unheld"
+            decided, reason = self._startup_verdict(state, done, rate, latency, held_mean)
+            if decided:
+                return reason
         congested = state.base_latency > 0 and (
             latency > self.policy.congestion_ratio * state.base_latency
         )
@@ -350,6 +367,40 @@ class Capacity:
         if held and filled:
             return self._steady(state, rate, latency)
         return None
+
+    def _descend_if_unproven(self, state: WorkerState, measured_at: int) -> None:
+        """A worker that settles within a doubling of the first limit without a round below
+        it may serve one job as fast as a few (a sharing worker holding four jobs shows the
+        same throughput at eight, and its latency per cost never left the floor it set there):
+        its limit is probed down at once, until a step down costs throughput."""
+        initial = self.policy.initial_limit
+        if measured_at < initial:
+            state.measured_below_initial = True
+        if (
+            initial > 1
+            and not state.descended
+            and not state.grew
+            and not state.measured_below_initial
+            and state.phase is Phase.STEADY
+            and state.limit <= 2 * initial
+        ):
+            state.descend = state.descended = True
+            state.steady_rounds = self.policy.probe_every - 1
+
+    @staticmethod
+    def _queued_at_first(state: WorkerState, done: _Round) -> bool:
+        """The first round, with the worker unknown: jobs that ended well after the fastest
+        one (per unit of cost) waited at the worker, as on a FIFO worker. Start-up begins
+        again from one job."""
+        latencies = done.first_latencies
+        if state.limit <= 1 or len(latencies) < 2:
+            return False
+        fastest = min(latencies)
+        alongside = sum(1 for latency in latencies if latency <= HEADROOM * fastest)
+        if alongside == len(latencies):
+            return False
+        state.limit = 1
+        return True
 
     def _held_more_paid(
         self, state: WorkerState, held_mean: float, rate: float, latency: float
@@ -363,6 +414,43 @@ class Capacity:
             and latency <= HEADROOM * state.base_latency
             and rate >= state.base_rate * (1 + self.policy.probe_efficiency * extra)
         )
+
+    def _startup_verdict(
+        self, state: WorkerState, done: _Round, rate: float, latency: float, held_mean: float
+    ) -> tuple[bool, str | None]:
+        """Start-up's verdict on a round: (True, reason) when it decided; (False, None) leaves
+        the round to the congestion check."""
+        held = done.blocked
+        filled = held_mean >= FILL_SHARE * state.limit
+        if state.base_limit == 0 and self._queued_at_first(state, done):
+            return True, "startup_queued"
+        if held and filled:
+            return True, self._startup(state, rate, latency)
+        if filled and state.base_limit and rate < state.base_rate * self.policy.startup_gain:
+            # Filled by a load that matched the limit, and no more throughput than the last
+            # limit gave: the step did not pay, whatever held jobs back.
+            return True, self._startup(state, rate, latency)
+        if not held and 2 * state.base_limit < done.peak < state.limit and self._unfilled(state):
+            return True, None  # still filling past the last paying limit: measured again
+        if state.base_limit and (done.peak < state.limit or held):
+            # The last doubling is untested (the worker was never the one holding jobs
+            # back, or never kept full): back to the last limit a held round showed paying.
+            # Left higher, a worker the placement favours fills past its batch while
+            # another has room.
+            # A 4x step the load did not fill, on which the worker held at least the
+            # doubling it skipped, and that paid: that doubling is measured next.
+            skipped = 2 * state.base_limit
+            fallback = state.base_limit
+            if (
+                not held
+                and state.limit > skipped <= done.peak
+                and self._held_more_paid(state, held_mean, rate, latency)
+            ):
+                fallback = skipped
+            state.long_step_failed = state.limit
+            state.limit = fallback
+            return True, "startup_unheld"
+        return False, None
 
     @staticmethod
     def _unfilled(state: WorkerState) -> bool:
@@ -388,6 +476,7 @@ class Capacity:
             state.limit = state.base_limit * 2
             return "startup"
         if pays:
+            state.grew = state.grew or state.base_limit >= p.initial_limit
             # Throughput that grew about as much as the limit (a batching worker far below its
             # batch): the next step is twice as long, and the batch is reached in half the
             # rounds. A FIFO or sharing worker never grows so, and still doubles from one.
@@ -413,6 +502,12 @@ class Capacity:
         state.base_latency += 0.5 * (latency - state.base_latency)
         # Latency per cost near the floor: the worker does not queue what it holds, so more
         # may pay (a batching worker below its batch); probe up soon instead of waiting.
+        if state.descend and state.limit > 1:
+            state.probe_down = True
+            state.phase = Phase.PROBING
+            state.limit //= 2  # a halving: what it costs a batching worker stands out of noise
+            return "probe"
+        state.descend = False
         headroom = state.floor is not None and latency <= HEADROOM * state.floor
         if (
             headroom
@@ -442,7 +537,12 @@ class Capacity:
         throughput held (what the worker held beyond it only waited there)."""
         p = self.policy
         proportional = state.limit / max(state.base_limit, 1) - 1
-        if state.limit < state.base_limit:
+        if state.descend:
+            # Lost less than half the proportional share: a batching worker below its batch
+            # loses about all of it, a sharing or FIFO one nothing. One round decides.
+            pays = rate >= state.base_rate * (1 + p.probe_efficiency * proportional)
+            state.probe_wins = p.probe_rounds - 1 if pays else 0
+        elif state.limit < state.base_limit:
             pays = rate >= state.base_rate * (1 - p.probe_efficiency * -proportional / 2)
         else:
             pays = not congested and rate >= state.base_rate * (
@@ -467,6 +567,7 @@ class Capacity:
             state.steady_rounds = p.probe_every - 1
             state.probe_down = not state.probe_down
         else:
+            state.descend = False
             if state.limit > state.base_limit:
                 state.dropped_from = state.base_limit
             state.limit = state.base_limit

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, LeasePool, ReuseMode
-from scheduler.core.capacity import Capacity, CapacityPolicy, Sent
+from scheduler.core.capacity import Capacity, CapacityPolicy, Change, Sent
 from scheduler.core.sessions import SessionClock, session_lifetime
 from scheduler.dispatch.context import (
     MAX_REMEMBERED_WORKERS,
@@ -124,11 +124,20 @@ class Leasing:
         change = self.pool.release(lease, cost, self._ctx.clock(), succeeded, sent)
         if lease.idle:  # the loop's next look must count its idle close (and end its session)
             self._ctx.wakeup.set()
+        self._limit_changed(change, lease.worker_url)
+
+    def refused(self, worker_url: str) -> None:
+        """The worker answered 429: its concurrency limit drops (``Capacity.refused``)."""
+        capacity = self.pool.capacity
+        if capacity is not None:
+            self._limit_changed(capacity.refused(worker_url, self._ctx.clock()), worker_url)
+
+    def _limit_changed(self, change: Change | None, worker_url: str) -> None:
         if change is not None:
             ctx = self._ctx
             ctx.metrics.limit_changes.labels(ctx.name, change.reason).inc()
             log.info("worker.limit_changed", endpoint=ctx.name, old=change.old, new=change.new,
-                     reason=change.reason, lease_id=lease.lease_id)  # fmt: skip
+                     reason=change.reason, worker=worker_url)  # fmt: skip
 
     def _remember_sessionless(self, url: str) -> None:
         if len(self._sessionless_workers) >= MAX_REMEMBERED_WORKERS:

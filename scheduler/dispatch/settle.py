@@ -162,6 +162,7 @@ class Settling:
             # job at once), and the autoscaler may well answer the same worker again: no new
             # route call before a back-off either.
             self._routing.worker_refused(lease.worker_url, now)
+            self._leasing.refused(lease.worker_url)
             self._routing.delay_until(now + self._ctx.backoff(refusals(job)))
         elif action is Action.REROUTE_LEGACY:
             self._leasing.switch_to_never()

@@ -151,8 +151,12 @@ async def test_worker_limits_keep_a_fifo_worker_under_its_queue_time(
     http: aiohttp.ClientSession,
 ) -> None:
     """The same overloadable workers with the limits on (the default): each holds a job or two,
-    so the worker's queue never reaches max_queue_time and nothing is refused. A limit read
-    while it is being probed may be one step (to 3) above the settled one."""
+    so the worker's queue stays under max_queue_time. Only the first contact may be refused:
+    a worker starts at 4 jobs (a batching server is a doubling further on), and this FIFO one,
+    with a queue limit of about two jobs, refuses the rest of those four (re-placed, no job
+    lost) before its first round shows the jobs queueing; with the limits off (above) it is
+    refused throughout. A limit read while it is being probed may be one step (to 3) above
+    the settled one."""
     async with running_emulator({"busy": OVERLOADABLE}) as emulator:
         endpoint = {"reuse": "sequential", "max_attempts": 50}
         config = daemon_config(emulator.autoscaler_url, {"busy": endpoint})
@@ -163,7 +167,8 @@ async def test_worker_limits_keep_a_fifo_worker_under_its_queue_time(
             workers = daemon.service.status()["endpoints"]["busy"]["workers"]
             limits = [(w["limit"], w["phase"]) for w in workers]
     assert statuses == [200] * 200
-    assert sum(w.counters.by_status.get(429, 0) for w in emulator.workers("busy")) == 0
+    refused = [w.counters.by_status.get(429, 0) for w in emulator.workers("busy")]
+    assert all(count <= 3 for count in refused), refused
     assert limits, "no leased worker"
     assert all(limit <= (3 if phase == "probing" else 2) for limit, phase in limits), limits
 

@@ -328,3 +328,57 @@ def test_a_raised_limit_the_load_is_still_growing_into_is_measured_again() -> No
         sim.run(until_s=sim.now + 0.1)
     sim.run(until_s=sim.now + 0.5)
     assert all(limit >= 32 for _, limit in sim.limits[reached:]), sim.limits
+
+
+def test_a_fifo_worker_shows_itself_in_the_first_round() -> None:
+    """Four jobs at first contact: on a FIFO worker they end one job time apart, each later
+    one having waited; start-up begins again from one job instead of doubling to eight."""
+    sim = Sim(fifo(200.0), 32, [100.0])
+    sim.run(completions=4)
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert [c.reason for c in state.changes][:1] == ["startup_queued"], state.changes
+    assert sim.limits[0][1] == 1, sim.limits
+
+
+@pytest.mark.parametrize("demand", [6, 8, 32])
+def test_a_sharing_worker_is_probed_down_from_its_first_limit(demand: int) -> None:
+    """A processor-sharing worker gives four jobs no more throughput than one, and all four
+    end together (nothing to tell it from a batching server in one round). The doubling to
+    eight does not pay (also when the load is exactly eight, never held back), so it is
+    halved from four while throughput holds: it is at one or two within 30 completions."""
+    sim = Sim(shared(200.0), demand, [100.0])
+    sim.run(completions=30)
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert state.limit <= 2, sim.limits
+    assert any(c.reason == "probe" and c.new < c.old for c in state.changes), state.changes
+
+
+def test_a_batching_worker_paid_by_its_first_doubling_is_not_probed_down() -> None:
+    sim = Sim(batching(200.0, 8, 0.02), 24, [100.0])
+    sim.run(until_s=10.0)
+    assert all(limit >= 8 for _, limit in sim.limits), sim.limits
+
+
+def test_a_refusal_drops_the_limit_to_what_the_worker_still_holds() -> None:
+    """A 429 says the worker's queue is past its max_queue_time with what it holds: at first
+    contact start-up begins again from one job; later the limit drops to the jobs still
+    held (at least one), and a new round measures it."""
+    capacity = Capacity(CapacityPolicy())
+    held = [capacity.started(W, 0.0, 100.0) for _ in range(4)]
+    capacity.finished(W, held.pop(), 100.0, 0.01, False)  # the refused one comes back
+    change = capacity.refused(W, 0.01)
+    assert change is not None
+    assert (change.old, change.new, change.reason) == (4, 1, "refused")
+    assert capacity.refused(W, 0.02) is None  # at one already
+
+    sim = Sim(batching(200.0, 8, 0.02), 24, [100.0])
+    sim.run(until_s=5.0)
+    state = sim.capacity.state(W)
+    assert state is not None and state.base_limit >= 8
+    holding = state.inflight
+    change = sim.capacity.refused(W, sim.now)
+    assert change is not None
+    assert change.new == max(1, min(change.old - 1, holding))
+    assert state.phase is Phase.STEADY and state.base_limit == change.new

@@ -434,7 +434,7 @@ def test_capacity_defaults_and_limits() -> None:
     config = parse_config("endpoints: {a: {}, b: {capacity: {enabled: false}}}", env={})
     a, b = config.endpoints["a"], config.endpoints["b"]
     assert a.capacity.enabled
-    assert a.capacity.initial_limit == 1
+    assert a.capacity.initial_limit == 4
     assert a.max_concurrency is None  # leases and worker limits bound it, not a job count
     assert not b.capacity.enabled
     problems = problems_of("endpoints: {a: {capacity: {initial_limit: 9, max_limit: 4}}}")

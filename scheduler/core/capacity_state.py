@@ -1,0 +1,115 @@
+"""The per-worker concurrency controller's state and settings (``core/capacity.py`` holds
+its rules): the policy, each worker's state and its current round, what a sent job carries
+back, and a change of limit."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Phase(enum.StrEnum):
+    STARTUP = "startup"
+    STEADY = "steady"
+    PROBING = "probing"
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPolicy:
+    initial_limit: int = 4
+    max_limit: int = 256
+    startup_gain: float = 1.25  # a doubling must raise throughput by this factor to go on
+    probe_every: int = 8  # rounds at a steady limit between probes
+    probe_step: float = 1.25  # a probe raises the limit by this factor (at least one job)
+    probe_rounds: int = 2  # a probe must pay in this many rounds in a row to be kept
+    probe_efficiency: float = 0.5  # share of the proportional throughput gain a probe must show
+    congestion_ratio: float = 2.0  # latency per cost beyond this times the floor: queueing
+    backoff: float = 0.7  # the limit's cut on congestion
+    floor_drift: float = 0.02  # per round, so a floor from an old, faster worker is forgotten
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.initial_limit <= self.max_limit:
+            raise ValueError("initial_limit must be in [1, max_limit]")
+        if self.startup_gain <= 1 or self.probe_step <= 1 or self.congestion_ratio <= 1:
+            raise ValueError("startup_gain, probe_step and congestion_ratio must be > 1")
+        if not 0 < self.backoff < 1 or not 0 < self.probe_efficiency <= 1:
+            raise ValueError("backoff must be in (0, 1) and probe_efficiency in (0, 1]")
+        if self.probe_every < 1 or self.probe_rounds < 1 or not 0 <= self.floor_drift < 1:
+            raise ValueError("probe_every and probe_rounds must be >= 1, floor_drift in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What the controller notes when a job is sent: given back when it ends."""
+
+    epoch: int  # the round it was sent in
+    at: float
+    # It joined a worker that already held what the last measured limit held: its latency is
+    # the new limit's. (Jobs sent into an emptier worker would make a FIFO worker look faster
+    # at two jobs than at one.)
+    counted: bool
+    cost: float = 1.0
+    seq: int = 0  # the worker's count of jobs sent, naming this one
+
+
+@dataclass(slots=True)
+class Round:
+    started_at: float
+    held_s: float = 0.0  # integral of jobs held over the round's time (job-seconds)
+    completions: int = 0  # of jobs sent in this round
+    # Over its counted successes: latencies (s) and costs; their ratio is the latency per unit
+    # of cost that Little's law wants (a mean of each job's ratio would weigh a small job's
+    # fixed overheads as much as a large job's work).
+    latency_s: float = 0.0
+    cost: float = 0.0
+    samples: int = 0
+    blocked: bool = False  # a job waited in the daemon because of this worker's limit
+    peak: int = 0  # the most jobs held at once during the round
+    # The first round only: each ended job's latency per cost (see ``_queued_at_first``).
+    first_latencies: list[float] = field(default_factory=list)
+    # The counted jobs of this round still running (seq -> sent at, cost). A round that ended
+    # on its first completions would see only the jobs that finished first, the small and the
+    # lucky, and find throughput where there is none: at its end each of these counts too, at
+    # the latency it has so far or the completed jobs' mean, whichever is more.
+    running: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of a worker's limit, for metrics and logs."""
+
+    worker: str
+    old: int
+    new: int
+    # startup[_done|_unheld|_queued] | probe | probe_kept | probe_dropped | congestion | refused
+    reason: str
+
+
+@dataclass(slots=True)
+class WorkerState:
+    limit: int
+    phase: Phase = Phase.STARTUP
+    epoch: int = 0
+    inflight: int = 0  # jobs held now (sent, not ended)
+    changed_at: float = 0.0  # when ``inflight`` last changed
+    round: Round = field(default_factory=lambda: Round(0.0))
+    base_limit: int = 0  # the last limit whose throughput was measured in a held round
+    base_rate: float = 0.0  # delivered cost per second at base_limit
+    base_latency: float = 0.0  # latency per cost (s per unit) at base_limit
+    floor: float | None = None  # least latency per cost seen (s per unit), drifting up
+    steady_rounds: int = 0
+    probe_wins: int = 0  # rounds in a row the current probe paid
+    probe_down: bool = False  # the last probe tried a lower limit
+    unfilled: int = 0  # rounds in a row at this limit that were not kept filled
+    long_step_failed: int = 0  # the limit a 4x start-up step reached and did not pay at
+    sent: int = 0  # jobs ever sent to it
+    # The limit the last dropped up probe started from: from there the next probe for
+    # headroom waits half the probe interval, not HEADROOM_ROUNDS.
+    dropped_from: int = 0
+    # Settled near its first limit, never measured below it: probed down from there until a
+    # step down costs throughput (``_descend_if_unproven``), once.
+    descend: bool = False
+    descended: bool = False
+    measured_below_initial: bool = False
+    grew: bool = False  # a start-up step from at least the first limit paid
+    changes: list[Change] = field(default_factory=list)

@@ -159,10 +159,7 @@ class Capacity:
             state.base_limit = min(state.base_limit, new)
         state.epoch += 1
         state.round = Round(now)
-        change = Change(worker, old, new, "refused")
-        state.changes.append(change)
-        del state.changes[:-8]
-        return change
+        return self._changed(worker, state, old, "refused")
 
     def blocked(self, worker: str, now: float) -> None:
         """A queued job could not go to ``worker`` because it was at its limit."""
@@ -183,9 +180,10 @@ class Capacity:
         current.running.pop(sent.seq, None)
         latency_s = now - sent.at
         counts = sent.counted or not current.blocked  # an unheld round: every job is its state
-        if state.base_limit == 0 and succeeded and latency_s > 0 and cost > 0:
+        usable = succeeded and latency_s > 0 and cost > 0 and math.isfinite(cost)
+        if usable and state.base_limit == 0:
             current.first_latencies.append(latency_s / cost)
-        if succeeded and counts and latency_s > 0 and cost > 0 and math.isfinite(cost):
+        if usable and counts:
             current.latency_s += latency_s
             current.cost += cost
             current.samples += 1
@@ -223,16 +221,16 @@ class Capacity:
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
         )
         old = state.limit
-        held_mean = done.held_s / elapsed
-        filled = held_mean >= FILL_SHARE * state.limit
-        # Not kept full, and holding less than even the last limit that paid: the load ebbed
-        # (not: there is not load enough for the new limit, which is an answer too).
-        ebbed = not filled and held_mean < state.base_limit
-        reason = self._verdict(state, done, rate, latency, held_mean, ebbed)
+        reason = self._verdict(state, done, rate, latency, done.held_s / elapsed)
         self._descend_if_unproven(state, old)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
+        return self._changed(worker, state, old, reason)
+
+    @staticmethod
+    def _changed(worker: str, state: WorkerState, old: int, reason: str) -> Change:
+        """Records a change of the worker's limit (the last 8 are kept, for the status view)."""
         change = Change(worker, old, state.limit, reason)
         state.changes.append(change)
         del state.changes[:-8]
@@ -245,16 +243,18 @@ class Capacity:
         rate: float,
         latency: float,
         held_mean: float,
-        ebbed: bool,
     ) -> str | None:
         held = done.blocked
         filled = held_mean >= FILL_SHARE * state.limit
+        # Not kept full, and holding less than even the last limit that paid: the load ebbed
+        # (not: there is not load enough for the new limit, which is an answer too).
+        ebbed = not filled and held_mean < state.base_limit
         if held and filled:
             state.unfilled = 0
         elif held and ebbed and state.phase is not Phase.STEADY and self._unfilled(state):
             return None  # jobs waited, yet the worker was not kept full: measured again
         if state.phase is Phase.STARTUP:
-            decided, reason = self._startup_verdict(state, done, rate, latency, held_mean)
+            decided, reason = self._startup_verdict(state, done, rate, latency, held_mean, filled)
             if decided:
                 return reason
         congested = state.base_latency > 0 and (
@@ -296,8 +296,7 @@ class Capacity:
         if state.limit <= 1 or len(latencies) < 2:
             return False
         fastest = min(latencies)
-        alongside = sum(1 for latency in latencies if latency <= HEADROOM * fastest)
-        if alongside == len(latencies):
+        if all(latency <= HEADROOM * fastest for latency in latencies):
             return False
         state.limit = 1
         return True
@@ -316,12 +315,17 @@ class Capacity:
         )
 
     def _startup_verdict(
-        self, state: WorkerState, done: Round, rate: float, latency: float, held_mean: float
+        self,
+        state: WorkerState,
+        done: Round,
+        rate: float,
+        latency: float,
+        held_mean: float,
+        filled: bool,
     ) -> tuple[bool, str | None]:
         """Start-up's verdict on a round: (True, reason) when it decided; (False, None) leaves
         the round to the congestion check."""
         held = done.blocked
-        filled = held_mean >= FILL_SHARE * state.limit
         if state.base_limit == 0 and self._queued_at_first(state, done):
             return True, "startup_queued"
         if held and filled:
@@ -336,9 +340,9 @@ class Capacity:
             # The last doubling is untested (the worker was never the one holding jobs
             # back, or never kept full): back to the last limit a held round showed paying.
             # Left higher, a worker the placement favours fills past its batch while
-            # another has room.
-            # A 4x step the load did not fill, on which the worker held at least the
-            # doubling it skipped, and that paid: that doubling is measured next.
+            # another has room. Except after a 4x step the load did not fill, on which the
+            # worker held at least the doubling it skipped, and that paid: that doubling is
+            # measured next.
             skipped = 2 * state.base_limit
             fallback = state.base_limit
             if (
@@ -441,7 +445,6 @@ class Capacity:
             # Lost less than half the proportional share: a batching worker below its batch
             # loses about all of it, a sharing or FIFO one nothing. One round decides.
             pays = rate >= state.base_rate * (1 + p.probe_efficiency * proportional)
-            state.probe_wins = p.probe_rounds - 1 if pays else 0
         elif state.limit < state.base_limit:
             pays = rate >= state.base_rate * (1 - p.probe_efficiency * -proportional / 2)
         else:
@@ -450,7 +453,7 @@ class Capacity:
             )
         if pays:
             state.probe_wins += 1
-            if state.probe_wins < p.probe_rounds:
+            if state.probe_wins < (1 if state.descend else p.probe_rounds):
                 return None  # one more round at the probe's limit
             strong = state.limit > state.base_limit and rate >= state.base_rate * (
                 1 + STRONG_PROBE * proportional

@@ -215,6 +215,7 @@ class LeasePool:
         excluded: frozenset[str] = frozenset(),
         horizon_s: float | None = None,
         until: float | None = None,
+        route_for_budget: bool = False,
     ) -> Lease | Held | None:
         """Earliest expected finish among the workers that admit the job (see the module
         docstring); ``None`` when no lease has room (route for more), ``HOLD`` when leases have
@@ -222,17 +223,11 @@ class LeasePool:
         Until every worker with room has a measured rate (a new worker, the first jobs),
         ``pick``'s two choices decide. ``until``: the job's deadline, which a session lease
         must cover; a session lease that can take no job any more is retired here (renewed:
-        the next route answer opens a new session)."""
-        room: dict[str, Lease] = {}
-        for lease in self._leases.values():
-            if lease.session is not None and not lease.retired and lease.session.spent(now):
-                self.retire(lease)
-                continue
-            url = lease.worker_url
-            if url not in excluded and lease.has_room(cost, now, until):
-                best = room.get(url)
-                if best is None or lease.utilisation < best.utilisation:
-                    room[url] = lease
+        the next route answer opens a new session). ``route_for_budget``: a job that would
+        only go beyond the last limit that paid on its worker, while another worker has room
+        under its own but no lease with budget for the job, is routed for (None) instead: that
+        worker needs a bigger session, which only a route call brings."""
+        room = self._room(cost, now, excluded, until)
         if not room:
             return None
         loads = self.loads()
@@ -252,7 +247,25 @@ class LeasePool:
         if not finishes:
             return HOLD
         earliest = min(finishes, key=finishes.__getitem__)
+        if route_for_budget and self._fund_first(earliest, room, loads, excluded):
+            return None
         return room[self._packed(earliest, finishes, loads)]
+
+    def _room(
+        self, cost: float, now: float, excluded: frozenset[str], until: float | None
+    ) -> dict[str, Lease]:
+        """Per worker, its least utilised lease with room for the job; spent sessions retired."""
+        room: dict[str, Lease] = {}
+        for lease in self._leases.values():
+            if lease.session is not None and not lease.retired and lease.session.spent(now):
+                self.retire(lease)
+                continue
+            url = lease.worker_url
+            if url not in excluded and lease.has_room(cost, now, until):
+                best = room.get(url)
+                if best is None or lease.utilisation < best.utilisation:
+                    room[url] = lease
+        return room
 
     def _packed(
         self, best: str, finishes: dict[str, float], loads: dict[str, tuple[float, int]]
@@ -293,6 +306,29 @@ class LeasePool:
         return any(
             not self._held_at_limit(url, loads) for url in self.workers() - room.keys() - excluded
         )
+
+    def _fund_first(
+        self,
+        chosen: str,
+        room: dict[str, Lease],
+        loads: dict[str, tuple[float, int]],
+        excluded: frozenset[str],
+    ) -> bool:
+        """The job would take ``chosen`` past the last limit that paid on it, while another
+        leased worker holds fewer jobs than its own such limit and no lease of it has budget
+        for the job: a route call for a bigger session comes first."""
+        capacity = self.capacity
+        if capacity is None:
+            return False
+
+        def proven(url: str) -> int:
+            state = capacity.state(url)
+            return state.base_limit if state is not None else 0
+
+        if not 0 < proven(chosen) <= loads.get(chosen, (0.0, 0))[1]:
+            return False
+        unfunded = self.workers() - room.keys() - excluded
+        return any(loads.get(url, (0.0, 0))[1] < proven(url) for url in unfunded)
 
     def _held_at_limit(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
         """The worker holds as many jobs as its concurrency limit allows (``loads``: what

@@ -244,13 +244,16 @@ class EndpointDispatcher:
         horizon_s = self.config.placement.horizon_s
         self._holding = False
         cap = max_concurrency(self.config)
+        route_for_budget = self.routing.may_route_for_budget(now)
         while len(self.queue) and self.inflight < cap:
             head = self.queue.peek()
             if head is None:
                 return
             job = self.ctx.jobs.get(head[0])
             until = job.deadline if job is not None else None  # a session must cover it
-            lease = self.leasing.pool.choose(head[1], now, self.ctx.rng, excluded, horizon_s, until)
+            lease = self.leasing.pool.choose(
+                head[1], now, self.ctx.rng, excluded, horizon_s, until, route_for_budget
+            )
             if isinstance(lease, Held):
                 self._holding = True
                 return

@@ -90,6 +90,7 @@ class Routing:
         self._retry_at = now  # no route call before this (back-off after errors, 429s)
         self._hold_route_at = now
         self._held_routes_unused = 0  # held route calls in a row whose answer opened nothing
+        self._budget_route_at = now  # no route call for a worker's budget before this
         self.known_workers: dict[str, float] = {}
         self.last_waiting: Waiting | None = None
         self.recent: deque[RouteRecord] = deque(maxlen=RECENT_ROUTES)
@@ -133,6 +134,15 @@ class Routing:
             f"endpoint {self._ctx.name}: route calls refused ({trouble.kind}) "
             f"{trouble.streak} times in a row for {now - trouble.since:.0f} s; "
             f"next try in {max(0.0, trouble.retry_at - now):.0f} s"
+        )
+
+    def may_route_for_budget(self, now: float) -> bool:
+        """Placement may route for a worker short of budget (``LeasePool.choose``): no route
+        call is out, and the last such answer was of use (else it waits as a held one does)."""
+        return (
+            not self.tasks
+            and not self.polling
+            and now >= max(self._budget_route_at, self._retry_at)
         )
 
     # batches ----------------------------------------------------------------------------
@@ -230,6 +240,9 @@ class Routing:
             # A worker held at its limit, or holding as many of our sessions as we allow: no
             # session that nothing can use, nor one that pushes it to its max_sessions.
             self._held_routes_unused += 1
+            backoff = 2 ** min(self._held_routes_unused, MAX_HELD_ROUTE_DOUBLINGS)
+            interval = self._ctx.config.placement.held_route_interval_s * backoff
+            self._budget_route_at = self._ctx.clock() + interval
             self.release(batch)
             return
         self._held_routes_unused = 0

@@ -292,6 +292,34 @@ def test_a_worker_under_its_limit_with_full_leases_makes_the_pool_route_for_more
     assert pool.choose(100.0, 0.0, rng) is Held.HOLD  # both at their limit of 2 now
 
 
+def test_a_job_beyond_a_proven_limit_waits_for_a_route_call_that_funds_another_worker() -> None:
+    """Worker a holds 8 jobs, the last limit that paid on it, and start-up lets it hold 16;
+    worker b holds 2 of the 8 it was proven at, but its only session is spent. The next job
+    is routed for (None: a new session, for b as Vast's route would pick the least loaded),
+    not sent into a's unproven headroom, where it would wait behind a's batch while b idles.
+    Without the route call's go-ahead (one out already, or the last did not help) a takes it."""
+    capacity = Capacity(CapacityPolicy())
+    pool = LeasePool(LeaseLimits(), capacity=capacity)
+    a = pool.new_lease("http://a", object(), ReuseMode.SESSION, 10_000.0, 0.0)
+    b = pool.new_lease("http://b", object(), ReuseMode.SESSION, 200.0, 0.0)
+    for url, limit, base in (("http://a", 16, 8), ("http://b", 8, 8)):
+        capacity.started(url, 0.0)  # known to the controller, then given its measured state
+        state = capacity.state(url)
+        assert state is not None
+        state.inflight, state.limit, state.base_limit = 0, limit, base
+    for lease, jobs in ((a, 8), (b, 2)):
+        for _ in range(jobs):
+            pool.acquire(lease, 100.0, 0.0)
+    pool.meter.finished("http://a", 100.0, 0.5, True)
+    pool.meter.finished("http://b", 100.0, 0.5, True)
+    rng = random.Random(0)
+    assert pool.choose(100.0, 1.0, rng, route_for_budget=True) is None
+    assert pool.choose(100.0, 1.0, rng, route_for_budget=False) is a
+    # Under its proven limit, a takes the job whatever b lacks.
+    pool.release(a, 100.0, 1.0, True)
+    assert pool.choose(100.0, 1.0, rng, route_for_budget=True) is a
+
+
 def test_a_long_step_the_load_did_not_fill_measures_the_doubling_it_skipped() -> None:
     """Demand of 24 on a batching worker of 32: start-up's 4x step from 8 to 32 is never held
     (every job finds room), yet the worker held 24 at about the same latency per cost, three

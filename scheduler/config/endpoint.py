@@ -123,6 +123,10 @@ class LeaseConfig(Model):
     # renewal a route call while jobs wait (warm (f1) p99 1.8x the official client's). 24 h:
     # ~550 starts per session.
     session_end_bound_s: float = Field(86400.0, gt=0)
+    # A /session/end that failed its quick tries (the network, the worker busy restarting) is
+    # tried again after this long, doubling up to 10x, until the worker has ended the session
+    # by its expiry: a worker back within minutes is freed within minutes, not at the bound.
+    session_end_retry_s: float = Field(30.0, gt=0, le=3600)
     min_budget_fraction: float = Field(0.05, gt=0, le=1)
     sequential_rest_s: float = Field(0.1, ge=0, le=10)
 

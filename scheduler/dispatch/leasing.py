@@ -27,6 +27,8 @@ MAX_SESSIONS_PER_WORKER = 4
 MAX_RETIRING_SESSIONS = 2  # retired sessions still running their last jobs, on top
 END_ATTEMPTS = 4  # /session/end tries: after 0, 0.5, 1.5 and 3.5 s (each call up to 10 s)
 END_BACKOFF_S = 0.5
+LATE_END_GROWTH = 10  # late /session/end tries back off to this many times session_end_retry_s
+MAX_LATE_ENDS = 1000  # a bound, not a limit reached: the session's expiry ends them first
 
 
 class Leasing:
@@ -41,6 +43,8 @@ class Leasing:
         self.legacy_detected = False
         self._sessionless_workers: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._late_ends: set[asyncio.Task[None]] = set()  # lost /session/end calls, tried later
+        self._closing = False
 
     def session_room(self, worker_url: str, cost: float) -> bool:
         """Whether the daemon may open another session, declaring ``cost``, on the worker. It
@@ -171,8 +175,30 @@ class Leasing:
                     log.warning("session.end_failed", endpoint=self._ctx.name,
                                 lease_id=lease.lease_id, kind=exc.kind, attempts=attempt,
                                 worker_ends_it_in_s=expires_in)  # fmt: skip
+                    if not self._closing:
+                        spawn(self._end_late(lease, session_id), self._late_ends,
+                              f"session-end-late-{self._ctx.name}")  # fmt: skip
                     return
                 await asyncio.sleep(END_BACKOFF_S * 2 ** (attempt - 1))
+
+    async def _end_late(self, lease: Lease, session_id: str) -> None:
+        """A lost ``/session/end`` tried again every ``lease.session_end_retry_s`` (doubling,
+        up to ``LATE_END_GROWTH`` times it) until it goes through or the worker's own expiry
+        of the session has passed. Cancelled on shutdown."""
+        interval = self._ctx.config.lease.session_end_retry_s
+        ceiling = interval * LATE_END_GROWTH
+        for tries in range(1, MAX_LATE_ENDS + 1):
+            await asyncio.sleep(interval)
+            if lease.session is not None and self._ctx.clock() >= lease.session.expires_at:
+                return  # the worker's sweep has ended it
+            try:
+                await self._forwarder.end_session(lease.answer, session_id)
+            except WorkerError:
+                interval = min(ceiling, interval * 2)
+                continue
+            log.info("session.ended_late", endpoint=self._ctx.name, lease_id=lease.lease_id,
+                     late_tries=tries)  # fmt: skip
+            return
 
     def switch_to_never(self) -> None:
         """Legacy (replay-protected) workers: one route answer per job from now on."""
@@ -199,7 +225,11 @@ class Leasing:
             self._retire_all()
 
     async def close_all(self) -> None:
-        """On the way out: every lease retired and closed, their sessions ended."""
+        """On the way out: every lease retired and closed, their sessions ended (those whose
+        end was lost earlier are left to the workers' expiry)."""
+        self._closing = True
         self._retire_all()
         self.close_idle(self._ctx.clock())
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for task in self._late_ends:
+            task.cancel()
+        await asyncio.gather(*self._background, *self._late_ends, return_exceptions=True)

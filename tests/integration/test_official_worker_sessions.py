@@ -161,3 +161,41 @@ async def test_a_lost_session_end_frees_the_worker_within_the_bound(
     assert max(counts) == END_ATTEMPTS, calls  # each tried again, a bounded number of times
     assert all(count <= END_ATTEMPTS for count in counts), calls
     assert idle_at - last_start <= bound + SWEEP_S + REPORT_S + SLACK_S, idle_at - last_start
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_end_lost_for_a_while_is_tried_again_until_it_goes_through(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The worker is unreachable for the quick tries of ``/session/end`` (dropped on purpose),
+    then reachable again: a later try ends the session, and the worker is free within seconds,
+    not at the session's own expiry (two 20 s-deadline jobs carry it ~50 s ahead)."""
+    calls: list[str] = []
+    lease = {**LEASE, "session_end_bound_s": 60, "session_end_retry_s": 1}
+
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 1, ENDPOINT) as (worker,),
+        daemon_for(emulator.autoscaler_url, max_concurrency=1, lease=lease) as daemon,
+    ):
+        leasing = daemon.service.dispatchers[ENDPOINT].leasing
+        real_end = leasing._forwarder.end_session
+
+        async def lost_for_a_while(ready: Ready, session_id: str) -> None:
+            calls.append(session_id)
+            if calls.count(session_id) <= END_ATTEMPTS:
+                raise WorkerGone("dropped on purpose by the test")
+            await real_end(ready, session_id)
+
+        leasing._forwarder.end_session = lost_for_a_while  # type: ignore[method-assign]
+        for n in range(2):
+            job_id = await submit(http, daemon, payload={"cost": 100, "n": n}, timeout_s=20)
+            job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 10)
+            assert job["status"] == "succeeded", job
+        done = time.monotonic()
+        idle_at = await wait_idle([worker], done, timeout_s=40)
+    assert calls, "the session's end was called"
+    assert max(calls.count(s) for s in set(calls)) > END_ATTEMPTS, calls  # tried again later
+    quick_tries_s = sum(0.5 * 2**i for i in range(END_ATTEMPTS - 1))
+    bound = LEASE["idle_close_s"] + quick_tries_s + lease["session_end_retry_s"] + REPORT_S
+    assert idle_at - done <= bound + SLACK_S, idle_at - done

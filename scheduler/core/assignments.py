@@ -246,6 +246,12 @@ class LeasePool:
                 finishes[url] = finish
         if not finishes:
             return HOLD
+        # Room under a worker's proven limit (the last that paid there) comes before the
+        # headroom a raised limit is testing: jobs sent into one worker's headroom while
+        # another has proven room queue behind its batch while the other idles.
+        proven = {url: f for url, f in finishes.items() if self._under_proven(url, loads)}
+        if proven:
+            finishes = proven
         earliest = min(finishes, key=finishes.__getitem__)
         if route_for_budget and self._fund_first(earliest, room, loads, excluded):
             return None
@@ -307,6 +313,19 @@ class LeasePool:
             not self._held_at_limit(url, loads) for url in self.workers() - room.keys() - excluded
         )
 
+    def _proven(self, worker_url: str) -> int:
+        """The last limit that paid on the worker (0: none measured yet, or limits off)."""
+        state = self.capacity.state(worker_url) if self.capacity is not None else None
+        return state.base_limit if state is not None else 0
+
+    def _under_proven(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
+        """The worker holds fewer jobs than the last limit that paid on it (a new worker: than
+        its first limit)."""
+        if self.capacity is None:
+            return True
+        proven = self._proven(worker_url) or self.capacity.limit(worker_url)
+        return loads.get(worker_url, (0.0, 0))[1] < proven
+
     def _fund_first(
         self,
         chosen: str,
@@ -317,18 +336,10 @@ class LeasePool:
         """The job would take ``chosen`` past the last limit that paid on it, while another
         leased worker holds fewer jobs than its own such limit and no lease of it has budget
         for the job: a route call for a bigger session comes first."""
-        capacity = self.capacity
-        if capacity is None:
-            return False
-
-        def proven(url: str) -> int:
-            state = capacity.state(url)
-            return state.base_limit if state is not None else 0
-
-        if not 0 < proven(chosen) <= loads.get(chosen, (0.0, 0))[1]:
+        if not 0 < self._proven(chosen) <= loads.get(chosen, (0.0, 0))[1]:
             return False
         unfunded = self.workers() - room.keys() - excluded
-        return any(loads.get(url, (0.0, 0))[1] < proven(url) for url in unfunded)
+        return any(loads.get(url, (0.0, 0))[1] < self._proven(url) for url in unfunded)
 
     def _held_at_limit(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
         """The worker holds as many jobs as its concurrency limit allows (``loads``: what

@@ -345,13 +345,12 @@ class Capacity:
             # measured next.
             skipped = 2 * state.base_limit
             fallback = state.base_limit
-            if (
-                not held
-                and state.limit > skipped <= done.peak
-                and self._held_more_paid(state, held_mean, rate, latency)
+            if state.limit > skipped <= done.peak and self._held_more_paid(
+                state, held_mean, rate, latency
             ):
                 fallback = skipped
-            state.long_step_failed = state.limit
+            else:
+                state.long_step_failed = state.limit  # measured, and it did not pay
             state.limit = fallback
             return True, "startup_unheld"
         return False, None

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.assignments import Held, LeaseLimits, LeasePool, ReuseMode
-from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Sent
+from scheduler.core.assignments import Held, Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Round, Sent, WorkerState
 from scheduler.emulator.workload import WorkQueue
 
 W = "http://worker"
@@ -292,26 +292,50 @@ def test_a_worker_under_its_limit_with_full_leases_makes_the_pool_route_for_more
     assert pool.choose(100.0, 0.0, rng) is Held.HOLD  # both at their limit of 2 now
 
 
+def a_and_b(
+    b_budget: float, held: tuple[int, int], delivered: tuple[float, float]
+) -> tuple[LeasePool, Lease, Lease]:
+    """Worker a at limit 16, proven at 8; worker b at 8, proven at 8; one session lease each
+    (b's with ``b_budget``), ``held`` jobs of cost 100 on them, the meter told each delivered
+    ``delivered`` cost in its first second."""
+    capacity = Capacity(CapacityPolicy())
+    for url, (limit, base) in (("http://a", (16, 8)), ("http://b", (8, 8))):
+        capacity.started(url, 0.0)  # known to the controller, then given its measured state
+        state = capacity.state(url)
+        assert state is not None
+        state.inflight, state.limit, state.base_limit = 0, limit, base
+    pool = LeasePool(LeaseLimits(), capacity=capacity)
+    a = pool.new_lease("http://a", object(), ReuseMode.SESSION, 10_000.0, 0.0)
+    b = pool.new_lease("http://b", object(), ReuseMode.SESSION, b_budget, 0.0)
+    for lease, jobs, cost in zip((a, b), held, delivered, strict=True):
+        for _ in range(jobs):
+            pool.acquire(lease, 100.0, 0.0)
+        pool.meter.finished(lease.worker_url, cost, 1.0, True)
+    return pool, a, b
+
+
+def test_proven_room_is_filled_before_another_workers_headroom() -> None:
+    """Worker a, measured four times as fast, holds 8 jobs, the last limit that paid there,
+    and start-up lets it try 16; worker b holds 6 of the 8 proven on it. The job goes to b:
+    sent into a's untested headroom it would wait behind a's batch while b has room (a probe
+    pulling jobs off full workers is what queued (f1)'s warm p99). Once b holds its 8, the
+    headroom takes the next job."""
+    pool, a, b = a_and_b(10_000.0, (8, 6), (4000.0, 1000.0))
+    rng = random.Random(0)
+    assert pool.choose(100.0, 1.0, rng) is b
+    pool.acquire(b, 100.0, 1.0)
+    assert pool.choose(100.0, 1.0, rng) is b
+    pool.acquire(b, 100.0, 1.0)
+    assert pool.choose(100.0, 1.0, rng) is a  # b is at its limit: a's headroom is next
+
+
 def test_a_job_beyond_a_proven_limit_waits_for_a_route_call_that_funds_another_worker() -> None:
     """Worker a holds 8 jobs, the last limit that paid on it, and start-up lets it hold 16;
     worker b holds 2 of the 8 it was proven at, but its only session is spent. The next job
     is routed for (None: a new session, for b as Vast's route would pick the least loaded),
     not sent into a's unproven headroom, where it would wait behind a's batch while b idles.
     Without the route call's go-ahead (one out already, or the last did not help) a takes it."""
-    capacity = Capacity(CapacityPolicy())
-    pool = LeasePool(LeaseLimits(), capacity=capacity)
-    a = pool.new_lease("http://a", object(), ReuseMode.SESSION, 10_000.0, 0.0)
-    b = pool.new_lease("http://b", object(), ReuseMode.SESSION, 200.0, 0.0)
-    for url, limit, base in (("http://a", 16, 8), ("http://b", 8, 8)):
-        capacity.started(url, 0.0)  # known to the controller, then given its measured state
-        state = capacity.state(url)
-        assert state is not None
-        state.inflight, state.limit, state.base_limit = 0, limit, base
-    for lease, jobs in ((a, 8), (b, 2)):
-        for _ in range(jobs):
-            pool.acquire(lease, 100.0, 0.0)
-    pool.meter.finished("http://a", 100.0, 0.5, True)
-    pool.meter.finished("http://b", 100.0, 0.5, True)
+    pool, a, _ = a_and_b(200.0, (8, 2), (100.0, 100.0))
     rng = random.Random(0)
     assert pool.choose(100.0, 1.0, rng, route_for_budget=True) is None
     assert pool.choose(100.0, 1.0, rng, route_for_budget=False) is a
@@ -337,6 +361,24 @@ def test_a_long_step_the_load_did_not_fill_measures_the_doubling_it_skipped() ->
     state = sim.capacity.state(W)
     assert state is not None
     assert any(c.old == 32 and c.new == 16 and c.reason == "startup_unheld" for c in state.changes)
+
+
+@pytest.mark.parametrize(("rate", "limit_after", "step_failed"), [(2795.0, 16, 0), (1500.0, 8, 32)])
+def test_a_long_step_held_but_not_kept_full_falls_back_to_the_doubling_it_paid_for(
+    rate: float, limit_after: int, step_failed: int
+) -> None:
+    """A round from the fleet simulation ((f2) warm, seed 1): a batching worker stepped from
+    8 to 32; jobs waited for it once, but placement kept it at 19 jobs on average, not full.
+    It delivered twice the base's throughput at 1.2x its latency per cost: the step is
+    untested, not failed, and the doubling it skipped (16) is measured next, with 32 still to
+    try. Before, it fell back to 8 and stayed there. Had it not paid, 8 it is, and 32 failed."""
+    capacity = Capacity(CapacityPolicy())
+    state = WorkerState(limit=32, base_limit=8, base_rate=1404.0, base_latency=0.0057)
+    done = Round(started_at=0.0, blocked=True, peak=32)
+    decided, reason = capacity._startup_verdict(state, done, rate, 0.00675, 18.9, filled=False)
+    assert (decided, reason) == (True, "startup_unheld")
+    assert state.limit == limit_after
+    assert state.long_step_failed == step_failed
 
 
 def test_a_raised_limit_the_load_is_still_growing_into_is_measured_again() -> None:

@@ -291,7 +291,8 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
 
     reps = 1 if ctx.quick else SWINGING_REPETITIONS
     runs = await _repeated(reps, one_repetition)
-    runs += medians(runs)
+    if reps > 1:
+        runs += medians(runs)
     ceilings = {v1: ceiling(fixed), v2: ceiling(mixed), w1: ceiling(fixed), w2: ceiling(mixed)}
     for run in runs:
         top = ceilings[run["variant"]]["jobs_per_s"]

@@ -489,7 +489,8 @@ async def scenario_b(ctx: Ctx) -> dict[str, Any]:
         ctx, kinds, emulator, "llm", len(LLM_PERFS), concurrency, "closed c=64", load, prepare
     ))  # fmt: skip
     add_over_direct(runs)  # paired: each repetition with its own direct run
-    runs += medians(runs)
+    if reps > 1:
+        runs += medians(runs)
     out = []
     run, off = _by(runs, "closed", "vast-scheduler (run)"), _by(runs, "closed", "official")
     if run and off and off["latency_ms"]["p99"] and run["latency_ms"]["p99"]:

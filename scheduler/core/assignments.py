@@ -111,6 +111,10 @@ def admitted_finish(
 
 
 BUSY_ALPHA = 0.05  # decay of the per-worker busy-rate sums, per completion (see tests)
+# A worker whose last usable session was just retired as spent (renewed) is routed for, as one
+# short of budget is, for this long: left to the held route calls' back-off, the fleet's fastest
+# worker went unused for 2-8 s per renewal in (b).
+RENEWAL_WINDOW_S = 2.0
 # Idle workers whose expected finish is within this share of the best one are alike: the one
 # used last gets the job (``LeasePool._packed``).
 PACK_TOLERANCE = 0.25
@@ -140,6 +144,7 @@ class LeasePool:
         self.capacity = capacity  # per-worker concurrency limits; None: leases alone bound it
         self._leases: dict[int, Lease] = {}
         self._next_id = 1
+        self._renewing: dict[str, float] = {}  # worker -> when its session was retired as spent
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -171,6 +176,7 @@ class LeasePool:
 
     def add(self, lease: Lease) -> Lease:
         self._leases[lease.lease_id] = lease
+        self._renewing.pop(lease.worker_url, None)
         return lease
 
     def new_lease(
@@ -235,7 +241,7 @@ class LeasePool:
         if len(at_limit) == len(room):
             # A worker under its limit whose leases are all full needs a bigger budget, which
             # only a route call brings: route (None) rather than wait for the others (HOLD).
-            return None if self._short_of_budget(room, loads, excluded) else HOLD
+            return None if self._short_of_budget(room, loads, excluded, now) else HOLD
         rates = {url: self.meter.throughput(url) for url in room if url not in at_limit}
         if len(rates) > 1 and None in rates.values():
             return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput, until)
@@ -265,6 +271,7 @@ class LeasePool:
         for lease in self._leases.values():
             if lease.session is not None and not lease.retired and lease.session.spent(now):
                 self.retire(lease)
+                self._renewing[lease.worker_url] = now
                 continue
             url = lease.worker_url
             if url not in excluded and lease.has_room(cost, now, until):
@@ -305,13 +312,21 @@ class LeasePool:
         return frozenset(full & room.keys())
 
     def _short_of_budget(
-        self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], excluded: frozenset[str]
+        self,
+        room: dict[str, Lease],
+        loads: dict[str, tuple[float, int]],
+        excluded: frozenset[str],
+        now: float,
     ) -> bool:
+        """A worker under its limit has no lease with room: a leased one whose leases are
+        full, or one whose session was just renewed (``RENEWAL_WINDOW_S``)."""
         if self.capacity is None:
             return False
-        return any(
-            not self._held_at_limit(url, loads) for url in self.workers() - room.keys() - excluded
-        )
+        for url, at in list(self._renewing.items()):
+            if now - at > RENEWAL_WINDOW_S:
+                del self._renewing[url]
+        workers = self.workers() | self._renewing.keys()
+        return any(not self._held_at_limit(url, loads) for url in workers - room.keys() - excluded)
 
     def _proven(self, worker_url: str) -> int:
         """The last limit that paid on the worker (0: none measured yet, or limits off)."""

@@ -17,8 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.core.assignments import Held, Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.assignments import (
+    RENEWAL_WINDOW_S,
+    Held,
+    Lease,
+    LeaseLimits,
+    LeasePool,
+    ReuseMode,
+)
 from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Round, Sent, WorkerState
+from scheduler.core.sessions import SessionClock
 from scheduler.emulator.workload import WorkQueue
 
 W = "http://worker"
@@ -290,6 +298,30 @@ def test_a_worker_under_its_limit_with_full_leases_makes_the_pool_route_for_more
     assert pool.choose(100.0, 0.0, rng) is None
     pool.acquire(pool.new_lease("http://b", object(), ReuseMode.SESSION, 100.0, 0.0), 100.0, 0.0)
     assert pool.choose(100.0, 0.0, rng) is Held.HOLD  # both at their limit of 2 now
+
+
+def test_a_worker_whose_session_was_just_renewed_is_routed_for_not_waited_on() -> None:
+    """Worker a is at its limit; worker b's only session is spent (it carried as many starts
+    as its bound allows) and is retired for renewal. For RENEWAL_WINDOW_S the next job is
+    routed for (a new session, which Vast's route gives the now idle b), not held behind the
+    held route calls' back-off; after it, held as before."""
+    capacity = Capacity(CapacityPolicy(initial_limit=2))
+    pool = LeasePool(LeaseLimits(), capacity=capacity)
+    a = pool.new_lease("http://a", object(), ReuseMode.SESSION, 1000.0, 0.0)
+    b = pool.new_lease("http://b", object(), ReuseMode.SESSION, 1000.0, 0.0)
+    b.session = SessionClock.opened(0.0, 10.0, 25.0)
+    b.session.started()  # the next start would carry its expiry past the bound: spent
+    for _ in range(2):
+        pool.acquire(a, 100.0, 0.0)
+    rng = random.Random(0)
+    assert pool.choose(100.0, 0.5, rng) is None
+    assert b.retired
+    assert pool.choose(100.0, 0.5 + RENEWAL_WINDOW_S / 2, rng) is None
+    assert pool.choose(100.0, 0.6 + RENEWAL_WINDOW_S, rng) is Held.HOLD
+    # A new session for b ends the renewal at once.
+    pool.choose(100.0, 3.0, rng)
+    pool.new_lease("http://b", object(), ReuseMode.SESSION, 1000.0, 3.0)
+    assert isinstance(pool.choose(100.0, 3.0, rng), Lease)
 
 
 def a_and_b(

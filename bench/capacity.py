@@ -35,6 +35,7 @@ from bench.scenarios import (
     _repeated,
     emulator_config,
     figure_number,
+    no_failed,
     ratio_target,
     run_systems,
     target,
@@ -209,15 +210,6 @@ def _p99(run: dict[str, Any]) -> float | None:
     return figure_number(run["latency_ms"].get("p99"))
 
 
-def _no_failed(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    failed = sum(
-        r["failed"]
-        for r in runs
-        if r["system"].startswith("vast-scheduler") and r.get("rep") != "median"
-    )
-    return target(f"{label} no failed job (vast-scheduler)", str(failed), failed == 0)
-
-
 async def _all_ready(st: Stage) -> None:
     """Every worker of the config ready before the first job (each system alike)."""
     await st.wait_ready(ENDPOINT, WORKERS)
@@ -298,7 +290,7 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
         top = ceilings[run["variant"]]["jobs_per_s"]
         run["share_of_ceiling"] = round(run["throughput_jobs_s"] / top, 3) if top else None
     out = _f_targets(runs, v1, v2, ceilings) + _f_targets(runs, w1, w2, ceilings)
-    out.append(_no_failed("(f)", runs))
+    out.append(no_failed("(f)", runs))
     return {
         "params": {
             "concurrency": CONCURRENCY,
@@ -378,7 +370,7 @@ async def scenario_g(ctx: Ctx) -> dict[str, Any]:
     out = ratio_target("(g) p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
     out += ratio_target("(g) throughput >= 0.95x official", run, off, throughput, 0.95, True,
                          "jobs/s")  # fmt: skip
-    out.append(_no_failed("(g)", runs))
+    out.append(no_failed("(g)", runs))
     fleet_cost_s = WORKERS * PERF
     return {
         "params": {
@@ -417,7 +409,7 @@ async def scenario_h(ctx: Ctx) -> dict[str, Any]:
     run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
     out = ratio_target("(h) throughput >= 1.0x official", run, off, throughput, 1.0, True,
                         "jobs/s")  # fmt: skip
-    out.append(_no_failed("(h)", runs))
+    out.append(no_failed("(h)", runs))
     mean = sum(costs) / len(costs)
     top = batching_ceiling_cost_s(1, MAX_BATCH, PERF, BATCH_SLOWDOWN) + 2 * PERF
     return {

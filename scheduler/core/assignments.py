@@ -325,8 +325,12 @@ class LeasePool:
         for url, at in list(self._renewing.items()):
             if now - at > RENEWAL_WINDOW_S:
                 del self._renewing[url]
-        workers = self.workers() | self._renewing.keys()
-        return any(not self._held_at_limit(url, loads) for url in workers - room.keys() - excluded)
+        roomless = self._roomless(room, excluded) | (self._renewing.keys() - room.keys() - excluded)
+        return any(not self._held_at_limit(url, loads) for url in roomless)
+
+    def _roomless(self, room: dict[str, Lease], excluded: frozenset[str]) -> set[str]:
+        """Leased workers, not excluded, none of whose leases has room for the job."""
+        return self.workers() - room.keys() - excluded
 
     def _proven(self, worker_url: str) -> int:
         """The last limit that paid on the worker (0: none measured yet, or limits off)."""
@@ -353,7 +357,7 @@ class LeasePool:
         for the job: a route call for a bigger session comes first."""
         if not 0 < self._proven(chosen) <= loads.get(chosen, (0.0, 0))[1]:
             return False
-        unfunded = self.workers() - room.keys() - excluded
+        unfunded = self._roomless(room, excluded)
         return any(loads.get(url, (0.0, 0))[1] < self._proven(url) for url in unfunded)
 
     def _held_at_limit(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:

@@ -157,12 +157,13 @@ def show_endpoints(args: argparse.Namespace) -> int:
 
 def run_daemon(config: AppConfig, path: str) -> int:
     from scheduler.serve import serve
+    from scheduler.store.session_journal import JournalUnavailable
     from scheduler.vast.console import EndpointsMissing
 
     tune_gc()
     try:
         run_loop(serve(config, config_path=path))
-    except EndpointsMissing as exc:
+    except (EndpointsMissing, JournalUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

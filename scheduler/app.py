@@ -24,12 +24,15 @@ from scheduler.api.frontdoor_state import FRONTDOOR, new_frontdoor
 from scheduler.api.reload import redact_new_secrets
 from scheduler.api.routes import add_routes
 from scheduler.config import AppConfig
+from scheduler.dispatch.left_sessions import JournaledForwarder, SessionReaper
+from scheduler.dispatch.seams import Forwarder
 from scheduler.emulator.emulator import Emulator
 from scheduler.jobs.delivery import BufferedDelivery
 from scheduler.jobs.service import SchedulerService
 from scheduler.jobs.webhooks import WebhookSender
 from scheduler.observability.metrics import Metrics
 from scheduler.store.base import FleetPolling, JobStore
+from scheduler.store.session_journal import FileSessionJournal, SessionJournal
 from scheduler.vast.console import ConsoleClient
 from scheduler.vast.endpoint_keys import EndpointKeys
 from scheduler.vast.endpoint_workers import EndpointWorkersWatch
@@ -41,6 +44,7 @@ from scheduler.vast.worker_client import WorkerClient
 log = structlog.get_logger("scheduler.app")
 AUTOSCALER_URL: web.AppKey[str] = web.AppKey("autoscaler_url", str)
 EMULATOR: web.AppKey[Emulator] = web.AppKey("emulator", Emulator)
+LEFT_SESSIONS_INTERVAL_S = 5.0
 
 
 def package_version() -> str:
@@ -97,6 +101,9 @@ async def scheduler_context(
 ) -> AsyncIterator[None]:
     config = app[CONFIG]
     vast = config.vast
+    journal_file = file_journal(config)
+    if journal_file is not None:  # first: JournalUnavailable stops the start with nothing open
+        await journal_file.start()
     # The autoscaler and the console: Python's default TLS context, flags untouched. Only
     # worker connections trust Vast's root, with its one relaxed flag (scheduler.vast.tls).
     route_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
@@ -127,16 +134,25 @@ async def scheduler_context(
         worker_networks=worker_networks_of(vast.worker_networks),
     )  # fmt: skip
     webhooks = WebhookSender(webhook_session, config.server.webhook, rng, app[METRICS])
-    async with shared_store(config, app[METRICS], clock) as (store, fleet):
+    async with shared_store(config, app[METRICS], clock) as (store, fleet, shared_journal):
+        journal = shared_journal or journal_file
+        forwarder: Forwarder = WorkerClient(worker_session, vast.worker_read_timeout_s,
+                                            vast.connect_timeout_s, trust)  # fmt: skip
+        reaper = None
+        if journal is not None:
+            if shared_journal is not None:
+                await shared_journal.start()
+            forwarder = JournaledForwarder(forwarder, journal)
+            reaper = SessionReaper(journal, forwarder, app[METRICS],
+                                   reap_interval_s(config), clock)  # fmt: skip
         service = SchedulerService(
-            config, router,
-            WorkerClient(worker_session, vast.worker_read_timeout_s, vast.connect_timeout_s,
-                         trust),
-            app[METRICS], webhooks, clock, rng, store, fleet,
-        )  # fmt: skip
+            config, router, forwarder, app[METRICS], webhooks, clock, rng, store, fleet
+        )
         app[SERVICE] = service
         await service.start()
         vast_tasks = {asyncio.create_task(keys.run(), name="vast-keys")}
+        if reaper is not None:
+            vast_tasks.add(asyncio.create_task(reaper.run(), name="left-sessions"))
         if console is not None:
             watch = EndpointWorkersWatch(console, keys, vast.endpoint_workers_interval_s, clock,
                                          lambda: jobs_waiting(service))  # fmt: skip
@@ -150,6 +166,8 @@ async def scheduler_context(
             await keys.close()
             await service.abort_remaining()
             await service.close()
+            if journal is not None:
+                await journal.close()
             await trust.close()
             await cancel_all(webhooks.tasks)
             for session in (route_session, worker_session, webhook_session):
@@ -175,15 +193,17 @@ def jobs_waiting(service: SchedulerService) -> bool:
 @asynccontextmanager
 async def shared_store(
     config: AppConfig, metrics: Metrics, clock: Callable[[], float]
-) -> AsyncIterator[tuple[JobStore | None, FleetPolling | None]]:
-    """The Redis store and fleet poll lease when configured; (None, None): memory."""
+) -> AsyncIterator[tuple[JobStore | None, FleetPolling | None, SessionJournal | None]]:
+    """The Redis store, fleet poll lease and session journal when configured; (None, None,
+    None): memory."""
     if config.store.backend != "redis":
-        yield None, None
+        yield None, None, None
         return
     # Imported here: a memory-only daemon never loads the Redis client.
     from scheduler.store.redis import RedisJobStore
     from scheduler.store.redis_client import connect
     from scheduler.store.redis_fleet import RedisFleetPolling
+    from scheduler.store.redis_sessions import RedisSessionJournal
 
     settings = config.store.redis
     replica = config.store.replica_id or default_replica_id()
@@ -198,10 +218,27 @@ async def shared_store(
         lambda _mode: BufferedDelivery(max_result_bytes), clock, on_error=count_error,
     )  # fmt: skip
     log.info("store.redis", key_prefix=settings.key_prefix, replica=replica)
+    fleet = RedisFleetPolling(client, settings.key_prefix, replica, count_error)
+    journal = RedisSessionJournal(client, settings.key_prefix, replica,
+                                  settings.visibility_timeout_s, count_error)  # fmt: skip
     try:
-        yield store, RedisFleetPolling(client, settings.key_prefix, replica, count_error)
+        yield store, fleet, journal
     finally:
         await client.aclose()
+
+
+def file_journal(config: AppConfig) -> FileSessionJournal | None:
+    path = config.store.session_journal
+    if config.store.backend == "redis" or path is None:
+        return None
+    return FileSessionJournal(path)
+
+
+def reap_interval_s(config: AppConfig) -> float:
+    """How often left sessions are looked for: on Redis, several heartbeats per lapse."""
+    if config.store.backend == "redis":
+        return min(LEFT_SESSIONS_INTERVAL_S, config.store.redis.visibility_timeout_s / 4)
+    return LEFT_SESSIONS_INTERVAL_S
 
 
 def default_replica_id() -> str:

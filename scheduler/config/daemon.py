@@ -172,6 +172,12 @@ class StoreConfig(Model):
     replica_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     # Jobs a replica claims ahead of what it runs (redis); more: fewer claims, less sharing.
     prefetch: int = Field(32, gt=0)
+    # memory: the file where the daemon records its open Vast sessions, so that the next start
+    # ends the ones a killed process left (else each holds a worker's session slot and its
+    # declared load until the worker's own expiry, up to lease.session_end_bound_s). One
+    # daemon per file. redis: ignored, the sessions are recorded in Redis, and a replica's are
+    # ended by another once its heartbeat (redis.visibility_timeout_s) lapses.
+    session_journal: Path | None = None
 
 
 class LoggingConfig(Model):

@@ -185,6 +185,14 @@ class Metrics:
         self.webhooks = counter("webhooks", "Webhooks by final outcome", ["outcome"])
         for outcome in WEBHOOK_OUTCOMES:
             self.webhooks.labels(outcome)
+        # sessions a killed process left open (scheduler.dispatch.left_sessions); outcome:
+        # ended, gone (the worker no longer answers: its own expiry ends it)
+        self.left_sessions = counter(
+            "left_sessions_ended", "Vast sessions left open by a killed process, ended here",
+            ["outcome"],
+        )  # fmt: skip
+        for outcome in ("ended", "gone"):
+            self.left_sessions.labels(outcome)
         # shared store (Redis); op: enqueue, claim, finish, requeue, touch, reclaim, cancel,
         # get, backlog, listen
         self.store_errors = counter("store_errors", "Failed shared job store operations", ["op"])

@@ -12,6 +12,9 @@ is spelt once for both sides. Layout, under ``{prefix}:``:
 - ``events``: pub/sub channel, ``done <id>`` and ``cancel <id>``
 - ``poll:{endpoint}``: the fleet's poller (a replica id); ``warm:{endpoint}``: a worker was
   ready lately
+- ``sessions:{replica}``: hash, the replica's open Vast sessions (session id -> record);
+  ``session-owners``: set of the replicas with such a hash; ``alive:{replica}``: its heartbeat
+  (``redis_sessions``; the take-over script spells the last two from the prefix)
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ TENANT_BACKLOG = "backlog:tenant"
 EVENTS = "events"
 POLL = "poll"
 WARM = "warm"
+SESSIONS = "sessions"
+SESSION_OWNERS = "session-owners"
+ALIVE = "alive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,16 @@ class Keys:
 
     def warm(self, endpoint: str) -> str:
         return self._key(WARM, endpoint)
+
+    def sessions(self, replica: str) -> str:
+        return self._key(SESSIONS, replica)
+
+    @property
+    def session_owners(self) -> str:
+        return self._key(SESSION_OWNERS)
+
+    def alive(self, replica: str) -> str:
+        return self._key(ALIVE, replica)
 
 
 def lua_key_functions() -> str:

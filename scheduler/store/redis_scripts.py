@@ -7,6 +7,7 @@ a cluster). The key layout and names are in ``scheduler.store.keys``.
 
 from __future__ import annotations
 
+from scheduler.store import keys
 from scheduler.store.keys import lua_key_functions
 
 PRELUDE = (
@@ -240,3 +241,26 @@ RELEASE = r"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS[1] session owners set, KEYS[2] this replica's sessions hash. ARGV[1] key prefix,
+# ARGV[2] this replica. Every other owner whose heartbeat key is gone hands its sessions over
+# (moved into KEYS[2]); -> the moved records.
+TAKE_OVER_SESSIONS = (
+    f"local alive, sessions = ':{keys.ALIVE}:', ':{keys.SESSIONS}:'"
+    + r"""
+local moved = {}
+for _, owner in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if owner ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. alive .. owner) == 0 then
+    local theirs = ARGV[1] .. sessions .. owner
+    local fields = redis.call('HGETALL', theirs)
+    for i = 1, #fields, 2 do
+      redis.call('HSET', KEYS[2], fields[i], fields[i + 1])
+      moved[#moved + 1] = fields[i + 1]
+    end
+    redis.call('DEL', theirs)
+    redis.call('SREM', KEYS[1], owner)
+  end
+end
+return moved
+"""
+)

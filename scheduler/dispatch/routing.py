@@ -21,6 +21,7 @@ from scheduler.core.backoff import (
     route_refusal_delay_s,
 )
 from scheduler.core.batching import BatchLimits, take_batch
+from scheduler.core.capacity_state import Phase
 from scheduler.core.ratelimit import TokenBucket
 from scheduler.core.sessions import session_cost
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
@@ -90,6 +91,8 @@ class Routing:
         self._retry_at = now  # no route call before this (back-off after errors, 429s)
         self._hold_route_at = now
         self._held_routes_unused = 0  # held route calls in a row whose answer opened nothing
+        self._held_waiting_cost = 0.0  # queued and routing jobs' cost at the last held call
+        self._held_at = now  # when the last held call went
         self._budget_route_at = now  # no route call for a worker's budget before this
         self.known_workers: dict[str, float] = {}
         self.last_waiting: Waiting | None = None
@@ -159,13 +162,10 @@ class Routing:
         if now < self._retry_at:
             return self._retry_at
         if holding:
-            if now < self._hold_route_at:
-                return self._hold_route_at
-            # Doubling while answers keep naming workers already at their limit: Vast has
-            # nothing new, and it hears the demand at a slower beat too.
-            backoff = 2 ** min(self._held_routes_unused, MAX_HELD_ROUTE_DOUBLINGS)
-            interval = self._ctx.config.placement.held_route_interval_s * backoff
-            self._hold_route_at = now + interval
+            due = self._held_route_due()
+            if now < due:
+                return due
+            self._held_route_at(now)
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
@@ -174,10 +174,41 @@ class Routing:
         self._route_next_batch(free_slots)
         return now  # look again at once: more batches may go out in parallel
 
+    def _held_route_due(self) -> float:
+        """When the next held route call may go. Doubling while answers keep naming workers
+        already at their limit: Vast has nothing new, and hears the demand at a slower beat
+        too. Not while jobs pile up here (the queued and routing cost grew since the last held
+        call): that is demand beyond the workers Vast runs, and these calls are all Vast hears
+        of it; then the next goes ``held_route_interval_s`` after the last."""
+        if self._waiting_cost() > self._held_waiting_cost:
+            return min(self._hold_route_at, self._held_at + self._held_interval_s(0))
+        return self._hold_route_at
+
+    def _held_route_at(self, now: float) -> None:
+        self._held_at, self._held_waiting_cost = now, self._waiting_cost()
+        self._hold_route_at = now + self._held_interval_s(self._held_routes_unused)
+
+    def _held_interval_s(self, doublings: int) -> float:
+        base = self._ctx.config.placement.held_route_interval_s
+        return base * float(2 ** min(doublings, MAX_HELD_ROUTE_DOUBLINGS))
+
+    def _waiting_cost(self) -> float:
+        """The cost of the jobs waiting here: queued, or reserved by a route call."""
+        jobs = self._ctx.jobs
+        return self._ctx.queue.queued_cost + sum(jobs[job_id].cost for job_id in self.reserved)
+
+    def _batch_jobs(self) -> int:
+        """The most jobs one route call carries."""
+        if self._leasing.mode is not ReuseMode.SESSION:
+            return 1
+        settled = self._settled_limit()
+        max_jobs = self._ctx.config.batch.max_jobs
+        # A session declares its answer's cost for its whole life: no more than it will hold.
+        return max_jobs if settled is None else min(max_jobs, settled)
+
     def _route_next_batch(self, free_slots: float) -> None:
         config, queue = self._ctx.config, self._ctx.queue
-        max_jobs = 1 if self._leasing.mode is not ReuseMode.SESSION else config.batch.max_jobs
-        limits = BatchLimits(int(min(max_jobs, free_slots)), config.batch.max_cost)
+        limits = BatchLimits(int(min(self._batch_jobs(), free_slots)), config.batch.max_cost)
         job_ids, cost = take_batch(queue.peek, queue.pop, limits)
         if not job_ids:
             return
@@ -301,6 +332,18 @@ class Routing:
 
     def _unavailable(self, now: float) -> frozenset[str]:
         return self.worker_backoff.backed_off(now)
+
+    def _settled_limit(self) -> int | None:
+        """The largest limit learnt by the leased workers past their start-up: what a
+        session on a worker like them will hold. A batch routed beyond it would open a session
+        declaring more than its worker runs, counted by the worker as load for the session's
+        life, and Vast scales on that load (None: no worker past its start-up yet)."""
+        capacity = self._leasing.pool.capacity
+        if self._leasing.mode is not ReuseMode.SESSION or capacity is None:
+            return None
+        states = (capacity.state(url) for url in self._leasing.pool.workers())
+        learnt = [s.limit for s in states if s is not None and s.phase is not Phase.STARTUP]
+        return max(learnt, default=None)
 
     def _declared_cost(self, batch: Batch) -> float:
         """A batch's route call declares its jobs' cost; for a session under learnt limits, at

@@ -5,22 +5,31 @@ answers only name workers already at their limit."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 
-from tests.integration.harness import daemon_config, running_daemon, running_emulator, submit_many
+from scheduler.emulator.emulator import Emulator
+from tests.integration.harness import (
+    Daemon,
+    daemon_config,
+    running_daemon,
+    running_emulator,
+    submit_many,
+    wait_all_finished,
+    wait_until,
+)
 
 HELD_INTERVAL_S = 0.25
 WATCH_S = 3.0
 
 
-async def test_held_route_calls_back_off_while_answers_name_saturated_workers(
-    http: aiohttp.ClientSession,
-) -> None:
-    """One FIFO worker (1 s a job, limit 1-2) and 20 queued jobs for 3 s. At a fixed 0.25 s
-    the held route calls would be about 12; doubling from 0.25 s (0.25, 0.5, 1, 2) they are
-    4 or 5, plus the call that opened the first lease."""
-    emulated = {"slow": {"workers": 1, "perf": 100.0, "service": "fifo"}}
+@asynccontextmanager
+async def one_fifo_worker(perf: float) -> AsyncIterator[tuple[Emulator, Daemon]]:
+    """An emulated FIFO worker of ``perf`` (cost 100 a job) and a daemon in front of it whose
+    held route calls start at ``HELD_INTERVAL_S``."""
+    emulated = {"slow": {"workers": 1, "perf": perf, "service": "fifo"}}
     endpoint = {
         "default_route": "/generate",
         "cost": {"estimator": "constant", "value": 100},
@@ -31,9 +40,63 @@ async def test_held_route_calls_back_off_while_answers_name_saturated_workers(
         config = daemon_config(
             emulator.autoscaler_url, {"slow": endpoint}, server={"grace_period_s": 0.5}
         )
-        async with running_daemon(config) as d:
-            await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 20)
-            before = len(emulator.route_log())
-            await asyncio.sleep(WATCH_S)
-            held_calls = len(emulator.route_log()) - before
+        async with running_daemon(config) as daemon:
+            yield emulator, daemon
+
+
+async def test_held_route_calls_back_off_while_answers_name_saturated_workers(
+    http: aiohttp.ClientSession,
+) -> None:
+    """One FIFO worker (1 s a job, limit 1-2) and 20 queued jobs for 3 s. At a fixed 0.25 s
+    the held route calls would be about 12; doubling from 0.25 s (0.25, 0.5, 1, 2) they are
+    4 or 5, plus the call that opened the first lease."""
+    async with one_fifo_worker(100.0) as (emulator, d):
+        await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 20)
+        before = len(emulator.route_log())
+        await asyncio.sleep(WATCH_S)
+        held_calls = len(emulator.route_log()) - before
     assert 1 <= held_calls <= 7, held_calls  # a fixed interval: ~12
+
+
+async def test_held_route_calls_keep_their_beat_while_jobs_pile_up(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The same worker, but 10 jobs a second arrive for 3 s (it serves one): the jobs waiting
+    here grow between held route calls, which are all Vast hears of that demand, so they stay
+    at 0.25 s (about 12) instead of doubling away (4 or 5, as above)."""
+    async with one_fifo_worker(100.0) as (emulator, d):
+        await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 2)
+        await asyncio.sleep(0.5)  # the first lease is open
+        before = len(emulator.route_log())
+        for _ in range(int(WATCH_S * 10)):
+            await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 1)
+            await asyncio.sleep(0.1)
+        held_calls = len(emulator.route_log()) - before
+    assert held_calls >= 9, held_calls  # doubling: 4 or 5
+
+
+async def test_a_settled_fifo_worker_gets_route_calls_sized_to_its_limit(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A session declares its route answer's cost on the worker for its whole life (the
+    worker reports it as load, and Vast scales on it). Once a FIFO worker's limit is learnt
+    (1-2 jobs), route calls carry batches of that many jobs, not the 32 of a batch: without
+    it every held call declares 32 x 100 and a session opened on it would claim 16x what runs."""
+    async with one_fifo_worker(1000.0) as (emulator, d):
+        leasing = d.service.dispatchers["slow"].leasing
+        capacity = leasing.pool.capacity
+        assert capacity is not None
+
+        def settled() -> bool:
+            states = [capacity.state(url) for url in leasing.pool.workers()]
+            return any(s is not None and str(s.phase) != "startup" for s in states)
+
+        first = await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 40)
+        await wait_until(settled, timeout_s=20)
+        await wait_all_finished(d, first, timeout_s=30)
+        before = len(emulator.route_log())
+        await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 40)
+        await asyncio.sleep(WATCH_S)
+        costs = [e["cost"] for e in emulator.route_log()[before:]]
+    assert costs, "held route calls while the worker was at its limit"
+    assert max(costs) <= 3 * 100, costs  # a FIFO worker's limit: 1-2, or a probe one above

@@ -43,6 +43,7 @@ from scheduler.vast.types import (
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
 MAX_HELD_ROUTE_DOUBLINGS = 4  # held route calls back off to 16x held_route_interval_s
+GONE_MEMORY_S = 3.0  # a worker found unreachable gets no new lease for this long
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
 MAX_BATCH_POLLS = 100_000  # a bound, not a limit reached in practice: jobs' deadlines end it
 StartJob = Callable[[Job, Lease], None]
@@ -92,6 +93,7 @@ class Routing:
         self._hold_route_at = now
         self._held_routes_unused = 0  # held route calls in a row whose answer opened nothing
         self._held_waiting_cost = 0.0  # queued and routing jobs' cost at the last held call
+        self._gone_at: dict[str, float] = {}  # workers found unreachable, and when
         self._held_at = now  # when the last held call went
         self._budget_route_at = now  # no route call for a worker's budget before this
         self.known_workers: dict[str, float] = {}
@@ -260,9 +262,12 @@ class Routing:
 
     async def _use_answer(self, batch: Batch, result: Ready) -> None:
         leasing = self._leasing
-        if self.worker_backoff.blocked(result.url, self._ctx.clock()):
-            # The worker answered 429 a moment ago: Vast may well name it again at once.
-            self.delay_until(self._ctx.clock() + self._ctx.config.placement.held_route_interval_s)
+        now = self._ctx.clock()
+        if self.worker_backoff.blocked(result.url, now) or self._just_gone(result.url, now):
+            # The worker answered 429, or could not be reached, a moment ago: Vast may well
+            # name it again at once (its view of a worker that stopped lags), and the jobs
+            # must not spend their attempts on it in a few milliseconds.
+            self.delay_until(now + self._ctx.config.placement.held_route_interval_s)
             self.release(batch)
             return
         if leasing.mode is ReuseMode.SESSION and (
@@ -279,6 +284,7 @@ class Routing:
         self._held_routes_unused = 0
         lease = await self._leasing.open(result)
         if lease is None:
+            self._remember_gone(result.url)
             self._batch_attempt_failed(batch)
             return
         self._place_batch(batch, lease)
@@ -358,6 +364,15 @@ class Routing:
         return session_cost(
             batch.cost, len(batch.job_ids), queue.queued_cost, len(queue), limit, cap
         )
+
+    def _remember_gone(self, url: str) -> None:
+        if len(self._gone_at) >= MAX_REMEMBERED_WORKERS:
+            self._gone_at.clear()  # rare; forgetting costs one more attempt on a dead worker
+        self._gone_at[url] = self._ctx.clock()
+
+    def _just_gone(self, url: str, now: float) -> bool:
+        gone_at = self._gone_at.get(url)
+        return gone_at is not None and now - gone_at < GONE_MEMORY_S
 
     def _batch_attempt_failed(self, batch: Batch) -> None:
         """The routed worker could not be reached: that counts as an attempt for each job."""

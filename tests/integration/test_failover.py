@@ -42,6 +42,27 @@ async def test_cold_start_waits_then_completes(http: aiohttp.ClientSession) -> N
     assert emulator.autoscaler.stats.count("cold", "ready") == 1
 
 
+async def test_a_stopped_worker_vast_still_names_does_not_use_up_a_jobs_attempts(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Vast's view of a worker lags its stop (here 2 s of stale reports): it goes on naming
+    the worker, whose address refuses connections. The job spends one attempt on it, then
+    waits (route calls 0.5 s apart) instead of spending all five within milliseconds and
+    failing; the worker comes back at the same address and the job succeeds on it."""
+    async with running_emulator({"echo": {"workers": 1}}, stale_after_s=2.0) as emulator:
+        await emulator.wait_ready("echo", 1)
+        (worker,) = emulator.workers("echo")
+        await worker.stop()
+        config = daemon_config(emulator.autoscaler_url, {"echo": {}})
+        async with running_daemon(config) as daemon:
+            job_id = await submit(http, daemon.url, "echo")
+            await asyncio.sleep(1.0)
+            await worker.restore()  # a cold start, same address
+            job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 15)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] <= 2, job
+
+
 @pytest.mark.parametrize("idempotent", [True, False])
 async def test_worker_killed_mid_job_runs_again_only_when_idempotent(
     http: aiohttp.ClientSession, idempotent: bool

@@ -219,8 +219,10 @@ async def shared_store(
     )  # fmt: skip
     log.info("store.redis", key_prefix=settings.key_prefix, replica=replica)
     fleet = RedisFleetPolling(client, settings.key_prefix, replica, count_error)
-    journal = RedisSessionJournal(client, settings.key_prefix, replica,
-                                  settings.visibility_timeout_s, count_error)  # fmt: skip
+    journal = None
+    if settings.session_journal:
+        journal = RedisSessionJournal(client, settings.key_prefix, replica,
+                                      settings.visibility_timeout_s, count_error)  # fmt: skip
     try:
         yield store, fleet, journal
     finally:

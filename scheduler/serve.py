@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -23,9 +24,13 @@ HANDLER_SHUTDOWN_S = 2.0
 
 
 async def serve(
-    config: AppConfig, stop: asyncio.Event | None = None, config_path: str | Path | None = None
+    config: AppConfig,
+    stop: asyncio.Event | None = None,
+    config_path: str | Path | None = None,
+    on_stopped: Callable[[], None] | None = None,
 ) -> None:
-    """``config_path``: the file ``config`` came from, read again on SIGHUP (see ``reload``)."""
+    """``config_path``: the file ``config`` came from, read again on SIGHUP (see ``reload``);
+    ``on_stopped``: called once the shutdown is complete."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -49,6 +54,8 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("daemon.stopped")
+    if on_stopped is not None:
+        on_stopped()
 
 
 def start_reload(app: web.Application, reloads: set[asyncio.Task[None]]) -> None:

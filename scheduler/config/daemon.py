@@ -163,6 +163,10 @@ class RedisConfig(Model):
     socket_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(64, gt=1)
     retries: int = Field(5, ge=0)  # per command, with exponential back-off, before giving up
+    # Record each replica's open Vast sessions in Redis, so that another replica ends the ones a
+    # killed replica left (store.session_journal is the memory store's file). Off by default
+    # for now: with it on, about one replica stop in 20 hung after its shutdown (not explained).
+    session_journal: bool = False
 
 
 class StoreConfig(Model):

@@ -122,7 +122,8 @@ async def test_a_replica_ends_the_sessions_a_killed_replica_left(
         try:
             for name in ("r1", "r2"):  # r2 after the jobs: all of them run on r1
                 fleet.append(await start_replica(tmp_path, name, emulator.autoscaler_url,
-                                                 redis_prefix, ENDPOINTS, http))  # fmt: skip
+                                                 redis_prefix, ENDPOINTS, http,
+                                                 redis={"session_journal": True}))  # fmt: skip
                 if name == "r1":
                     await run_jobs(http, fleet[0])
             r1, r2 = fleet

@@ -161,9 +161,9 @@ EXIT_WATCHDOG_S = 10.0
 
 
 def exit_watchdog() -> None:
-    """After a complete shutdown the process exits 0 within ``EXIT_WATCHDOG_S``: seen rarely
-    (about 1 replica stop in 30 on Redis, cause not found), the event loop stayed idle after
-    the main coroutine had returned, and the process never exited."""
+    """After a complete shutdown the process exits 0 within ``EXIT_WATCHDOG_S``: once (a Redis
+    replica, cause not found) the event loop stayed idle after the main coroutine had
+    returned, and the process never exited."""
 
     def force_exit() -> None:
         structlog.get_logger("scheduler.main").warning("daemon.exit_forced",

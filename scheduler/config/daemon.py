@@ -165,7 +165,7 @@ class RedisConfig(Model):
     retries: int = Field(5, ge=0)  # per command, with exponential back-off, before giving up
     # Record each replica's open Vast sessions in Redis, so that another replica ends the ones a
     # killed replica left (store.session_journal is the memory store's file). Off by default
-    # for now: with it on, about one replica stop in 20 hung after its shutdown (not explained).
+    # for now: with it on, about one test run in 5-8 saw a replica's stop hang (not explained).
     session_journal: bool = False
 
 
@@ -179,8 +179,8 @@ class StoreConfig(Model):
     # memory: the file where the daemon records its open Vast sessions, so that the next start
     # ends the ones a killed process left (else each holds a worker's session slot and its
     # declared load until the worker's own expiry, up to lease.session_end_bound_s). One
-    # daemon per file. redis: ignored, the sessions are recorded in Redis, and a replica's are
-    # ended by another once its heartbeat (redis.visibility_timeout_s) lapses.
+    # daemon per file. redis: ignored (redis.session_journal records them in Redis, where a
+    # replica's are ended by another once its heartbeat, redis.visibility_timeout_s, lapses).
     session_journal: Path | None = None
 
 

@@ -44,7 +44,7 @@ class RedisFleetPolling:
             if await self._client.exists(self._keys.warm(endpoint)):
                 return True
             ours = await self._lease(keys=[self._keys.poll(endpoint)],
-                                     args=[self._replica_id, _ms(ttl_s)])  # fmt: skip
+                                     args=[self._replica_id, ms(ttl_s)])  # fmt: skip
         except RedisError as exc:
             self._failed("poll_lease", endpoint, exc)
             return True
@@ -52,7 +52,7 @@ class RedisFleetPolling:
 
     async def got_worker(self, endpoint: str, warm_s: float) -> None:
         try:
-            await self._client.set(self._keys.warm(endpoint), self._replica_id, px=_ms(warm_s))
+            await self._client.set(self._keys.warm(endpoint), self._replica_id, px=ms(warm_s))
         except RedisError as exc:
             self._failed("poll_warm", endpoint, exc)
         await self.release(endpoint)
@@ -74,5 +74,6 @@ class RedisFleetPolling:
         self._on_error(op)
 
 
-def _ms(seconds: float) -> int:
+def ms(seconds: float) -> int:
+    """Seconds as whole milliseconds for PX/PEXPIRE (at least 1)."""
     return max(1, round(seconds * 1000))

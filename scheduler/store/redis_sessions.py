@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from scheduler.store import redis_scripts as lua
 from scheduler.store.keys import Keys
+from scheduler.store.redis_fleet import ms
 from scheduler.store.session_journal import SessionRecord
 
 log = structlog.get_logger("scheduler.store.redis_sessions")
@@ -36,7 +37,7 @@ class RedisSessionJournal:
         self._keys = Keys(prefix)
         self._prefix = prefix
         self._replica = replica_id
-        self._alive_ms = max(1, round(alive_s * 1000))
+        self._alive_ms = ms(alive_s)
         self._on_error = on_error
         self._take_over = client.register_script(lua.TAKE_OVER_SESSIONS)
         self._left: list[SessionRecord] = []

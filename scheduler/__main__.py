@@ -162,8 +162,10 @@ EXIT_WATCHDOG_S = 10.0
 
 def exit_watchdog() -> None:
     """After a complete shutdown the process exits 0 within ``EXIT_WATCHDOG_S``: once (a Redis
-    replica, cause not found) the event loop stayed idle after the main coroutine had
-    returned, and the process never exited."""
+    replica) the event loop stayed idle after the main coroutine had returned, and the process
+    never exited. ``asyncio.Runner`` cancels the tasks left once and waits for them; one that
+    swallows that cancellation (as redis-py's client rarely makes a task do; see
+    ``scheduler.tasks.cancel_and_wait``) keeps the loop running for ever."""
 
     def force_exit() -> None:
         structlog.get_logger("scheduler.main").warning("daemon.exit_forced",

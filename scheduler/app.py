@@ -33,6 +33,7 @@ from scheduler.jobs.webhooks import WebhookSender
 from scheduler.observability.metrics import Metrics
 from scheduler.store.base import FleetPolling, JobStore
 from scheduler.store.session_journal import FileSessionJournal, SessionJournal
+from scheduler.tasks import cancel_and_wait
 from scheduler.vast.console import ConsoleClient
 from scheduler.vast.endpoint_keys import EndpointKeys
 from scheduler.vast.endpoint_workers import EndpointWorkersWatch
@@ -162,14 +163,14 @@ async def scheduler_context(
             yield
         finally:
             service.accepting = False
-            await cancel_all(vast_tasks)
+            await cancel_and_wait(vast_tasks)
             await keys.close()
             await service.abort_remaining()
             await service.close()
             if journal is not None:
                 await journal.close()
             await trust.close()
-            await cancel_all(webhooks.tasks)
+            await cancel_and_wait(webhooks.tasks)
             for session in (route_session, worker_session, webhook_session):
                 await session.close()
 
@@ -245,10 +246,3 @@ def reap_interval_s(config: AppConfig) -> float:
 
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)

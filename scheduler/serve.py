@@ -17,6 +17,7 @@ from scheduler.api.reload import CONFIG_PATH, reload_on_signal
 from scheduler.app import create_app
 from scheduler.config import AppConfig
 from scheduler.listen import listen
+from scheduler.tasks import cancel_and_wait
 
 log = structlog.get_logger("scheduler.serve")
 # Handlers still open once the jobs have drained (rare: a stream mid-way) get this long.
@@ -49,7 +50,7 @@ async def serve(
         log.info("daemon.stopping")
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
-        await cancel_all(reloads)
+        await cancel_and_wait(reloads)
         await shutdown(app, runner, config.server.grace_period_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -63,13 +64,6 @@ def start_reload(app: web.Application, reloads: set[asyncio.Task[None]]) -> None
     task = asyncio.create_task(reload_on_signal(app), name="config-reload")
     reloads.add(task)
     task.add_done_callback(reloads.discard)
-
-
-async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def shutdown(app: web.Application, runner: web.AppRunner, grace_s: float) -> None:

@@ -164,9 +164,8 @@ class RedisConfig(Model):
     max_connections: int = Field(64, gt=1)
     retries: int = Field(5, ge=0)  # per command, with exponential back-off, before giving up
     # Record each replica's open Vast sessions in Redis, so that another replica ends the ones a
-    # killed replica left (store.session_journal is the memory store's file). Off by default
-    # for now: with it on, about one test run in 5-8 saw a replica's stop hang (not explained).
-    session_journal: bool = False
+    # killed replica left (store.session_journal is the memory store's file).
+    session_journal: bool = True
 
 
 class StoreConfig(Model):

@@ -29,6 +29,7 @@ from scheduler.dispatch.snapshot import endpoint_snapshot
 from scheduler.jobs import CANCELLED_BY_CALLER, SHUTDOWN_REASON, Job, JobStatus
 from scheduler.observability.metrics import EndpointGauges, Metrics
 from scheduler.store.base import FleetPolling, LocalPolling
+from scheduler.tasks import cancel_and_wait
 
 
 class EndpointDispatcher:
@@ -313,9 +314,6 @@ class EndpointDispatcher:
         await self.routing.abort(reason)
         while (job_id := self.queue.pop()) is not None:
             self.ctx.finish(self.ctx.jobs[job_id], JobStatus.FAILED, reason)
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._running.values()))
         await self.leasing.close_all()
         await self.sessions.close_all()

@@ -19,7 +19,7 @@ from scheduler.dispatch.context import (
     reuse_mode,
 )
 from scheduler.dispatch.seams import Forwarder
-from scheduler.tasks import spawn
+from scheduler.tasks import cancel_and_wait, spawn
 from scheduler.vast.types import Ready, SessionRefused, WorkerError
 
 Unreachable = Callable[[str, str], None]  # worker URL, error kind
@@ -230,6 +230,5 @@ class Leasing:
         self._closing = True
         self._retire_all()
         self.close_idle(self._ctx.clock())
-        for task in self._late_ends:
-            task.cancel()
-        await asyncio.gather(*self._background, *self._late_ends, return_exceptions=True)
+        await cancel_and_wait(self._late_ends)
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -29,7 +29,7 @@ from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.seams import Router
 from scheduler.jobs import Job, JobStatus
 from scheduler.store.base import FleetPolling
-from scheduler.tasks import spawn
+from scheduler.tasks import cancel_and_wait, spawn
 from scheduler.vast.types import (
     Ready,
     RouteBadRequest,
@@ -571,11 +571,7 @@ class Routing:
     # the way out ------------------------------------------------------------------------
     async def abort(self, reason: str) -> None:
         """Stop routing: cancel the calls and the poller, fail the jobs they were for."""
-        for task in [*self.tasks, *([self._poller] if self._poller else [])]:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self._poller is not None:
-            await asyncio.gather(self._poller, return_exceptions=True)
+        await cancel_and_wait([*self.tasks, *([self._poller] if self._poller else [])])
         for reserved_id in list(self.reserved):
             self._ctx.finish(self._ctx.jobs[reserved_id], JobStatus.FAILED, reason)
         self.reserved.clear()

@@ -36,7 +36,7 @@ from scheduler.store.base import (
     StoreUnavailable,
 )
 from scheduler.store.memory import MemoryJobStore
-from scheduler.tasks import spawn
+from scheduler.tasks import cancel_and_wait, spawn
 
 log = structlog.get_logger("scheduler.jobs.service")
 SWEEP_INTERVAL_S = 5.0
@@ -117,9 +117,8 @@ class SchedulerService:
 
     async def close(self) -> None:
         """After ``abort_remaining``: stop every loop, let result writes end, close the store."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._writes, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
+        await asyncio.gather(*self._writes, return_exceptions=True)
         await self.store.close()
 
     def reconfigure(self, config: AppConfig) -> None:
@@ -297,8 +296,7 @@ class SchedulerService:
         # A claim cut off mid-read would leave its jobs pending until taken over: let it end.
         feeders = list(self._feeding.values())
         _, late = await asyncio.wait(feeders, timeout=CLAIM_BLOCK_S + 1.0) if feeders else ((), ())
-        for task in late:
-            task.cancel()
+        await cancel_and_wait(late)
         await asyncio.gather(*feeders, return_exceptions=True)
         for feeder in self.feeders.values():
             await feeder.give_back()

@@ -39,6 +39,7 @@ from scheduler.store.base import (
 )
 from scheduler.store.keys import Keys
 from scheduler.store.redis_client import Scripts
+from scheduler.tasks import cancel_and_wait
 
 log = structlog.get_logger("scheduler.store.redis")
 
@@ -308,8 +309,7 @@ class RedisJobStore:
     async def close(self) -> None:
         self._closed = True
         if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.wait([self._listener])
+            await cancel_and_wait([self._listener])
             self._listener = None
         await self._drop_pubsub()
         self._wake_all()  # waiters read once more and return

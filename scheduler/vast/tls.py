@@ -39,6 +39,7 @@ import structlog
 from aiohttp import web
 
 from scheduler.core.retry import backoff_s
+from scheduler.tasks import cancel_and_wait
 from scheduler.vast.route_client import read_capped
 from scheduler.vast.types import VastRootUnavailable
 
@@ -255,10 +256,7 @@ class ConsoleRoot:
         }
 
     async def close(self) -> None:
-        tasks = [t for t in (self._loading, self._refreshing) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(t for t in (self._loading, self._refreshing) if t is not None)
 
 
 def worker_trust(

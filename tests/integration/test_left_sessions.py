@@ -122,8 +122,7 @@ async def test_a_replica_ends_the_sessions_a_killed_replica_left(
         try:
             for name in ("r1", "r2"):  # r2 after the jobs: all of them run on r1
                 fleet.append(await start_replica(tmp_path, name, emulator.autoscaler_url,
-                                                 redis_prefix, ENDPOINTS, http,
-                                                 redis={"session_journal": True}))  # fmt: skip
+                                                 redis_prefix, ENDPOINTS, http))  # fmt: skip
                 if name == "r1":
                     await run_jobs(http, fleet[0])
             r1, r2 = fleet
@@ -140,6 +139,7 @@ async def test_a_replica_ends_the_sessions_a_killed_replica_left(
             assert "r1" not in owners, owners
             ended = [e for e in r2.logs() if e.get("event") == "session.left_ended"]
             assert [e["outcome"] for e in ended] == ["ended"], ended
+            assert await stop(r2) == 0
         finally:
             for replica in fleet:
                 if replica.process.returncode is None:

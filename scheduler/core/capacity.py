@@ -109,6 +109,12 @@ class Capacity:
     def state(self, worker: str) -> WorkerState | None:
         return self._workers.get(worker)
 
+    def settled_limit(self) -> int | None:
+        """The largest limit among the workers remembered here that are past their start-up
+        (None: none is yet)."""
+        settled = [s.limit for s in self._workers.values() if s.phase is not Phase.STARTUP]
+        return max(settled, default=None)
+
     def limit(self, worker: str) -> int:
         state = self._workers.get(worker)
         return self.policy.initial_limit if state is None else state.limit

@@ -101,6 +101,7 @@ class EndpointDispatcher:
     def _queued(self, job: Job) -> None:
         job.status = JobStatus.QUEUED
         self.ctx.jobs[job.id] = job
+        self.routing.arrived(job.cost)
         log.info("job.queued", job_id=job.id, endpoint=self.name, cost=job.cost, mode=job.mode)
         self._place_now()
 

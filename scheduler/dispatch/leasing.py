@@ -92,7 +92,8 @@ class Leasing:
             self._track(lease, session_id, started, lifetime_s)
         self._ctx.metrics.leases_opened.labels(self._ctx.name, str(mode)).inc()
         log.info("lease.opened", endpoint=self._ctx.name, lease_id=lease.lease_id,
-                 mode=str(mode), capacity=ready.cost, session=session_id is not None,
+                 worker=ready.url, mode=str(mode), capacity=ready.cost,
+                 session=session_id is not None,
                  session_lifetime_s=lifetime_s if session_id else None)  # fmt: skip
         self._ctx.wakeup.set()
         return lease

@@ -1,11 +1,13 @@
 """Route calls for one endpoint: batches of queued jobs, the one poller while Vast has no worker
 ready (a batch answered WAITING while it polls keeps its own ``request_idx`` and asks again
-with it), the token bucket that spaces calls, back-off after refusals (of route calls, and
-per worker after a 429), and what recent calls answered."""
+with it), demand calls that tell Vast of jobs piling up here, the token bucket that spaces
+calls, back-off after refusals (of route calls, and per worker after a 429), and what recent
+calls answered."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from scheduler.core.backoff import (
 )
 from scheduler.core.batching import BatchLimits, take_batch
 from scheduler.core.capacity_state import Phase
+from scheduler.core.demand import DemandLedger
 from scheduler.core.ratelimit import TokenBucket
 from scheduler.core.sessions import session_cost
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
@@ -46,6 +49,11 @@ MAX_HELD_ROUTE_DOUBLINGS = 4  # held route calls back off to 16x held_route_inte
 GONE_MEMORY_S = 3.0  # a worker found unreachable gets no new lease for this long
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
 MAX_BATCH_POLLS = 100_000  # a bound, not a limit reached in practice: jobs' deadlines end it
+# A demand call (``Routing._declare_demand``) declares the cost that arrived within this many
+# held intervals and no call declared yet, and goes at most once per such window: Vast then
+# hears the recent arrival rate, and a worker it names for it (and never gets the jobs) looks
+# loaded to it for at most a status report of that window.
+DEMAND_WINDOW_INTERVALS = 4
 StartJob = Callable[[Job, Lease], None]
 FleetBacklog = Callable[[str], Awaitable[tuple[int, float]]]
 
@@ -93,6 +101,8 @@ class Routing:
         self._hold_route_at = now
         self._held_routes_unused = 0  # held route calls in a row whose answer opened nothing
         self._held_waiting_cost = 0.0  # queued and routing jobs' cost at the last held call
+        self._demand_grew = False  # that cost grew between the last two held calls
+        self._demand_declared_at = -math.inf  # when the last _declare_demand call went
         self._gone_at: dict[str, float] = {}  # workers found unreachable, and when
         self._held_at = now  # when the last held call went
         self._budget_route_at = now  # no route call for a worker's budget before this
@@ -102,6 +112,7 @@ class Routing:
         self.error_counts: Counter[str] = Counter()
         self.trouble: RouteTrouble | None = None  # route calls failing in a row, if any
         self.worker_backoff = WorkerBackoff(backoff_policy(ctx.config.worker_backoff))
+        self.demand = DemandLedger(self._demand_window_s(ctx.config))
 
     @property
     def polling(self) -> bool:
@@ -110,6 +121,15 @@ class Routing:
     def reconfigure(self, config: EndpointConfig) -> None:
         self.bucket.set_rate(config.route_rate_per_s, config.route_burst, self._ctx.clock())
         self.worker_backoff.policy = backoff_policy(config.worker_backoff)
+        self.demand.window_s = self._demand_window_s(config)
+
+    @staticmethod
+    def _demand_window_s(config: EndpointConfig) -> float:
+        return DEMAND_WINDOW_INTERVALS * config.placement.held_route_interval_s
+
+    def arrived(self, cost: float) -> None:
+        """A job was queued here: demand a held route call declares (``DemandLedger``)."""
+        self.demand.arrived(self._ctx.clock(), cost)
 
     def delay_until(self, until: float) -> None:
         """No new route call before ``until`` (a worker refused a job: Vast may well answer
@@ -167,13 +187,14 @@ class Routing:
             due = self._held_route_due()
             if now < due:
                 return due
+            self._demand_grew = self._waiting_cost() > self._held_waiting_cost
             self._held_route_at(now)
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
         if not self.bucket.try_take(now):
             return self.bucket.ready_at(now)
-        self._route_next_batch(free_slots)
+        self._route_next_batch(free_slots, holding)
         return now  # look again at once: more batches may go out in parallel
 
     def _held_route_due(self) -> float:
@@ -208,7 +229,7 @@ class Routing:
         # A session declares its answer's cost for its whole life: no more than it will hold.
         return max_jobs if settled is None else min(max_jobs, settled)
 
-    def _route_next_batch(self, free_slots: float) -> None:
+    def _route_next_batch(self, free_slots: float, held: bool = False) -> None:
         config, queue = self._ctx.config, self._ctx.queue
         limits = BatchLimits(int(min(self._batch_jobs(), free_slots)), config.batch.max_cost)
         job_ids, cost = take_batch(queue.peek, queue.pop, limits)
@@ -221,7 +242,7 @@ class Routing:
         for job_id in job_ids:
             self.reserved[job_id] = batch
             self._ctx.jobs[job_id].status = JobStatus.ROUTING
-        spawn(self._route_batch(batch), self.tasks, f"route-{name}",
+        spawn(self._route_batch(batch, held), self.tasks, f"route-{name}",
               lambda _: self._ctx.wakeup.set())  # fmt: skip
 
     def _linger_until(self, now: float) -> float | None:
@@ -235,14 +256,17 @@ class Routing:
         ready_at = self._ctx.jobs[head[0]].created_mono + linger_s
         return ready_at if ready_at > now else None
 
-    async def _route_batch(self, batch: Batch) -> None:
+    async def _route_batch(self, batch: Batch, held: bool = False) -> None:
+        """``held``: a held call (jobs wait for busy workers); when its answer names no worker
+        to open a session on, the arrivals Vast has not heard of follow (``_declare_demand``)."""
         name = self._ctx.name
         if not len(self._leasing.pool) and not await self._fleet.may_route(name, self.poll_ttl_s()):
             self.release(batch)  # cold, and another replica is the fleet's poller
             self._start_poller(None)
             return
+        declared = self._declared_cost(batch.cost, len(batch.job_ids))
         try:
-            result = await self.route(self._declared_cost(batch), None)
+            result = await self.route(declared, None)
         except RouteError as exc:
             self.failed(exc, batch)
             return
@@ -258,9 +282,36 @@ class Routing:
             if ready is None:
                 return
             result = ready
-        await self._use_answer(batch, result)
+        if not await self._use_answer(batch, result) and held:
+            await self._declare_demand(declared)
 
-    async def _use_answer(self, batch: Batch, result: Ready) -> None:
+    async def _declare_demand(self, declared: float) -> None:
+        """A route call for the cost that arrived here while jobs waited and that no call
+        declared yet (``DemandLedger``), its answer left unused: the official client routes
+        every job, so Vast scales on its arrival rate; the daemon's batches and sessions
+        declare what the workers will hold (a session's cost is its load on the worker for
+        its whole life), and this call the rest. Only while the cost waiting here grew since
+        the last held call (demand the fleet does not absorb), and only what exceeds the
+        call just made."""
+        now = self._ctx.clock()
+        undeclared = self.demand.undeclared(now) - declared
+        if (
+            not self._demand_grew
+            or undeclared <= 0
+            or now < self._demand_declared_at + self.demand.window_s
+            or not self.bucket.try_take(now)
+        ):
+            return
+        self.demand.declared()
+        self._demand_declared_at = now
+        try:
+            await self.route(min(undeclared, self._ctx.config.poll.max_cost), None)
+        except RouteError as exc:
+            self.failed(exc, None)
+
+    async def _use_answer(self, batch: Batch, result: Ready) -> bool:
+        """Opens a lease on the answer's worker and places the batch there; False when the
+        answer is of no use (its jobs go back to the queue, or try again)."""
         leasing = self._leasing
         now = self._ctx.clock()
         if self.worker_backoff.blocked(result.url, now) or self._just_gone(result.url, now):
@@ -269,7 +320,7 @@ class Routing:
             # must not spend their attempts on it in a few milliseconds.
             self.delay_until(now + self._ctx.config.placement.held_route_interval_s)
             self.release(batch)
-            return
+            return False
         if leasing.mode is ReuseMode.SESSION and (
             leasing.pool.saturated(result.url) or not leasing.session_room(result.url, result.cost)
         ):
@@ -280,14 +331,15 @@ class Routing:
             interval = self._ctx.config.placement.held_route_interval_s * backoff
             self._budget_route_at = self._ctx.clock() + interval
             self.release(batch)
-            return
+            return False
         self._held_routes_unused = 0
         lease = await self._leasing.open(result)
         if lease is None:
             self._remember_gone(result.url)
             self._batch_attempt_failed(batch)
-            return
+            return False
         self._place_batch(batch, lease)
+        return True
 
     async def _wait_in_line(self, batch: Batch, request_idx: int | None) -> Ready | None:
         """Poll for a WAITING batch with its own ``request_idx`` until Vast names a worker
@@ -300,7 +352,8 @@ class Routing:
                 return None
             await self._wait_for_token()
             try:
-                result = await self.route(self._declared_cost(batch), request_idx)
+                declared = self._declared_cost(batch.cost, len(batch.job_ids))
+                result = await self.route(declared, request_idx)
             except RouteError as exc:
                 if isinstance(exc, RouteBadRequest | RouteUnauthorized):
                     self.failed(exc, batch)
@@ -343,27 +396,35 @@ class Routing:
         """The largest limit learnt by the leased workers past their start-up: what a
         session on a worker like them will hold. A batch routed beyond it would open a session
         declaring more than its worker runs, counted by the worker as load for the session's
-        life, and Vast scales on that load (None: no worker past its start-up yet)."""
+        life, and Vast scales on that load. With no such worker leased now (all closed in a
+        quiet spell), the largest of those remembered: the endpoint's workers run the same
+        server, and a new one would otherwise open its session for a full batch. None: no
+        worker has settled yet."""
         capacity = self._leasing.pool.capacity
         if self._leasing.mode is not ReuseMode.SESSION or capacity is None:
             return None
         states = (capacity.state(url) for url in self._leasing.pool.workers())
         learnt = [s.limit for s in states if s is not None and s.phase is not Phase.STARTUP]
-        return max(learnt, default=None)
+        return max(learnt) if learnt else capacity.settled_limit()
 
-    def _declared_cost(self, batch: Batch) -> float:
+    def _declared_cost(self, cost: float, jobs: int) -> float:
         """A batch's route call declares its jobs' cost; for a session under learnt limits, at
         least what the busiest worker's limit would hold of such jobs (``session_cost``)."""
         leasing, config = self._leasing, self._ctx.config
         capacity = leasing.pool.capacity
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
-            return batch.cost
-        limit = max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
+            return cost
+        settled = self._settled_limit()
+        limit = settled or max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
         queue = self._ctx.queue
         cap = min(config.poll.max_cost, config.batch.max_cost)
-        return session_cost(
-            batch.cost, len(batch.job_ids), queue.queued_cost, len(queue), limit, cap
-        )
+        return session_cost(cost, jobs, queue.queued_cost, len(queue), limit, cap)
+
+    def _head_session_cost(self) -> float:
+        """What a session opened for the queue's next batch declares (``_declared_cost``)."""
+        queue = self._ctx.queue
+        jobs = max(1, min(self._batch_jobs(), len(queue)))
+        return self._declared_cost(queue.queued_cost / max(1, len(queue)) * jobs, jobs)
 
     def _remember_gone(self, url: str) -> None:
         if len(self._gone_at) >= MAX_REMEMBERED_WORKERS:
@@ -501,7 +562,8 @@ class Routing:
         if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
             self.known_workers.pop(next(iter(self.known_workers)))
         self.known_workers[result.url] = ctx.clock()
-        log.info("route.ready", endpoint=ctx.name, cost=cost, reqnum=result.reqnum,
+        log.info("route.ready", endpoint=ctx.name, cost=cost, worker=result.url,
+                 reqnum=result.reqnum,
                  latency_s=round(ctx.clock() - started, 6))  # fmt: skip
 
     async def route_with_token(self, cost: float, request_idx: int | None) -> RouteResult:
@@ -542,6 +604,11 @@ class Routing:
             cost = min(max(await self._backlog_cost(), 1.0), poll.max_cost)
             try:
                 result = await self.route(cost, request_idx)
+                own = self._head_session_cost()
+                if isinstance(result, Ready) and len(ctx.queue) and cost > own + 1e-9:
+                    # Vast heard the backlog. A session's load on its worker is its answer's
+                    # cost for its whole life: it opens on one that declares what it holds.
+                    result = await self.route_with_token(own, None)
             except RouteError as exc:
                 self.failed(exc, None)
                 continue

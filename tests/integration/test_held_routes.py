@@ -1,6 +1,7 @@
 """While every worker is at its learnt limit and jobs wait, the daemon still routes now and
 then (Vast should see the demand, new workers should be found), but backs off while the
-answers only name workers already at their limit."""
+answers only name workers already at their limit. What those calls declare (the demand) and
+what the sessions they open declare (what their worker will hold) are kept apart."""
 
 from __future__ import annotations
 
@@ -75,13 +76,36 @@ async def test_held_route_calls_keep_their_beat_while_jobs_pile_up(
     assert held_calls >= 9, held_calls  # doubling: 4 or 5
 
 
-async def test_a_settled_fifo_worker_gets_route_calls_sized_to_its_limit(
+def session_workloads(emulator: Emulator) -> dict[str, float]:
+    """Session id -> declared cost, for every session open on the emulator's workers now."""
+    return {
+        session_id: session.entry.workload
+        for worker in emulator.all_workers()
+        for session_id, session in worker.sessions.table.sessions.items()
+    }
+
+
+async def max_session_workload(
+    emulator: Emulator, watch_s: float, older: frozenset[str] = frozenset()
+) -> float:
+    """The largest workload of a session (not among ``older``) seen on any worker over
+    ``watch_s`` (bounded sampling)."""
+    seen = 0.0
+    for _ in range(int(watch_s / 0.05)):
+        now = [cost for sid, cost in session_workloads(emulator).items() if sid not in older]
+        seen = max([seen, *now])
+        await asyncio.sleep(0.05)
+    return seen
+
+
+async def test_a_settled_fifo_worker_gets_sessions_sized_to_its_limit_and_vast_the_demand(
     http: aiohttp.ClientSession,
 ) -> None:
     """A session declares its route answer's cost on the worker for its whole life (the
-    worker reports it as load, and Vast scales on it). Once a FIFO worker's limit is learnt
-    (1-2 jobs), route calls carry batches of that many jobs, not the 32 of a batch: without
-    it every held call declares 32 x 100 and a session opened on it would claim 16x what runs."""
+    worker reports it as load). Once a FIFO worker's limit is learnt (1-2 jobs), new sessions
+    declare that many jobs, not the 16 of a batch (8x what runs). The 40 jobs that then
+    wait here are still declared to Vast, by the held route calls (the official client would
+    have routed each of them): without that, the autoscaler never hears of them."""
     async with one_fifo_worker(1000.0) as (emulator, d):
         leasing = d.service.dispatchers["slow"].leasing
         capacity = leasing.pool.capacity
@@ -95,8 +119,32 @@ async def test_a_settled_fifo_worker_gets_route_calls_sized_to_its_limit(
         await wait_until(settled, timeout_s=20)
         await wait_all_finished(d, first, timeout_s=30)
         before = len(emulator.route_log())
+        opened_before = frozenset(session_workloads(emulator))  # sized before it settled
         await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 40)
-        await asyncio.sleep(WATCH_S)
+        largest_session = await max_session_workload(emulator, WATCH_S, opened_before)
         costs = [e["cost"] for e in emulator.route_log()[before:]]
     assert costs, "held route calls while the worker was at its limit"
-    assert max(costs) <= 3 * 100, costs  # a FIFO worker's limit: 1-2, or a probe one above
+    assert largest_session <= 3 * 100, largest_session  # a limit of 1-2, or a probe above
+    assert max(costs) >= 20 * 100, costs  # the waiting jobs' cost (at most 300 without)
+
+
+async def test_the_poller_declares_the_backlog_but_the_first_session_only_its_batch(
+    http: aiohttp.ClientSession,
+) -> None:
+    """No worker for a second while 100 jobs wait: the poller declares their whole cost
+    (10,000), which Vast scales for. The session the first worker gets declares a batch
+    (at most 32 jobs: 3,200), not the backlog: it is load the worker reports for the
+    session's whole life (10,000 without the second call)."""
+    emulated = {"slow": {"workers": 0, "perf": 1000.0, "service": "fifo"}}
+    endpoint = {"default_route": "/generate", "cost": {"estimator": "constant", "value": 100}}
+    async with running_emulator(emulated) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"slow": endpoint},
+                               server={"grace_period_s": 0.5})  # fmt: skip
+        async with running_daemon(config) as d:
+            await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 100)
+            await asyncio.sleep(1.0)
+            await emulator.add_worker("slow")
+            largest_session = await max_session_workload(emulator, WATCH_S)
+        costs = [e["cost"] for e in emulator.route_log()]
+    assert max(costs) >= 100 * 100 * 0.9, costs  # the backlog, minus what a lease took
+    assert 0 < largest_session <= 32 * 100, largest_session

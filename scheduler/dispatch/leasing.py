@@ -29,6 +29,7 @@ END_ATTEMPTS = 4  # /session/end tries: after 0, 0.5, 1.5 and 3.5 s (each call u
 END_BACKOFF_S = 0.5
 LATE_END_GROWTH = 10  # late /session/end tries back off to this many times session_end_retry_s
 MAX_LATE_ENDS = 1000  # a bound, not a limit reached: the session's expiry ends them first
+ROUTINE_LIMIT_CHANGES = frozenset({"probe", "probe_dropped"})  # logged at debug
 
 
 class Leasing:
@@ -141,8 +142,11 @@ class Leasing:
         if change is not None:
             ctx = self._ctx
             ctx.metrics.limit_changes.labels(ctx.name, change.reason).inc()
-            log.info("worker.limit_changed", endpoint=ctx.name, old=change.old, new=change.new,
-                     reason=change.reason, worker=worker_url)  # fmt: skip
+            # A steady worker probes one above its limit and drops back every few rounds:
+            # those at debug (the metric counts them), the rest at info.
+            emit = log.debug if change.reason in ROUTINE_LIMIT_CHANGES else log.info
+            emit("worker.limit_changed", endpoint=ctx.name, old=change.old, new=change.new,
+                 reason=change.reason, worker=worker_url)  # fmt: skip
 
     def _remember_sessionless(self, url: str) -> None:
         if len(self._sessionless_workers) >= MAX_REMEMBERED_WORKERS:

@@ -201,8 +201,9 @@ class Routing:
         """When the next held route call may go. Doubling while answers keep naming workers
         already at their limit: Vast has nothing new, and hears the demand at a slower beat
         too. Not while jobs pile up here (the queued and routing cost grew since the last held
-        call): that is demand beyond the workers Vast runs, and these calls are all Vast hears
-        of it; then the next goes ``held_route_interval_s`` after the last."""
+        call): that is demand beyond the workers Vast runs, which these calls (and the demand
+        calls that follow them, ``_declare_demand``) tell Vast of; then the next goes
+        ``held_route_interval_s`` after the last."""
         if self._waiting_cost() > self._held_waiting_cost:
             return min(self._hold_route_at, self._held_at + self._held_interval_s(0))
         return self._hold_route_at

@@ -297,7 +297,8 @@ class SchedulerService:
         feeders = list(self._feeding.values())
         _, late = await asyncio.wait(feeders, timeout=CLAIM_BLOCK_S + 1.0) if feeders else ((), ())
         await cancel_and_wait(late)
-        await asyncio.gather(*feeders, return_exceptions=True)
+        # Only those that ended: one cancel_and_wait gave up on would be waited for for ever.
+        await asyncio.gather(*(f for f in feeders if f.done()), return_exceptions=True)
         for feeder in self.feeders.values():
             await feeder.give_back()
 

@@ -109,6 +109,10 @@ class BatchConfig(Model):
 class LeaseConfig(Model):
     ttl_s: float = Field(300.0, gt=0)
     idle_close_s: float = Field(2.0, gt=0)
+    # An idle lease on a spare worker (running nothing while another, used later, is leased
+    # and nothing waits) closes after this long instead: its session is load on the worker
+    # that Vast scales on. Capped by idle_close_s.
+    spare_close_s: float = Field(0.5, gt=0)
     # The lifetime a lease's Vast session is opened with at least; longer when the jobs at hand
     # need it (a quiet session cuts a job running past creation + 2 lifetimes).
     session_lifetime_s: float = Field(120.0, gt=0)

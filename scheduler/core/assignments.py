@@ -124,6 +124,7 @@ PACK_TOLERANCE = 0.25
 class LeaseLimits:
     ttl_s: float = 300.0  # no new placements after this age
     idle_close_s: float = 2.0  # an idle lease is closed after this long (lease.idle_close_s)
+    spare_close_s: float = 0.5  # ... on a spare worker (``LeasePool.spare_workers``) this long
     min_budget_fraction: float = 0.05  # AIMD never shrinks a budget below this share
     increase_fraction: float = 0.1  # additive increase per success, as a share of capacity
     # The official worker removes a request's entry (keyed by reqnum) only after it has sent
@@ -447,8 +448,9 @@ class LeasePool:
             lease.retired = True
         return hit
 
-    def collect(self, now: float) -> list[Lease]:
-        """Remove and return the leases to close: idle and (retired, expired or unused too long)."""
+    def collect(self, now: float, spare: frozenset[str] = frozenset()) -> list[Lease]:
+        """Remove and return the leases to close: idle and (retired, expired or unused too long:
+        ``spare_close_s`` on the ``spare`` workers, else ``idle_close_s``)."""
         done = [
             lease
             for lease in self._leases.values()
@@ -457,7 +459,7 @@ class LeasePool:
                 lease.retired
                 or now >= lease.expires_at
                 or (lease.session is not None and lease.session.spent(now))
-                or now - lease.last_used >= self.limits.idle_close_s
+                or now - lease.last_used >= self._idle_close_s(lease, spare)
                 or (lease.mode is ReuseMode.NEVER and lease.uses > 0)
             )
         ]
@@ -465,18 +467,34 @@ class LeasePool:
             del self._leases[lease.lease_id]
         return done
 
-    def next_collection(self, now: float) -> float | None:
-        """When ``collect`` next has something to do for an idle lease."""
+    def next_collection(self, now: float, spare: frozenset[str] = frozenset()) -> float | None:
+        """When ``collect`` (given the same ``spare``) next has something to do."""
         times = [
             min(
                 lease.expires_at,
-                lease.last_used + self.limits.idle_close_s,
+                lease.last_used + self._idle_close_s(lease, spare),
                 lease.session.expires_at - SESSION_MARGIN_S if lease.session else math.inf,
             )
             for lease in self._leases.values()
             if lease.idle
         ]
         return min(times) if times else None
+
+    def _idle_close_s(self, lease: Lease, spare: frozenset[str]) -> float:
+        limits = self.limits
+        return limits.spare_close_s if lease.worker_url in spare else limits.idle_close_s
+
+    def spare_workers(self) -> frozenset[str]:
+        """The leased workers running nothing, but the one used last: while nothing waits for a
+        worker, their sessions close after ``spare_close_s``. Placement packs light load onto
+        the workers used last (``_packed``); an open session is load on its worker, which Vast
+        scales on, and keeps it from being stopped: in the bill scenario's traces, 2-3 workers
+        ran nothing for the whole 2 s idle close at each lull and at the end."""
+        busy = self.loads().keys()
+        idle = self.workers() - busy
+        if not busy and idle:
+            idle = idle - {max(idle, key=self.meter.last_active)}
+        return frozenset(idle)
 
     def next_available(self, now: float) -> float | None:
         """When a resting sequential answer can take a job again."""

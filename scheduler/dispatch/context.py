@@ -33,7 +33,8 @@ def reuse_mode(setting: str) -> ReuseMode:
 
 def lease_limits(config: EndpointConfig) -> LeaseLimits:
     lc = config.lease
-    return LeaseLimits(lc.ttl_s, lc.idle_close_s, lc.min_budget_fraction,
+    return LeaseLimits(lc.ttl_s, lc.idle_close_s, min(lc.spare_close_s, lc.idle_close_s),
+                       lc.min_budget_fraction,
                        sequential_rest_s=lc.sequential_rest_s)  # fmt: skip
 
 

@@ -233,7 +233,8 @@ class EndpointDispatcher:
         now = self.ctx.clock()
         pool = self.leasing.pool
         rested = pool.next_available(now) if len(self.queue) else None
-        times = [wake_at, self.queue.next_deadline(), pool.next_collection(now), rested]
+        collection = pool.next_collection(now, self.leasing.spare_workers())
+        times = [wake_at, self.queue.next_deadline(), collection, rested]
         due = [t for t in times if t is not None]
         timeout = max(0.0, min(due) - self.ctx.clock()) if due else None
         with contextlib.suppress(TimeoutError):

@@ -45,6 +45,7 @@ class Leasing:
         self._sessionless_workers: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._late_ends: set[asyncio.Task[None]] = set()  # lost /session/end calls, tried later
+        self._opening: dict[str, float] = {}  # worker -> cost of the sessions being opened on it
         self._closing = False
 
     def session_room(self, worker_url: str, cost: float) -> bool:
@@ -68,6 +69,16 @@ class Leasing:
                  capacity=smallest.capacity, by_capacity=cost)  # fmt: skip
         return True
 
+    def free_session_budget(self, worker_url: str) -> float:
+        """The cost the daemon's sessions on the worker have room for: the open ones' budgets
+        less their jobs in flight, and those being opened (their create call is out)."""
+        open_room = sum(
+            max(0.0, lease.budget - lease.inflight_cost)
+            for lease in self.pool
+            if lease.worker_url == worker_url and lease.session_id and not lease.retired
+        )
+        return open_room + self._opening.get(worker_url, 0.0)
+
     async def open(self, ready: Ready) -> Lease | None:
         """A lease in the pool for a ready answer, with a Vast session when the mode wants one
         and the worker has room for it; None when the worker cannot be reached."""
@@ -78,6 +89,7 @@ class Leasing:
         started = self._ctx.clock()
         lifetime_s = self.lifetime_for_jobs(started)
         if mode is ReuseMode.SESSION:
+            self._opening[ready.url] = self._opening.get(ready.url, 0.0) + ready.cost
             try:
                 session_id = await self._forwarder.create_session(ready, lifetime_s)
             except SessionRefused as exc:
@@ -87,6 +99,8 @@ class Leasing:
             except WorkerError as exc:
                 self._unreachable(ready.url, exc.kind)
                 return None
+            finally:
+                self._opened(ready.url, ready.cost)
         now = self._ctx.clock()
         lease = self.pool.add(self.pool.make_lease(ready.url, ready, mode, ready.cost, now))
         if session_id is not None:
@@ -98,6 +112,11 @@ class Leasing:
                  session_lifetime_s=lifetime_s if session_id else None)  # fmt: skip
         self._ctx.wakeup.set()
         return lease
+
+    def _opened(self, worker_url: str, cost: float) -> None:
+        left = self._opening.pop(worker_url, 0.0) - cost
+        if left > 1e-9:
+            self._opening[worker_url] = left
 
     async def open_pinned(self, ready: Ready, lifetime_s: float) -> Lease:
         """A caller session's lease: a Vast session of its own, kept out of the pool (only the
@@ -153,9 +172,15 @@ class Leasing:
             self._sessionless_workers.clear()  # rare; forgetting only costs one refused create
         self._sessionless_workers.add(url)
 
+    def spare_workers(self) -> frozenset[str]:
+        """The workers whose idle sessions close early (``LeasePool.spare_workers``): none while
+        jobs wait here."""
+        return frozenset() if len(self._ctx.queue) else self.pool.spare_workers()
+
     def close_idle(self, now: float) -> None:
         """Close the leases that are done (idle and retired, expired or unused too long)."""
-        for lease in self.pool.collect(now):
+        spare = self.spare_workers()
+        for lease in self.pool.collect(now, spare):
             log.info("lease.closed", endpoint=self._ctx.name, lease_id=lease.lease_id,
                      completed=lease.completed, retired=lease.retired)  # fmt: skip
             if lease.session_id is not None:

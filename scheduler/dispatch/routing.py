@@ -2,12 +2,12 @@
 ready (a batch answered WAITING while it polls keeps its own ``request_idx`` and asks again
 with it), demand calls that tell Vast of jobs piling up here, the token bucket that spaces
 calls, back-off after refusals (of route calls, and per worker after a 429), and what recent
-calls answered."""
+calls answered. When held calls and demand calls go is ``held_routes``; what a session
+declares, and whether a worker needs another, ``session_sizing``."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,13 +23,12 @@ from scheduler.core.backoff import (
     route_refusal_delay_s,
 )
 from scheduler.core.batching import BatchLimits, take_batch
-from scheduler.core.capacity_state import Phase
-from scheduler.core.demand import DemandLedger
 from scheduler.core.ratelimit import TokenBucket
-from scheduler.core.sessions import session_cost
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
+from scheduler.dispatch.held_routes import HeldRoutes
 from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.seams import Router
+from scheduler.dispatch.session_sizing import SessionSizing
 from scheduler.jobs import Job, JobStatus
 from scheduler.store.base import FleetPolling
 from scheduler.tasks import cancel_and_wait, spawn
@@ -45,15 +44,9 @@ from scheduler.vast.types import (
 
 MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
 RECENT_ROUTES = 20  # route answers kept for the status page
-MAX_HELD_ROUTE_DOUBLINGS = 4  # held route calls back off to 16x held_route_interval_s
 GONE_MEMORY_S = 3.0  # a worker found unreachable gets no new lease for this long
 FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
 MAX_BATCH_POLLS = 100_000  # a bound, not a limit reached in practice: jobs' deadlines end it
-# A demand call (``Routing._declare_demand``) declares the cost that arrived within this many
-# held intervals and no call declared yet, and goes at most once per such window: Vast then
-# hears the recent arrival rate, and a worker it names for it (and never gets the jobs) looks
-# loaded to it for at most a status report of that window.
-DEMAND_WINDOW_INTERVALS = 4
 StartJob = Callable[[Job, Lease], None]
 FleetBacklog = Callable[[str], Awaitable[tuple[int, float]]]
 
@@ -98,13 +91,7 @@ class Routing:
         self._poller: asyncio.Task[None] | None = None
         self._errors = 0  # route errors in a row
         self._retry_at = now  # no route call before this (back-off after errors, 429s)
-        self._hold_route_at = now
-        self._held_routes_unused = 0  # held route calls in a row whose answer opened nothing
-        self._held_waiting_cost = 0.0  # queued and routing jobs' cost at the last held call
-        self._demand_grew = False  # that cost grew between the last two held calls
-        self._demand_declared_at = -math.inf  # when the last _declare_demand call went
         self._gone_at: dict[str, float] = {}  # workers found unreachable, and when
-        self._held_at = now  # when the last held call went
         self._budget_route_at = now  # no route call for a worker's budget before this
         self.known_workers: dict[str, float] = {}
         self.last_waiting: Waiting | None = None
@@ -112,7 +99,8 @@ class Routing:
         self.error_counts: Counter[str] = Counter()
         self.trouble: RouteTrouble | None = None  # route calls failing in a row, if any
         self.worker_backoff = WorkerBackoff(backoff_policy(ctx.config.worker_backoff))
-        self.demand = DemandLedger(self._demand_window_s(ctx.config))
+        self.held = HeldRoutes(ctx.config, leasing.pool, now)
+        self.sizing = SessionSizing(ctx, leasing)
 
     @property
     def polling(self) -> bool:
@@ -121,15 +109,11 @@ class Routing:
     def reconfigure(self, config: EndpointConfig) -> None:
         self.bucket.set_rate(config.route_rate_per_s, config.route_burst, self._ctx.clock())
         self.worker_backoff.policy = backoff_policy(config.worker_backoff)
-        self.demand.window_s = self._demand_window_s(config)
-
-    @staticmethod
-    def _demand_window_s(config: EndpointConfig) -> float:
-        return DEMAND_WINDOW_INTERVALS * config.placement.held_route_interval_s
+        self.held.reconfigure(config)
 
     def arrived(self, cost: float) -> None:
         """A job was queued here: demand a held route call declares (``DemandLedger``)."""
-        self.demand.arrived(self._ctx.clock(), cost)
+        self.held.demand.arrived(self._ctx.clock(), cost)
 
     def delay_until(self, until: float) -> None:
         """No new route call before ``until`` (a worker refused a job: Vast may well answer
@@ -184,11 +168,11 @@ class Routing:
         if now < self._retry_at:
             return self._retry_at
         if holding:
-            due = self._held_route_due()
+            waiting = self._waiting_cost()
+            due = self.held.due(waiting)
             if now < due:
                 return due
-            self._demand_grew = self._waiting_cost() > self._held_waiting_cost
-            self._held_route_at(now)
+            self.held.went(now, waiting)
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
@@ -197,42 +181,14 @@ class Routing:
         self._route_next_batch(free_slots, holding)
         return now  # look again at once: more batches may go out in parallel
 
-    def _held_route_due(self) -> float:
-        """When the next held route call may go. Doubling while answers keep naming workers
-        already at their limit: Vast has nothing new, and hears the demand at a slower beat
-        too. Not while jobs pile up here (the queued and routing cost grew since the last held
-        call): that is demand beyond the workers Vast runs, which these calls (and the demand
-        calls that follow them, ``_declare_demand``) tell Vast of; then the next goes
-        ``held_route_interval_s`` after the last."""
-        if self._waiting_cost() > self._held_waiting_cost:
-            return min(self._hold_route_at, self._held_at + self._held_interval_s(0))
-        return self._hold_route_at
-
-    def _held_route_at(self, now: float) -> None:
-        self._held_at, self._held_waiting_cost = now, self._waiting_cost()
-        self._hold_route_at = now + self._held_interval_s(self._held_routes_unused)
-
-    def _held_interval_s(self, doublings: int) -> float:
-        base = self._ctx.config.placement.held_route_interval_s
-        return base * float(2 ** min(doublings, MAX_HELD_ROUTE_DOUBLINGS))
-
     def _waiting_cost(self) -> float:
         """The cost of the jobs waiting here: queued, or reserved by a route call."""
         jobs = self._ctx.jobs
         return self._ctx.queue.queued_cost + sum(jobs[job_id].cost for job_id in self.reserved)
 
-    def _batch_jobs(self) -> int:
-        """The most jobs one route call carries."""
-        if self._leasing.mode is not ReuseMode.SESSION:
-            return 1
-        settled = self._settled_limit()
-        max_jobs = self._ctx.config.batch.max_jobs
-        # A session declares its answer's cost for its whole life: no more than it will hold.
-        return max_jobs if settled is None else min(max_jobs, settled)
-
     def _route_next_batch(self, free_slots: float, held: bool = False) -> None:
         config, queue = self._ctx.config, self._ctx.queue
-        limits = BatchLimits(int(min(self._batch_jobs(), free_slots)), config.batch.max_cost)
+        limits = BatchLimits(int(min(self.sizing.batch_jobs(), free_slots)), config.batch.max_cost)
         job_ids, cost = take_batch(queue.peek, queue.pop, limits)
         if not job_ids:
             return
@@ -265,7 +221,7 @@ class Routing:
             self.release(batch)  # cold, and another replica is the fleet's poller
             self._start_poller(None)
             return
-        declared = self._declared_cost(batch.cost, len(batch.job_ids))
+        declared = self.sizing.declared_cost(batch.cost, len(batch.job_ids))
         try:
             result = await self.route(declared, None)
         except RouteError as exc:
@@ -295,18 +251,12 @@ class Routing:
         the last held call (demand the fleet does not absorb), and only what exceeds the
         call just made."""
         now = self._ctx.clock()
-        undeclared = self.demand.undeclared(now) - declared
-        if (
-            not self._demand_grew
-            or undeclared <= 0
-            or now < self._demand_declared_at + self.demand.window_s
-            or not self.bucket.try_take(now)
-        ):
+        cost = self.held.demand_due(now, declared)
+        if cost is None or not self.bucket.try_take(now):
             return
-        self.demand.declared()
-        self._demand_declared_at = now
+        self.held.demand_declared(now)
         try:
-            await self.route(min(undeclared, self._ctx.config.poll.max_cost), None)
+            await self.route(min(cost, self._ctx.config.poll.max_cost), None)
         except RouteError as exc:
             self.failed(exc, None)
 
@@ -323,17 +273,18 @@ class Routing:
             self.release(batch)
             return False
         if leasing.mode is ReuseMode.SESSION and (
-            leasing.pool.saturated(result.url) or not leasing.session_room(result.url, result.cost)
+            leasing.pool.saturated(result.url)
+            or self.sizing.funded(result.url, batch.cost / max(1, len(batch.job_ids)))
+            or not leasing.session_room(result.url, result.cost)
         ):
-            # A worker held at its limit, or holding as many of our sessions as we allow: no
-            # session that nothing can use, nor one that pushes it to its max_sessions.
-            self._held_routes_unused += 1
-            backoff = 2 ** min(self._held_routes_unused, MAX_HELD_ROUTE_DOUBLINGS)
-            interval = self._ctx.config.placement.held_route_interval_s * backoff
-            self._budget_route_at = self._ctx.clock() + interval
+            # A worker held at its limit, funded for it already, or holding as many of our
+            # sessions as we allow: no session that nothing can use (its cost would be load
+            # on the worker for its life, which Vast scales on), nor one that pushes it to
+            # its max_sessions.
+            self._budget_route_at = self._ctx.clock() + self.held.answer_unused()
             self.release(batch)
             return False
-        self._held_routes_unused = 0
+        self.held.unused = 0
         lease = await self._leasing.open(result)
         if lease is None:
             self._remember_gone(result.url)
@@ -353,7 +304,7 @@ class Routing:
                 return None
             await self._wait_for_token()
             try:
-                declared = self._declared_cost(batch.cost, len(batch.job_ids))
+                declared = self.sizing.declared_cost(batch.cost, len(batch.job_ids))
                 result = await self.route(declared, request_idx)
             except RouteError as exc:
                 if isinstance(exc, RouteBadRequest | RouteUnauthorized):
@@ -392,40 +343,6 @@ class Routing:
 
     def _unavailable(self, now: float) -> frozenset[str]:
         return self.worker_backoff.backed_off(now)
-
-    def _settled_limit(self) -> int | None:
-        """The largest limit learnt by the leased workers past their start-up: what a
-        session on a worker like them will hold. A batch routed beyond it would open a session
-        declaring more than its worker runs, counted by the worker as load for the session's
-        life, and Vast scales on that load. With no such worker leased now (all closed in a
-        quiet spell), the largest of those remembered: the endpoint's workers run the same
-        server, and a new one would otherwise open its session for a full batch. None: no
-        worker has settled yet."""
-        capacity = self._leasing.pool.capacity
-        if self._leasing.mode is not ReuseMode.SESSION or capacity is None:
-            return None
-        states = (capacity.state(url) for url in self._leasing.pool.workers())
-        learnt = [s.limit for s in states if s is not None and s.phase is not Phase.STARTUP]
-        return max(learnt) if learnt else capacity.settled_limit()
-
-    def _declared_cost(self, cost: float, jobs: int) -> float:
-        """A batch's route call declares its jobs' cost; for a session under learnt limits, at
-        least what the busiest worker's limit would hold of such jobs (``session_cost``)."""
-        leasing, config = self._leasing, self._ctx.config
-        capacity = leasing.pool.capacity
-        if leasing.mode is not ReuseMode.SESSION or capacity is None:
-            return cost
-        settled = self._settled_limit()
-        limit = settled or max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
-        queue = self._ctx.queue
-        cap = min(config.poll.max_cost, config.batch.max_cost)
-        return session_cost(cost, jobs, queue.queued_cost, len(queue), limit, cap)
-
-    def _head_session_cost(self) -> float:
-        """What a session opened for the queue's next batch declares (``_declared_cost``)."""
-        queue = self._ctx.queue
-        jobs = max(1, min(self._batch_jobs(), len(queue)))
-        return self._declared_cost(queue.queued_cost / max(1, len(queue)) * jobs, jobs)
 
     def _remember_gone(self, url: str) -> None:
         if len(self._gone_at) >= MAX_REMEMBERED_WORKERS:
@@ -605,7 +522,8 @@ class Routing:
             cost = min(max(await self._backlog_cost(), 1.0), poll.max_cost)
             try:
                 result = await self.route(cost, request_idx)
-                own = self._head_session_cost()
+                self.held.demand.declared()  # the backlog holds every arrival here
+                own = self.sizing.head_session_cost()
                 if isinstance(result, Ready) and len(ctx.queue) and cost > own + 1e-9:
                     # Vast heard the backlog. A session's load on its worker is its answer's
                     # cost for its whole life: it opens on one that declares what it holds.

@@ -134,7 +134,8 @@ async def test_the_poller_declares_the_backlog_but_the_first_session_only_its_ba
     """No worker for a second while 100 jobs wait: the poller declares their whole cost
     (10,000), which Vast scales for. The session the first worker gets declares a batch
     (at most 32 jobs: 3,200), not the backlog: it is load the worker reports for the
-    session's whole life (10,000 without the second call)."""
+    session's whole life (10,000 without the second call). No call after it declares the
+    backlog again."""
     emulated = {"slow": {"workers": 0, "perf": 1000.0, "service": "fifo"}}
     endpoint = {"default_route": "/generate", "cost": {"estimator": "constant", "value": 100}}
     async with running_emulator(emulated) as emulator:
@@ -148,3 +149,24 @@ async def test_the_poller_declares_the_backlog_but_the_first_session_only_its_ba
         costs = [e["cost"] for e in emulator.route_log()]
     assert max(costs) >= 100 * 100 * 0.9, costs  # the backlog, minus what a lease took
     assert 0 < largest_session <= 32 * 100, largest_session
+    # The backlog the poller declared holds every job here: no demand call declares them
+    # again (6,800 of them were, a second time, before the poller marked them declared).
+    after_poll = costs[len(costs) - costs[::-1].index(max(costs)) :]
+    assert after_poll, costs
+    assert max(after_poll) <= 32 * 100, costs
+
+
+async def test_held_route_calls_keep_pace_with_a_backlog_the_workers_clear_in_seconds(
+    http: aiohttp.ClientSession,
+) -> None:
+    """20 jobs on one FIFO worker of 0.2 s a job: about 4 s of backlog, no new arrivals.
+    Doubling from 0.25 s, the held calls would be 3 in the first 3 s (0.25, 0.75, 1.75); held
+    to a quarter of the backlog's drain time they keep coming (6-8): a worker Vast starts
+    meanwhile is found while the backlog lasts (its jobs would otherwise wait for it)."""
+    async with one_fifo_worker(500.0) as (emulator, d):
+        await submit_many(http, f"{d.url}/v1/endpoints/slow/jobs", 20)
+        await asyncio.sleep(0.2)  # the first leases are open: what follows is held calls
+        before = len(emulator.route_log())
+        await asyncio.sleep(WATCH_S - 0.2)
+        held_calls = len(emulator.route_log()) - before
+    assert held_calls >= 5, held_calls  # doubling: 3

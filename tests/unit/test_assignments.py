@@ -230,6 +230,61 @@ def test_next_collection() -> None:
     assert pool.inflight_cost() == 1.0
 
 
+def test_spare_workers_close_after_the_shorter_wait_but_the_one_used_last() -> None:
+    """Idle workers are spare while another runs a job; once all are idle, all but the one
+    used last. A spare worker's idle lease is due after ``spare_close_s``, the others' after
+    ``idle_close_s``."""
+    limits = LeaseLimits(ttl_s=100.0, idle_close_s=10.0, spare_close_s=1.0)
+    pool = LeasePool(limits)
+    a = pool.new_lease("http://a", None, ReuseMode.SESSION, 5.0, now=0.0)
+    b = pool.new_lease("http://b", None, ReuseMode.SESSION, 5.0, now=0.0)
+    sent_a = pool.acquire(a, 1.0, now=0.0)
+    pool.acquire(b, 1.0, now=0.0)
+    assert pool.spare_workers() == frozenset()  # both busy
+    pool.release(a, 1.0, now=1.0, succeeded=True, sent=sent_a)
+    assert pool.spare_workers() == {"http://a"}  # b still runs a job
+    pool.release(b, 1.0, now=2.0, succeeded=True)
+    spare = pool.spare_workers()
+    assert spare == {"http://a"}  # b was used last: it keeps the idle close
+    assert pool.next_collection(2.0, spare) == a.last_used + limits.spare_close_s
+    assert pool.collect(a.last_used + limits.spare_close_s, spare) == [a]
+    assert pool.spare_workers() == frozenset()  # the last one is never spare
+    assert pool.collect(b.last_used + limits.idle_close_s - 0.01, frozenset()) == []
+    assert pool.collect(b.last_used + limits.idle_close_s, frozenset()) == [b]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(("http://a", "http://b", "http://c")), st.booleans()),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_spare_workers_never_include_a_busy_one_nor_all(steps: list[tuple[str, bool]]) -> None:
+    """Whatever jobs started and ended: no worker running a job is spare; some leased worker is
+    not spare; and at the time ``next_collection`` names, ``collect`` closes something (the
+    endpoint's loop would otherwise wake in a spin)."""
+    pool = LeasePool(LeaseLimits(ttl_s=100.0, idle_close_s=10.0, spare_close_s=1.0))
+    leases = {url: pool.new_lease(url, None, ReuseMode.SESSION, 50.0, 0.0) for url, _ in steps}
+    now = 0.0
+    for url, start in steps:
+        now += 0.1
+        lease = leases[url]
+        if start:
+            pool.acquire(lease, 1.0, now)
+        elif lease.inflight_jobs:
+            pool.release(lease, 1.0, now, succeeded=True)
+        spare = pool.spare_workers()
+        busy = {u for u, lease in leases.items() if lease.inflight_jobs}
+        assert not spare & busy
+        assert spare < pool.workers()
+    spare = pool.spare_workers()
+    due = pool.next_collection(now, spare)
+    if due is not None:
+        assert pool.collect(max(due, now), spare)
+
+
 # --- random interleavings ----------------------------------------------------------------
 
 WORKERS = ("http://a", "http://b", "http://c")

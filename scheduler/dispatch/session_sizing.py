@@ -1,0 +1,80 @@
+"""What a session the daemon opens on a worker should declare, and when a worker has all the
+session budget it can use. A session's cost is load on its worker for the session's whole
+life (the worker reports it, Vast scales on it), so sessions are sized to what the worker's
+learnt limit will hold, not to the demand the route call that opened them carried."""
+
+from __future__ import annotations
+
+from scheduler.core.assignments import ReuseMode
+from scheduler.core.capacity_state import Phase
+from scheduler.core.sessions import session_cost
+from scheduler.dispatch.context import EndpointContext
+from scheduler.dispatch.leasing import Leasing
+
+
+class SessionSizing:
+    def __init__(self, ctx: EndpointContext, leasing: Leasing) -> None:
+        self._ctx = ctx
+        self._leasing = leasing
+
+    def settled_limit(self) -> int | None:
+        """The largest limit learnt by the leased workers past their start-up: what a
+        session on a worker like them will hold. A batch routed beyond it would open a session
+        declaring more than its worker runs, counted by the worker as load for the session's
+        life, and Vast scales on that load. With no such worker leased now (all closed in a
+        quiet spell), the largest of those remembered: the endpoint's workers run the same
+        server, and a new one would otherwise open its session for a full batch. None: no
+        worker has settled yet."""
+        capacity = self._leasing.pool.capacity
+        if self._leasing.mode is not ReuseMode.SESSION or capacity is None:
+            return None
+        states = (capacity.state(url) for url in self._leasing.pool.workers())
+        learnt = [s.limit for s in states if s is not None and s.phase is not Phase.STARTUP]
+        return max(learnt) if learnt else capacity.settled_limit()
+
+    def batch_jobs(self) -> int:
+        """The most jobs one route call carries."""
+        if self._leasing.mode is not ReuseMode.SESSION:
+            return 1
+        settled = self.settled_limit()
+        max_jobs = self._ctx.config.batch.max_jobs
+        # A session declares its answer's cost for its whole life: no more than it will hold.
+        return max_jobs if settled is None else min(max_jobs, settled)
+
+    def declared_cost(self, cost: float, jobs: int) -> float:
+        """A batch's route call declares its jobs' cost; for a session under learnt limits, at
+        least what the busiest worker's limit would hold of such jobs (``session_cost``)."""
+        leasing, config = self._leasing, self._ctx.config
+        capacity = leasing.pool.capacity
+        if leasing.mode is not ReuseMode.SESSION or capacity is None:
+            return cost
+        settled = self.settled_limit()
+        limit = settled or max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
+        queue = self._ctx.queue
+        cap = min(config.poll.max_cost, config.batch.max_cost)
+        return session_cost(cost, jobs, queue.queued_cost, len(queue), limit, cap)
+
+    def head_session_cost(self) -> float:
+        """What a session opened for the queue's next batch declares (``declared_cost``)."""
+        queue = self._ctx.queue
+        jobs = max(1, min(self.batch_jobs(), len(queue)))
+        return self.declared_cost(queue.queued_cost / max(1, len(queue)) * jobs, jobs)
+
+    def funded(self, url: str, job_cost: float) -> bool:
+        """The daemon's sessions on the worker (open, or being opened) have room for as many
+        such jobs as its limit lets it take beside those it runs. Parallel batch calls after
+        a worker is found name it together: each opened a session (3-6 on one new FIFO
+        worker running one job, in the bill scenario's traces). A worker in its start-up
+        is funded for one job beyond the limit its settled peers learnt (their server is
+        the same): a faster one grows past it by its probes once its start-up is over."""
+        leasing = self._leasing
+        capacity = leasing.pool.capacity
+        if leasing.mode is not ReuseMode.SESSION or capacity is None:
+            return False
+        jobs = leasing.pool.loads().get(url, (0.0, 0))[1]
+        limit = capacity.limit(url)
+        state, settled = capacity.state(url), self.settled_limit()
+        if settled is not None and (state is None or state.phase is Phase.STARTUP):
+            limit = min(limit, settled + 1)
+        wanted = max(0, limit - jobs) * job_cost
+        return leasing.free_session_budget(url) >= wanted - 1e-9

@@ -1,0 +1,82 @@
+"""The beat of held route calls (``dispatch.held_routes.HeldRoutes``): pure given its inputs
+(times are passed in, the pool's measured rates are set by the test)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.config import EndpointConfig
+from scheduler.core.assignments import LeaseLimits, LeasePool, ReuseMode
+from scheduler.dispatch.held_routes import DRAIN_SHARE, SHORT_BACKLOG_INTERVALS, HeldRoutes
+
+CONFIG = EndpointConfig.model_validate({"placement": {"held_route_interval_s": 0.5}})
+BASE = 0.5
+
+
+def pool_clearing(rate: float | None) -> LeasePool:
+    """A pool with one leased worker that has cleared ``rate`` cost per second (None: no
+    measured rate yet)."""
+    pool = LeasePool(LeaseLimits())
+    pool.new_lease("http://w", None, ReuseMode.SESSION, 1e6, 0.0)
+    if rate is not None:
+        pool.meter.started("http://w", 0.0)
+        pool.meter.finished("http://w", rate, 1.0, succeeded=True)
+    return pool
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    unused=st.integers(0, 8),
+    held_waiting=st.floats(0, 1e5),
+    waiting=st.floats(0, 1e5),
+    rate=st.none() | st.floats(1.0, 1e4),
+)
+def test_the_next_held_call_is_never_before_the_base_interval_nor_after_the_back_off(
+    unused: int, held_waiting: float, waiting: float, rate: float | None
+) -> None:
+    """Between the base interval and the backed-off one: at the base when the waiting cost
+    grew; at the back-off when no rate is measured; else capped at DRAIN_SHARE of the time
+    the workers need to clear what waits."""
+    held = HeldRoutes(CONFIG, pool_clearing(rate), now=0.0)
+    held.unused = unused
+    held.went(10.0, held_waiting)
+    due = held.due(waiting)
+    backed_off = 10.0 + held.interval_s(unused)
+    assert 10.0 + BASE - 1e-9 <= due <= backed_off + 1e-9
+    if waiting > held_waiting:
+        assert due == 10.0 + BASE
+    elif rate is None or waiting / rate <= SHORT_BACKLOG_INTERVALS * BASE:
+        assert due == backed_off
+    else:
+        drain_capped = max(10.0 + BASE, 10.0 + DRAIN_SHARE * waiting / rate)
+        assert due == pytest.approx(min(backed_off, drain_capped))
+
+
+def test_a_backlog_that_lasts_keeps_the_beat_one_that_clears_soon_backs_off() -> None:
+    """Answers named workers at their limit 4 times in a row (back-off 8 s). 20,000 waiting at
+    1,000 a second (20 s to clear): the next call in 5 s; 1,500 (1.5 s): the base; 800 (a
+    closed loop's queue, gone before the next call could find a worker): the back-off."""
+    held = HeldRoutes(CONFIG, pool_clearing(1000.0), now=0.0)
+    held.unused = 4
+    held.went(0.0, 20_000.0)
+    assert held.due(20_000.0) == DRAIN_SHARE * 20.0
+    assert held.due(1_500.0) == BASE
+    assert held.due(800.0) == held.interval_s(4)
+    held.went(0.0, 1e9)  # ... an hour's backlog: the full back-off
+    assert held.due(1e9) == held.interval_s(4) == 8.0
+
+
+def test_a_demand_call_goes_only_after_growth_and_once_a_window() -> None:
+    held = HeldRoutes(CONFIG, pool_clearing(None), now=0.0)
+    held.demand.arrived(0.1, 500.0)
+    held.went(0.2, 0.0)  # nothing waited before: not grown
+    assert held.demand_due(0.2, declared=0.0) is None
+    held.went(0.7, 500.0)  # grew
+    assert held.demand_due(0.7, declared=100.0) == 400.0
+    held.demand_declared(0.7)
+    held.demand.arrived(0.8, 300.0)
+    held.went(1.2, 800.0)
+    assert held.demand_due(1.2, declared=0.0) is None  # within the window of the last
+    assert held.demand_due(0.7 + held.demand.window_s, declared=0.0) == 300.0

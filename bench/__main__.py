@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ async def main(names: list[str], quick: bool, seed: int) -> int:
     print(f"machine: {machine}", flush=True)
     timeout = aiohttp.ClientTimeout(total=60)
     failures: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="vast-bench-") as root:
+    with procs.work_root() as root:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             for name in names:
                 title, fn = SCENARIOS[name]

@@ -10,9 +10,13 @@ job (until the model has stopped every worker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.loadgen import Record, open_loop
@@ -37,6 +41,12 @@ MAX_OUTSTANDING = 5000
 DRAIN_S = 180.0
 SCALE_DOWN_WAIT_S = 120.0
 POLL_S = 0.25
+# BENCH_TRACE: a file to which each system's run appends the model's view every TRACE_S s
+# (JSON lines), to see where worker-seconds go; with BENCH_KEEP_DIR and BENCH_DAEMON_LOG=info
+# (bench/procs.py) the daemon's route calls and leases can be read beside it.
+TRACE_PATH = os.environ.get("BENCH_TRACE")
+TRACE_S = 0.25
+MAX_TRACE_SAMPLES = 4000
 
 
 @dataclass(frozen=True)
@@ -108,10 +118,52 @@ async def _billing(st: Stage) -> dict[str, Any]:
     return {**endpoint.get("billing", {}), "autoscale": endpoint.get("autoscale", {})}
 
 
+async def _trace(st: Stage, system: str, path: Path, stop: asyncio.Event) -> None:
+    """Appends the model's view every ``TRACE_S`` (its wanted workers, load and backlog, and
+    each worker's state, reported load and sessions) as JSON lines to ``path``, until
+    ``stop`` (bounded: at most ``MAX_TRACE_SAMPLES``)."""
+    started = time.monotonic()
+    with path.open("a", encoding="utf-8") as out:
+        for _ in range(MAX_TRACE_SAMPLES):
+            stats = (await st.emulator_stats())["endpoints"].get(ENDPOINT, {})
+            workers = await st.emulator_workers()
+            sample = {
+                "system": system,
+                "t": round(time.monotonic() - started, 3),
+                "autoscale": stats.get("autoscale", {}),
+                "workers": [
+                    {k: w.get(k) for k in ("id", "state", "cur_load", "sessions")}
+                    for w in workers
+                    if w.get("endpoint") == ENDPOINT and w.get("state") != "stopped"
+                ],
+            }
+            out.write(json.dumps(sample) + "\n")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TRACE_S)
+            if stop.is_set():
+                return
+
+
 def bill_load(jobs_at: Sequence[float]) -> Load:
     jobs = echo_jobs(len(jobs_at), ENDPOINT)
 
     async def load(system: System, st: Stage) -> tuple[list[Record], float, dict[str, Any]]:
+        stop = asyncio.Event()
+        tracing = (
+            asyncio.create_task(_trace(st, system.name, Path(TRACE_PATH), stop))
+            if TRACE_PATH
+            else None
+        )
+        try:  # traced until the model has stopped every worker (the idle tail too)
+            return await _served_and_billed(system, st)
+        finally:
+            stop.set()
+            if tracing is not None:
+                await tracing
+
+    async def _served_and_billed(
+        system: System, st: Stage
+    ) -> tuple[list[Record], float, dict[str, Any]]:
         records, wall, dropped = await open_loop(system, jobs, jobs_at, MAX_OUTSTANDING, DRAIN_S)
         at_last = await _billing(st)
         last_done = time.monotonic()

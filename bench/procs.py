@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,12 @@ REPO = Path(__file__).resolve().parent.parent
 # ``git archive HEAD scheduler | tar -x -C DIR``) to run the emulator and daemon from, so a
 # half-edited working tree does not break or skew a run. Default: this repository.
 SCHEDULER_SRC = Path(os.environ.get("BENCH_SCHEDULER_SRC") or REPO).resolve()
+# BENCH_KEEP_DIR: keep every run's working directory (configs and the emulator's and daemon's
+# logs) under this directory instead of a temporary one. BENCH_DAEMON_LOG: the daemon's log
+# level (default warning: per-job info events cost CPU on the hot path), e.g. info to read
+# its route calls and leases after a run kept with BENCH_KEEP_DIR.
+KEEP_DIR = os.environ.get("BENCH_KEEP_DIR")
+DAEMON_LOG_LEVEL = os.environ.get("BENCH_DAEMON_LOG") or "warning"
 
 
 def free_port() -> int:
@@ -200,7 +206,7 @@ def daemon_config(
         "vast": {"autoscaler_url": autoscaler_url, "api_key": API_KEY},
         # Per-job info events cost CPU on every job; a production deployment under load would
         # log at warning too. Metrics stay on (their cost is part of the hot path).
-        "logging": {"level": "warning", "format": "json", "access_log": False},
+        "logging": {"level": DAEMON_LOG_LEVEL, "format": "json", "access_log": False},
         "endpoint_defaults": defaults or {},
         "endpoints": endpoints,
     }
@@ -278,5 +284,13 @@ async def _healthz_process(
         await stop_child(child)
 
 
-def workdir() -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="vast-bench-")
+@contextlib.contextmanager
+def work_root() -> Iterator[str]:
+    """The directory the runs' working directories go under: ``BENCH_KEEP_DIR`` (kept), else
+    a temporary one (removed at the end)."""
+    if KEEP_DIR:
+        Path(KEEP_DIR).mkdir(parents=True, exist_ok=True)
+        yield KEEP_DIR
+        return
+    with tempfile.TemporaryDirectory(prefix="vast-bench-") as root:
+        yield root

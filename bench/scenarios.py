@@ -105,6 +105,9 @@ class Stage:
     async def emulator_stats(self) -> dict[str, Any]:
         return dict(await self._get(f"{self.emu.url}/admin/stats"))
 
+    async def emulator_workers(self) -> list[dict[str, Any]]:
+        return list(await self._get(f"{self.emu.url}/admin/workers"))
+
     async def route_total(self) -> int:
         return int((await self._get(f"{self.emu.url}/admin/stats"))["route"]["total"])
 

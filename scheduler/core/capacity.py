@@ -109,10 +109,14 @@ class Capacity:
     def state(self, worker: str) -> WorkerState | None:
         return self._workers.get(worker)
 
-    def settled_limit(self) -> int | None:
-        """The largest limit among the workers remembered here that are past their start-up
-        (None: none is yet)."""
-        settled = [s.limit for s in self._workers.values() if s.phase is not Phase.STARTUP]
+    def settled_limit(self, before: float = math.inf) -> int | None:
+        """The largest limit among the workers remembered here that are past their start-up,
+        of those that left it before ``before`` (None: none has)."""
+        settled = [
+            s.limit
+            for s in self._workers.values()
+            if s.phase is not Phase.STARTUP and (s.settled_at or 0.0) < before
+        ]
         return max(settled, default=None)
 
     def limit(self, worker: str) -> int:
@@ -122,7 +126,7 @@ class Capacity:
     def _state(self, worker: str, now: float) -> WorkerState:
         state = self._workers.get(worker)
         if state is None:
-            state = WorkerState(limit=self.policy.initial_limit, changed_at=now)
+            state = WorkerState(limit=self.policy.initial_limit, changed_at=now, first_seen=now)
             state.round = Round(now)
             self._workers[worker] = state
             while len(self._workers) > self.max_workers:
@@ -228,6 +232,8 @@ class Capacity:
         )
         old = state.limit
         reason = self._verdict(state, done, rate, latency, done.held_s / elapsed)
+        if state.settled_at is None and state.phase is not Phase.STARTUP:
+            state.settled_at = now
         self._descend_if_unproven(state, old)
         if reason is None or state.limit == old:
             return None

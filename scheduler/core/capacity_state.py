@@ -113,3 +113,5 @@ class WorkerState:
     measured_below_initial: bool = False
     grew: bool = False  # a start-up step from at least the first limit paid
     changes: list[Change] = field(default_factory=list)
+    first_seen: float = 0.0  # when the controller first heard of it
+    settled_at: float | None = None  # when it first left start-up

@@ -5,6 +5,8 @@ learnt limit will hold, not to the demand the route call that opened them carrie
 
 from __future__ import annotations
 
+import math
+
 from scheduler.core.assignments import ReuseMode
 from scheduler.core.capacity_state import Phase
 from scheduler.core.sessions import session_cost
@@ -64,17 +66,22 @@ class SessionSizing:
         """The daemon's sessions on the worker (open, or being opened) have room for as many
         such jobs as its limit lets it take beside those it runs. Parallel batch calls after
         a worker is found name it together: each opened a session (3-6 on one new FIFO
-        worker running one job, in the bill scenario's traces). A worker in its start-up
-        is funded for one job beyond the limit its settled peers learnt (their server is
-        the same): a faster one grows past it by its probes once its start-up is over."""
+        worker running one job, in the bill scenario's traces). A worker that joins a fleet
+        whose peers had settled before it came, still in its start-up, is funded for one job
+        beyond their limit (the endpoint's workers run the same server): a faster one grows
+        past it by its probes once its start-up is over. Workers met together are not: in a
+        mixed fleet (h) the FIFO worker settles first, and its limit of one would have held
+        the batching worker's start-up to two jobs (34.8 jobs/s against 41-42)."""
         leasing = self._leasing
         capacity = leasing.pool.capacity
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
             return False
         jobs = leasing.pool.loads().get(url, (0.0, 0))[1]
         limit = capacity.limit(url)
-        state, settled = capacity.state(url), self.settled_limit()
-        if settled is not None and (state is None or state.phase is Phase.STARTUP):
-            limit = min(limit, settled + 1)
+        state = capacity.state(url)
+        if state is None or state.phase is Phase.STARTUP:
+            settled = capacity.settled_limit(before=state.first_seen if state else math.inf)
+            if settled is not None:
+                limit = min(limit, settled + 1)
         wanted = max(0, limit - jobs) * job_cost
         return leasing.free_session_budget(url) >= wanted - 1e-9

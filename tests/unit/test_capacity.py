@@ -486,3 +486,17 @@ def test_a_refusal_drops_the_limit_to_what_the_worker_still_holds() -> None:
     assert change.new == max(1, min(change.old - 1, holding))
     assert state.phase is Phase.STEADY
     assert state.base_limit == change.new
+
+
+def test_the_settled_limit_a_newcomer_is_held_to_is_its_elders_not_its_peers() -> None:
+    """A FIFO worker settles at a limit of 1 or 2 within a second of steady load. A worker met
+    at the same time (a batching one in a mixed fleet, still in its start-up) is not held to
+    that: it had settled after the batching worker came. One met after it had settled is."""
+    sim = Sim(fifo(200.0), 8, [100.0])
+    sim.run(until_s=10.0)
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert state.settled_at is not None, sim.limits
+    assert sim.capacity.settled_limit() in (1, 2)
+    assert sim.capacity.settled_limit(before=state.first_seen + 0.001) is None  # a peer
+    assert sim.capacity.settled_limit(before=state.settled_at + 0.001) in (1, 2)  # a newcomer

@@ -38,6 +38,13 @@ ENDPOINT = "official"
 COST_FIELD = {"estimator": "field", "field": "cost", "default": 100}
 SWEEP_S = 5.0  # the official worker's SESSION_GC_INTERVAL
 REPORT_S = 1.0  # its METRICS_UPDATE_INTERVAL
+# Its metrics loop clears ``update_pending`` after awaiting the report's send, so a change made
+# during that send (a session ended) can be lost; the next report then comes when 10 s have
+# passed since the last (``_send_metrics_loop``: ``update_pending or elapsed > 10``). Seen once
+# in a clean-clone CI run under load: zero reported 10.0 s after the burst, every /session/end
+# answered. A session the daemon failed to end would hold the worker until its expiry (2.5 min
+# here), far past this.
+FORCED_REPORT_S = 10.0
 SLACK_S = 3.0  # scheduling noise on a loaded machine (the daemon's loop, the worker's sends)
 LEASE = {"session_lifetime_s": 2, "idle_close_s": 1, "session_end_bound_s": 4}
 
@@ -109,7 +116,8 @@ async def test_after_a_burst_every_worker_reports_zero_session_load(
     http: aiohttp.ClientSession,
 ) -> None:
     """Idle leases close after idle_close_s and their sessions end: the workers' reports say
-    no session and no request within idle_close_s + one report interval (+ slack)."""
+    no session and no request within idle_close_s + one report interval (+ slack), or, when
+    the worker's metrics loop lost the update, its forced report (FORCED_REPORT_S)."""
     async with (
         running_emulator({}) as emulator,
         official_workers(emulator, 2, ENDPOINT) as workers,
@@ -122,7 +130,9 @@ async def test_after_a_burst_every_worker_reports_zero_session_load(
         idle_at = await wait_idle(workers, done, timeout_s=30)
         sessions = [r["session_id"] for w in workers for r in (await w.records(http))["worker"]]
     assert any(sessions), "the burst ran in sessions"
-    assert idle_at - done <= LEASE["idle_close_s"] + REPORT_S + SLACK_S, idle_at - done
+    assert idle_at - done <= LEASE["idle_close_s"] + FORCED_REPORT_S + REPORT_S + SLACK_S, (
+        idle_at - done
+    )
 
 
 @pytest.mark.timeout(120)

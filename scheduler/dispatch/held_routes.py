@@ -55,11 +55,10 @@ class HeldRoutes:
         grew since the last held call): that is demand beyond the workers Vast runs, which
         these calls (and the demand calls after them) tell Vast of; then the next goes
         ``held_route_interval_s`` after the last. Nor, when the leased workers need more than
-        two intervals to clear what waits, beyond ``DRAIN_SHARE`` of that time: a worker
-        Vast starts meanwhile is found
-        while it can still help (in the bill scenario, two new workers stood idle for 6 s
-        while a burst's backlog drained through the others, the calls backed off to 8 s; the
-        official client would have routed each of those jobs)."""
+        two intervals to clear what waits, beyond ``DRAIN_SHARE`` of that time: a worker Vast
+        starts meanwhile is found while it can still help (in the bill scenario, two new
+        workers stood idle for 6 s while a burst's backlog drained through the others, the
+        calls backed off to 8 s; the official client would have routed each of those jobs)."""
         base = self.interval_s(0)
         soonest = self._held_at + base
         if waiting_cost > self._waiting_at_held:
@@ -91,6 +90,10 @@ class HeldRoutes:
         routing for a worker's budget again (doubling with such answers in a row)."""
         self.unused += 1
         return self.interval_s(self.unused)
+
+    def answer_used(self) -> None:
+        """An answer opened a lease: the back-off starts again from the base interval."""
+        self.unused = 0
 
     def demand_due(self, now: float, declared: float) -> float | None:
         """The cost a demand call should declare now, after a held call that declared

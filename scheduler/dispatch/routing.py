@@ -284,7 +284,7 @@ class Routing:
             self._budget_route_at = self._ctx.clock() + self.held.answer_unused()
             self.release(batch)
             return False
-        self.held.unused = 0
+        self.held.answer_used()
         lease = await self._leasing.open(result)
         if lease is None:
             self._remember_gone(result.url)

@@ -232,6 +232,8 @@ SCENARIOS = (
     Scenario("f2", (BATCHING,) * 3, MIX, 400),
     Scenario("g", (Worker("fifo"),) * 3, MIX, 300),
     Scenario("h", (BATCHING, Worker("fifo"), Worker("processor_sharing")), MIX, 600),
+    # Its "late" variant: a worker unlike its settled peers joins (a FIFO one, batching peers).
+    Scenario("u", (BATCHING, BATCHING, Worker("fifo")), (100.0,), 600),
 )
 
 

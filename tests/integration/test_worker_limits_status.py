@@ -5,6 +5,7 @@ barely slower than alone, so the controller's start-up doubles the limit while i
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -65,3 +66,51 @@ async def test_status_shows_a_learnt_limit_that_grew_under_load(
     assert sum(changes.values()) > 0, changes
     assert changes.get("endpoint=llm,reason=startup", 0) > 0, changes
     assert gauge == {"endpoint=llm": worker["limit"]}
+
+
+async def newcomer_limits(
+    http: aiohttp.ClientSession, url: str, worker_url: str, seen: list[int], stop: asyncio.Event
+) -> None:
+    """Every distinct limit ``/v1/status`` shows for ``worker_url``, in order, until stopped
+    (every 30 ms: a limit lasts a round, 0.25 s or more here)."""
+    for _ in range(2_000):
+        if stop.is_set():
+            return
+        status = await get_json(http, f"{url}/v1/status")
+        for worker in status["endpoints"]["llm"]["workers"]:
+            if worker["worker_url"] == worker_url and (not seen or seen[-1] != worker["limit"]):
+                seen.append(worker["limit"])
+        await asyncio.sleep(0.03)
+
+
+@pytest.mark.timeout(90)
+async def test_a_worker_joining_settled_peers_goes_to_their_limit_after_one_round(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A batching worker settles at its batch; Vast adds a second one (the same server) while
+    jobs wait. The newcomer starts at 4 and, after one round without queueing, goes to its
+    peer's limit at once, where doubling would have stepped 4 -> 8 -> 32."""
+    async with running_emulator(EMULATED) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"llm": {}})
+        async with running_daemon(config) as daemon:
+            url = daemon.url
+            # Twice its batch of callers: its start-up's step to 64 is filled and found
+            # unpaid, and it settles at 32 (at 48 callers it may stay in start-up at 32).
+            statuses = await run_many(http, f"{url}/v1/endpoints/llm/run", 2 * JOBS, 2 * CLIENTS)
+            assert statuses == [200] * (2 * JOBS)
+            (peer,) = (await get_json(http, f"{url}/v1/status"))["endpoints"]["llm"]["workers"]
+            assert peer["phase"] != "startup", peer
+            assert 29 <= peer["limit"] <= 40, peer  # settled at its batch of 32
+
+            newcomer = await emulator.add_worker("llm")
+            seen: list[int] = []
+            stop = asyncio.Event()
+            watch = asyncio.create_task(newcomer_limits(http, url, newcomer.url, seen, stop))
+            statuses = await run_many(http, f"{url}/v1/endpoints/llm/run", JOBS, 2 * CLIENTS)
+            stop.set()
+            await watch
+            assert statuses == [200] * JOBS
+
+    assert seen, "the newcomer was never leased"
+    assert seen[0] == 4, seen
+    assert seen[1] >= 29, seen  # its peer's limit (about 32), not the doubling to 8

@@ -44,6 +44,7 @@ class Sim:
     completions: int = 0
     next_id: int = 0
     limits: list[tuple[float, int]] = field(default_factory=list)  # (time, limit) per change
+    url: str = W
 
     def __post_init__(self) -> None:
         for _ in range(self.demand):
@@ -59,17 +60,17 @@ class Sim:
         return random.Random(job).choice(self.costs)
 
     def _dispatch(self) -> None:
-        while self.waiting and len(self.started) < self.capacity.limit(W):
+        while self.waiting and len(self.started) < self.capacity.limit(self.url):
             job = self.waiting.popleft()
-            self.started[job] = self.capacity.started(W, self.now, self.cost(job))
+            self.started[job] = self.capacity.started(self.url, self.now, self.cost(job))
             self._finish(self.worker.add(job, self.cost(job), self.now))
         if self.waiting:
-            self.capacity.blocked(W, self.now)
+            self.capacity.blocked(self.url, self.now)
 
     def _finish(self, jobs: list[int]) -> None:
         for job in jobs:
             sent = self.started.pop(job)
-            change = self.capacity.finished(W, sent, self.cost(job), self.now, True)
+            change = self.capacity.finished(self.url, sent, self.cost(job), self.now, True)
             if change is not None:
                 self.limits.append((self.now, change.new))
             self.completions += 1
@@ -98,7 +99,7 @@ class Sim:
 
     @property
     def limit(self) -> int:
-        return self.capacity.limit(W)
+        return self.capacity.limit(self.url)
 
 
 def fifo(perf: float) -> WorkQueue:
@@ -486,6 +487,7 @@ def test_a_refusal_drops_the_limit_to_what_the_worker_still_holds() -> None:
     assert change.new == max(1, min(change.old - 1, holding))
     assert state.phase is Phase.STEADY
     assert state.base_limit == change.new
+    assert state.settled_at is not None  # left start-up: a peer met later is a newcomer
 
 
 def test_the_settled_limit_a_newcomer_is_held_to_is_its_elders_not_its_peers() -> None:
@@ -500,3 +502,75 @@ def test_the_settled_limit_a_newcomer_is_held_to_is_its_elders_not_its_peers() -
     assert sim.capacity.settled_limit() in (1, 2)
     assert sim.capacity.settled_limit(before=state.first_seen + 0.001) is None  # a peer
     assert sim.capacity.settled_limit(before=state.settled_at + 0.001) in (1, 2)  # a newcomer
+
+
+def joins(peers: Sim, worker: WorkQueue, demand: int, name: str = "new") -> Sim:
+    """Another worker met by the same controller after ``peers`` ran (Vast scaled up)."""
+    return Sim(worker, demand, peers.costs, capacity=peers.capacity, now=peers.now, url=W + name)
+
+
+def test_a_worker_like_its_settled_peers_goes_to_their_limit_after_its_first_round() -> None:
+    """A batching worker that joins a fleet settled at its batch (the endpoint's workers run
+    one server) goes there after one round that shows no queueing: one job time, where
+    doubling from the first limit takes two (4 -> 8 -> 32)."""
+    peers = Sim(batching(200.0, 32, 0.02), 48, [100.0])
+    peers.run(until_s=10.0)
+    assert peers.capacity.peers_limit() == 32, peers.limits
+    newcomer = joins(peers, batching(200.0, 32, 0.02), 48)
+    assert newcomer.limit == 4  # a worker met now still starts low
+    newcomer.run(completions=2)
+    assert newcomer.limits[0][1] == 32, newcomer.limits
+    assert newcomer.limits[0][0] - peers.now < 0.6  # one job time (0.5 s) and a batch's slowdown
+
+
+def test_a_worker_unlike_its_settled_peers_is_not_sent_their_limit() -> None:
+    """A FIFO worker joining batching peers settled at 32 is measured from the first limit:
+    its first round shows the queueing, and it is never sent more than that limit (sent
+    their 32 at once, it would have held a batch in its queue for 16 s)."""
+    peers = Sim(batching(200.0, 32, 0.02), 48, [100.0])
+    peers.run(until_s=10.0)
+    newcomer = joins(peers, fifo(200.0), 48)
+    newcomer.run(until_s=newcomer.now + 20.0)
+    assert newcomer.limits[0][1] == 1, newcomer.limits
+    assert max(limit for _, limit in newcomer.limits) <= 4, newcomer.limits
+
+
+def test_peers_that_disagree_give_no_limit_and_fifo_peers_start_a_newcomer_at_theirs() -> None:
+    """Workers settled at 32 and 1 (a mixed fleet) predict nothing: a newcomer starts at the
+    first limit and doubles from it. FIFO peers settled at one job start a newcomer there:
+    it queues no four jobs at first."""
+    fifo_peer = Sim(fifo(200.0), 8, [100.0])
+    fifo_peer.run(until_s=10.0)
+    assert fifo_peer.capacity.peers_limit() in (1, 2), fifo_peer.limits
+    newcomer = joins(fifo_peer, fifo(200.0), 8)
+    assert newcomer.limit == fifo_peer.capacity.peers_limit()
+    newcomer.run(until_s=newcomer.now + 10.0)
+    assert max([newcomer.limit] + [limit for _, limit in newcomer.limits]) <= 2, newcomer.limits
+
+    batching_peer = joins(fifo_peer, batching(200.0, 32, 0.02), 48, "/batching")
+    batching_peer.run(until_s=batching_peer.now + 10.0)
+    assert batching_peer.capacity.state(W + "/batching") is not None
+    assert batching_peer.limit >= 29, batching_peer.limits
+    assert batching_peer.capacity.peers_limit() is None
+    third = joins(batching_peer, batching(200.0, 32, 0.02), 48, "/third")
+    assert third.limit == 4
+    third.run(completions=2)
+    assert third.limits[0][1] == 8, third.limits
+
+
+def test_a_peer_found_queueing_in_its_first_round_counts_against_agreement() -> None:
+    """A FIFO worker whose first round showed queueing starts again from one job, still in
+    start-up with nothing paid yet: it counts at one job, so batching peers at 32 beside it
+    predict nothing (in a mixed fleet met together, a third worker would otherwise be sent
+    32 after one round)."""
+    batching_peer = Sim(batching(200.0, 32, 0.02), 48, [100.0])
+    batching_peer.run(until_s=10.0)
+    assert batching_peer.capacity.peers_limit() == 32
+    fifo_peer = joins(batching_peer, fifo(200.0), 48, "/fifo")
+    fifo_peer.run(completions=4)
+    state = fifo_peer.capacity.state(W + "/fifo")
+    assert state is not None
+    assert state.phase is Phase.STARTUP
+    assert state.base_limit == 0
+    assert state.limit == 1, fifo_peer.limits
+    assert fifo_peer.capacity.peers_limit() is None

@@ -23,11 +23,18 @@ import aiohttp
 from bench import procs, report
 from bench.bill import SCENARIOS as BILL_SCENARIOS
 from bench.capacity import SCENARIOS as CAPACITY_SCENARIOS
+from bench.joining import SCENARIOS as JOINING_SCENARIOS
 from bench.replicas import SCENARIOS as REPLICA_SCENARIOS
 from bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from bench.scenarios import Ctx
 
-SCENARIOS = {**BASE_SCENARIOS, **CAPACITY_SCENARIOS, **REPLICA_SCENARIOS, **BILL_SCENARIOS}
+SCENARIOS = {
+    **BASE_SCENARIOS,
+    **CAPACITY_SCENARIOS,
+    **JOINING_SCENARIOS,
+    **REPLICA_SCENARIOS,
+    **BILL_SCENARIOS,
+}
 
 
 async def main(names: list[str], quick: bool, seed: int) -> int:

@@ -67,6 +67,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+from scheduler.core.capacity_probes import cut, descend_if_unproven, judge_probe, steady
+from scheduler.core.capacity_startup import startup_verdict, unfilled
 from scheduler.core.capacity_state import (
     CapacityPolicy,
     Change,
@@ -84,19 +86,6 @@ MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict
 # round the daemon could not keep it filled in (the load ebbed, other workers took the jobs)
 # says nothing about the limit, and is measured again, at most MAX_UNFILLED_ROUNDS times.
 FILL_SHARE = 0.75
-MAX_UNFILLED_ROUNDS = 3
-# Start-up's throughput grew by at least this share of the limit's growth: the next step is
-# 4x instead of 2x.
-LINEAR_SHARE = 0.8
-LONG_STEP_SHARE = 0.6  # a 4x step that paid less than this share of 4x is measured at 2x
-# Latency per cost within this factor of the floor means the worker does not queue what it
-# holds (a FIFO or sharing worker holding two jobs is at 2x): an up probe comes after
-# HEADROOM_ROUNDS steady rounds instead of probe_every.
-HEADROOM = 1.5
-HEADROOM_ROUNDS = 2
-# An up probe whose gain was at least this share of the proportional one found a worker far
-# from its knee (its batch grew, others left it): the doubling of start-up resumes.
-STRONG_PROBE = 0.7
 # The settled workers' limits agree when the largest is at most this times the smallest: a
 # worker met then starts at the smallest (``first_limit``).
 PEERS_AGREE = 2
@@ -271,7 +260,7 @@ class Capacity:
         reason = self._verdict(state, done, rate, latency, done.held_s / elapsed)
         if state.settled_at is None and state.phase is not Phase.STARTUP:
             state.settled_at = now
-        self._descend_if_unproven(state, old)
+        descend_if_unproven(self.policy, state, old)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
@@ -300,245 +289,22 @@ class Capacity:
         ebbed = not filled and held_mean < state.base_limit
         if held and filled:
             state.unfilled = 0
-        elif held and ebbed and state.phase is not Phase.STEADY and self._unfilled(state):
+        elif held and ebbed and state.phase is not Phase.STEADY and unfilled(state):
             return None  # jobs waited, yet the worker was not kept full: measured again
         if state.phase is Phase.STARTUP:
-            decided, reason = self._startup_verdict(state, done, rate, latency, held_mean, filled)
+            decided, reason = startup_verdict(
+                self.policy, state, done, rate, latency, held_mean, filled,
+                lambda: self.peers_limit(state),
+            )  # fmt: skip
             if decided:
                 return reason
         congested = state.base_latency > 0 and (
             latency > self.policy.congestion_ratio * state.base_latency
         )
         if state.phase is Phase.PROBING:
-            return self._judge_probe(state, rate, latency, congested and filled)
+            return judge_probe(self.policy, state, rate, latency, congested and filled)
         if congested and rate < state.base_rate * 1.1:
-            return self._cut(state, rate, latency)
+            return cut(self.policy, state, rate, latency)
         if held and filled:
-            return self._steady(state, rate, latency)
+            return steady(self.policy, state, rate, latency)
         return None
-
-    def _descend_if_unproven(self, state: WorkerState, measured_at: int) -> None:
-        """A worker that settles within a doubling of the first limit without a round below
-        it may serve one job as fast as a few (a sharing worker holding four jobs shows the
-        same throughput at eight, and its latency per cost never left the floor it set there):
-        its limit is probed down at once, until a step down costs throughput."""
-        initial = self.policy.initial_limit
-        if measured_at < initial:
-            state.measured_below_initial = True
-        if (
-            initial > 1
-            and not state.descended
-            and not state.grew
-            and not state.measured_below_initial
-            and state.phase is Phase.STEADY
-            and state.limit <= 2 * initial
-        ):
-            state.descend = state.descended = True
-            state.steady_rounds = self.policy.probe_every - 1
-
-    @staticmethod
-    def _queued_at_first(state: WorkerState, done: Round) -> bool:
-        """The first round, with the worker unknown: jobs that ended well after the fastest
-        one (per unit of cost) waited at the worker, as on a FIFO worker. Start-up begins
-        again from one job."""
-        latencies = done.first_latencies
-        if state.limit <= 1 or len(latencies) < 2:
-            return False
-        fastest = min(latencies)
-        if all(latency <= HEADROOM * fastest for latency in latencies):
-            return False
-        state.limit = 1
-        return True
-
-    def _held_more_paid(
-        self, state: WorkerState, held_mean: float, rate: float, latency: float
-    ) -> bool:
-        """Holding ``held_mean`` jobs on average, more than the base limit, delivered at least
-        ``probe_efficiency`` of the proportional gain over the base's throughput, at about the
-        base's latency per cost (the worker queued none of them)."""
-        extra = held_mean / state.base_limit - 1
-        return (
-            extra > 0
-            and latency <= HEADROOM * state.base_latency
-            and rate >= state.base_rate * (1 + self.policy.probe_efficiency * extra)
-        )
-
-    def _startup_verdict(
-        self,
-        state: WorkerState,
-        done: Round,
-        rate: float,
-        latency: float,
-        held_mean: float,
-        filled: bool,
-    ) -> tuple[bool, str | None]:
-        """Start-up's verdict on a round: (True, reason) when it decided; (False, None) leaves
-        the round to the congestion check."""
-        held = done.blocked
-        if state.base_limit == 0 and self._queued_at_first(state, done):
-            return True, "startup_queued"
-        if held and filled:
-            return True, self._startup(state, rate, latency)
-        if filled and state.base_limit and rate < state.base_rate * self.policy.startup_gain:
-            # Filled by a load that matched the limit, and no more throughput than the last
-            # limit gave: the step did not pay, whatever held jobs back.
-            return True, self._startup(state, rate, latency)
-        if not held and 2 * state.base_limit < done.peak < state.limit and self._unfilled(state):
-            return True, None  # still filling past the last paying limit: measured again
-        if state.base_limit and (done.peak < state.limit or held):
-            # The last doubling is untested (the worker was never the one holding jobs
-            # back, or never kept full): back to the last limit a held round showed paying.
-            # Left higher, a worker the placement favours fills past its batch while
-            # another has room. Except after a 4x step the load did not fill, on which the
-            # worker held at least the doubling it skipped, and that paid: that doubling is
-            # measured next.
-            skipped = 2 * state.base_limit
-            fallback = state.base_limit
-            if state.limit > skipped <= done.peak and self._held_more_paid(
-                state, held_mean, rate, latency
-            ):
-                fallback = skipped
-            else:
-                state.long_step_failed = state.limit  # measured, and it did not pay
-            state.limit = fallback
-            return True, "startup_unheld"
-        return False, None
-
-    @staticmethod
-    def _unfilled(state: WorkerState) -> bool:
-        """Counts a round that did not test its limit; False once MAX_UNFILLED_ROUNDS in a row
-        did not (the verdict is then taken as it is: such a limit is not paying either)."""
-        state.unfilled += 1
-        if state.unfilled < MAX_UNFILLED_ROUNDS:
-            return True
-        state.unfilled = 0
-        return False
-
-    def _set_base(self, state: WorkerState, rate: float, latency: float) -> None:
-        state.base_limit, state.base_rate, state.base_latency = state.limit, rate, latency
-
-    def _startup(self, state: WorkerState, rate: float, latency: float) -> str:
-        p = self.policy
-        step = state.limit / state.base_limit if state.base_limit else 0.0
-        pays = state.base_limit == 0 or rate >= state.base_rate * p.startup_gain
-        if step > 2 and (not pays or rate < state.base_rate * LONG_STEP_SHARE * step):
-            # A long step that paid well short of its length: the knee may lie inside it,
-            # where the fallback could not find it. Measure the doubling it skipped.
-            state.long_step_failed = state.limit
-            state.limit = state.base_limit * 2
-            return "startup"
-        if pays:
-            state.grew = state.grew or state.base_limit >= p.initial_limit
-            # Throughput that grew about as much as the limit (a batching worker far below its
-            # batch): the next step is twice as long, and the batch is reached in half the
-            # rounds. A FIFO or sharing worker never grows so, and still doubles from one.
-            linear = step > 1 and rate >= state.base_rate * LINEAR_SHARE * step
-            first_round = not state.base_limit
-            self._set_base(state, rate, latency)
-            if state.long_step_failed and state.limit * 2 >= state.long_step_failed:
-                state.phase = Phase.STEADY  # the next step was measured already, and failed
-                state.steady_rounds = 0
-                return "startup_done"
-            step_to = state.limit * (4 if linear else 2)
-            if first_round and state.base_limit > 1:
-                # Its first round showed no queueing: a worker like its settled peers goes
-                # to their limit at once (a vLLM worker joining a fleet settled at 32 would
-                # otherwise ramp over two more job times). Sent there straight away, one
-                # unlike them (a FIFO worker among batching ones) would have queued a batch.
-                step_to = max(step_to, self.peers_limit(state) or 0)
-            state.limit = min(p.max_limit, step_to)
-            if state.limit == state.base_limit:
-                state.phase = Phase.STEADY
-            return "startup"
-        state.phase = Phase.STEADY
-        state.steady_rounds = 0
-        state.limit = state.base_limit
-        return "startup_done"
-
-    def _steady(self, state: WorkerState, rate: float, latency: float) -> str | None:
-        p = self.policy
-        state.steady_rounds += 1
-        state.base_rate += 0.5 * (rate - state.base_rate)
-        state.base_latency += 0.5 * (latency - state.base_latency)
-        # Latency per cost near the floor: the worker does not queue what it holds, so more
-        # may pay (a batching worker below its batch); probe up soon instead of waiting.
-        if state.descend and state.limit > 1:
-            state.probe_down = True
-            state.phase = Phase.PROBING
-            state.limit //= 2  # a halving: what it costs a batching worker stands out of noise
-            return "probe"
-        state.descend = False
-        headroom = state.floor is not None and latency <= HEADROOM * state.floor
-        if (
-            headroom
-            and state.steady_rounds >= HEADROOM_ROUNDS
-            and state.limit < p.max_limit
-            and (state.limit != state.dropped_from or state.steady_rounds >= p.probe_every // 2)
-        ):
-            state.probe_down = True  # so that the probe below goes up
-        elif state.steady_rounds < p.probe_every:
-            return None
-        state.probe_down = not state.probe_down  # up and down in turn
-        if state.probe_down and state.limit > 1:
-            probe = min(state.limit - 1, math.floor(state.limit / p.probe_step))
-        elif state.limit < p.max_limit:
-            state.probe_down = False
-            probe = min(p.max_limit, max(state.limit + 1, math.ceil(state.limit * p.probe_step)))
-        else:
-            return None
-        state.phase = Phase.PROBING
-        state.limit = probe
-        return "probe"
-
-    def _judge_probe(
-        self, state: WorkerState, rate: float, latency: float, congested: bool
-    ) -> str | None:
-        """Up: kept when throughput grew enough for the jobs added. Down: kept when
-        throughput held (what the worker held beyond it only waited there)."""
-        p = self.policy
-        proportional = state.limit / max(state.base_limit, 1) - 1
-        if state.descend:
-            # Lost less than half the proportional share: a batching worker below its batch
-            # loses about all of it, a sharing or FIFO one nothing. One round decides.
-            pays = rate >= state.base_rate * (1 + p.probe_efficiency * proportional)
-        elif state.limit < state.base_limit:
-            pays = rate >= state.base_rate * (1 - p.probe_efficiency * -proportional / 2)
-        else:
-            pays = not congested and rate >= state.base_rate * (
-                1 + p.probe_efficiency * proportional
-            )
-        if pays:
-            state.probe_wins += 1
-            if state.probe_wins < (1 if state.descend else p.probe_rounds):
-                return None  # one more round at the probe's limit
-            strong = state.limit > state.base_limit and rate >= state.base_rate * (
-                1 + STRONG_PROBE * proportional
-            )
-            self._set_base(state, rate, latency)
-            verdict = "probe_kept"
-            if strong and state.limit < p.max_limit:
-                state.phase = Phase.STARTUP
-                state.probe_wins = 0
-                state.long_step_failed = 0  # the worker changed: measure anew
-                state.limit = min(p.max_limit, state.limit * 2)
-                return verdict
-            # A probe that paid is followed by another the same way at the next round.
-            state.steady_rounds = p.probe_every - 1
-            state.probe_down = not state.probe_down
-        else:
-            state.descend = False
-            if state.limit > state.base_limit:
-                state.dropped_from = state.base_limit
-            state.limit = state.base_limit
-            verdict = "probe_dropped"
-            state.steady_rounds = 0
-        state.phase = Phase.STEADY
-        state.probe_wins = 0
-        return verdict
-
-    def _cut(self, state: WorkerState, rate: float, latency: float) -> str:
-        state.phase = Phase.STEADY
-        state.steady_rounds = 0
-        state.limit = max(1, math.floor(state.limit * self.policy.backoff))
-        self._set_base(state, rate, latency)
-        return "congestion"

@@ -7,6 +7,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# Latency per cost within this factor of the floor means the worker does not queue what it
+# holds (a FIFO or sharing worker holding two jobs is at 2x).
+HEADROOM = 1.5
+
 
 class Phase(enum.StrEnum):
     STARTUP = "startup"
@@ -115,3 +119,8 @@ class WorkerState:
     changes: list[Change] = field(default_factory=list)
     first_seen: float = 0.0  # when the controller first heard of it
     settled_at: float | None = None  # when it first left start-up
+
+
+def set_base(state: WorkerState, rate: float, latency: float) -> None:
+    """The current limit is the last one measured: its throughput and latency per cost."""
+    state.base_limit, state.base_rate, state.base_latency = state.limit, rate, latency

@@ -26,6 +26,7 @@ from scheduler.core.assignments import (
     ReuseMode,
 )
 from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Round, Sent, WorkerState
+from scheduler.core.capacity_startup import startup_verdict
 from scheduler.core.sessions import SessionClock
 from scheduler.emulator.workload import WorkQueue
 
@@ -405,10 +406,11 @@ def test_a_long_step_held_but_not_kept_full_falls_back_to_the_doubling_it_paid_f
     It delivered twice the base's throughput at 1.2x its latency per cost: the step is
     untested, not failed, and the doubling it skipped (16) is measured next, with 32 still to
     try. Before, it fell back to 8 and stayed there. Had it not paid, 8 it is, and 32 failed."""
-    capacity = Capacity(CapacityPolicy())
     state = WorkerState(limit=32, base_limit=8, base_rate=1404.0, base_latency=0.0057)
     done = Round(started_at=0.0, blocked=True, peak=32)
-    decided, reason = capacity._startup_verdict(state, done, rate, 0.00675, 18.9, filled=False)
+    decided, reason = startup_verdict(
+        CapacityPolicy(), state, done, rate, 0.00675, 18.9, filled=False, peers=lambda: None
+    )
     assert (decided, reason) == (True, "startup_unheld")
     assert state.limit == limit_after
     assert state.long_step_failed == step_failed

@@ -1,0 +1,150 @@
+"""The per-worker concurrency controller's start-up rules (``core/capacity.py`` holds the
+controller and its overview): the verdict on a start-up round, the step it takes, and the first
+round's test for queueing. Pure: each takes the policy, the worker's state and the round's
+figures, and changes the state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from scheduler.core.capacity_state import (
+    HEADROOM,
+    CapacityPolicy,
+    Phase,
+    Round,
+    WorkerState,
+    set_base,
+)
+
+MAX_UNFILLED_ROUNDS = 3
+# Start-up's throughput grew by at least this share of the limit's growth: the next step is
+# 4x instead of 2x.
+LINEAR_SHARE = 0.8
+LONG_STEP_SHARE = 0.6  # a 4x step that paid less than this share of 4x is measured at 2x
+
+
+def queued_at_first(state: WorkerState, done: Round) -> bool:
+    """The first round, with the worker unknown: jobs that ended well after the fastest
+    one (per unit of cost) waited at the worker, as on a FIFO worker. Start-up begins
+    again from one job."""
+    latencies = done.first_latencies
+    if state.limit <= 1 or len(latencies) < 2:
+        return False
+    fastest = min(latencies)
+    if all(latency <= HEADROOM * fastest for latency in latencies):
+        return False
+    state.limit = 1
+    return True
+
+
+def held_more_paid(
+    policy: CapacityPolicy, state: WorkerState, held_mean: float, rate: float, latency: float
+) -> bool:
+    """Holding ``held_mean`` jobs on average, more than the base limit, delivered at least
+    ``probe_efficiency`` of the proportional gain over the base's throughput, at about the
+    base's latency per cost (the worker queued none of them)."""
+    extra = held_mean / state.base_limit - 1
+    return (
+        extra > 0
+        and latency <= HEADROOM * state.base_latency
+        and rate >= state.base_rate * (1 + policy.probe_efficiency * extra)
+    )
+
+
+def startup_verdict(
+    policy: CapacityPolicy,
+    state: WorkerState,
+    done: Round,
+    rate: float,
+    latency: float,
+    held_mean: float,
+    filled: bool,
+    peers: Callable[[], int | None],
+) -> tuple[bool, str | None]:
+    """Start-up's verdict on a round: (True, reason) when it decided; (False, None) leaves
+    the round to the congestion check."""
+    held = done.blocked
+    if state.base_limit == 0 and queued_at_first(state, done):
+        return True, "startup_queued"
+    if held and filled:
+        return True, startup(policy, state, rate, latency, peers)
+    if filled and state.base_limit and rate < state.base_rate * policy.startup_gain:
+        # Filled by a load that matched the limit, and no more throughput than the last
+        # limit gave: the step did not pay, whatever held jobs back.
+        return True, startup(policy, state, rate, latency, peers)
+    if not held and 2 * state.base_limit < done.peak < state.limit and unfilled(state):
+        return True, None  # still filling past the last paying limit: measured again
+    if state.base_limit and (done.peak < state.limit or held):
+        # The last doubling is untested (the worker was never the one holding jobs
+        # back, or never kept full): back to the last limit a held round showed paying.
+        # Left higher, a worker the placement favours fills past its batch while
+        # another has room. Except after a 4x step the load did not fill, on which the
+        # worker held at least the doubling it skipped, and that paid: that doubling is
+        # measured next.
+        skipped = 2 * state.base_limit
+        fallback = state.base_limit
+        if state.limit > skipped <= done.peak and held_more_paid(
+            policy, state, held_mean, rate, latency
+        ):
+            fallback = skipped
+        else:
+            state.long_step_failed = state.limit  # measured, and it did not pay
+        state.limit = fallback
+        return True, "startup_unheld"
+    return False, None
+
+
+def unfilled(state: WorkerState) -> bool:
+    """Counts a round that did not test its limit; False once MAX_UNFILLED_ROUNDS in a row
+    did not (the verdict is then taken as it is: such a limit is not paying either)."""
+    state.unfilled += 1
+    if state.unfilled < MAX_UNFILLED_ROUNDS:
+        return True
+    state.unfilled = 0
+    return False
+
+
+def startup(
+    policy: CapacityPolicy,
+    state: WorkerState,
+    rate: float,
+    latency: float,
+    peers: Callable[[], int | None],
+) -> str:
+    """Start-up's step after a round that decided: the next limit, or settled."""
+    p = policy
+    step = state.limit / state.base_limit if state.base_limit else 0.0
+    pays = state.base_limit == 0 or rate >= state.base_rate * p.startup_gain
+    if step > 2 and (not pays or rate < state.base_rate * LONG_STEP_SHARE * step):
+        # A long step that paid well short of its length: the knee may lie inside it,
+        # where the fallback could not find it. Measure the doubling it skipped.
+        state.long_step_failed = state.limit
+        state.limit = state.base_limit * 2
+        return "startup"
+    if pays:
+        state.grew = state.grew or state.base_limit >= p.initial_limit
+        # Throughput that grew about as much as the limit (a batching worker far below its
+        # batch): the next step is twice as long, and the batch is reached in half the
+        # rounds. A FIFO or sharing worker never grows so, and still doubles from one.
+        linear = step > 1 and rate >= state.base_rate * LINEAR_SHARE * step
+        first_round = not state.base_limit
+        set_base(state, rate, latency)
+        if state.long_step_failed and state.limit * 2 >= state.long_step_failed:
+            state.phase = Phase.STEADY  # the next step was measured already, and failed
+            state.steady_rounds = 0
+            return "startup_done"
+        step_to = state.limit * (4 if linear else 2)
+        if first_round and state.base_limit > 1:
+            # Its first round showed no queueing: a worker like its settled peers goes
+            # to their limit at once (a vLLM worker joining a fleet settled at 32 would
+            # otherwise ramp over two more job times). Sent there straight away, one
+            # unlike them (a FIFO worker among batching ones) would have queued a batch.
+            step_to = max(step_to, peers() or 0)
+        state.limit = min(p.max_limit, step_to)
+        if state.limit == state.base_limit:
+            state.phase = Phase.STEADY
+        return "startup"
+    state.phase = Phase.STEADY
+    state.steady_rounds = 0
+    state.limit = state.base_limit
+    return "startup_done"

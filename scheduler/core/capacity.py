@@ -117,23 +117,24 @@ class Capacity:
 
     def peers_limit(self, newcomer: WorkerState | None = None) -> int | None:
         """The limit the workers met so far agree on, or None. Each counts with the last
-        limit it showed paying, in its start-up too (a FIFO worker found queueing counts at
-        one job: in a mixed fleet it may still be there while the batching one has settled);
-        at least one has settled, and the largest is at most PEERS_AGREE times the smallest,
-        whose limit is the answer (an endpoint's workers run one server). Counting peers
-        that are all still in start-up sent, in a mixed fleet met together (h), the sharing
-        worker to the batching one's limit before the FIFO one had shown itself (fleet
-        simulation: 34 against 41.5 jobs/s)."""
-        peers = [s for s in self._workers.values() if s is not newcomer]
-        if all(s.phase is Phase.STARTUP for s in peers):
-            return None  # met together, still measured: one may yet show itself unlike
+        limit it showed paying, in its start-up too; a FIFO worker found queueing in its
+        first round counts at one job. While one is still in its first round (it may yet
+        show itself unlike the others: in a mixed fleet met together (h), the sharing worker
+        was sent the batching one's limit before the FIFO one had shown itself, 34 against
+        41.5 jobs/s in the fleet simulation) there is no answer; one that holds nothing and
+        never showed anything (it went away) is not counted. They agree when the largest is
+        at most PEERS_AGREE times the smallest, whose limit is the answer (an endpoint's
+        workers run one server)."""
         initial = self.policy.initial_limit
-        paid = [
-            s.base_limit or s.limit
-            for s in peers
-            if s.base_limit or s.phase is not Phase.STARTUP or s.limit < initial
-        ]
-        if max(paid) > PEERS_AGREE * min(paid):
+        paid: list[int] = []
+        for peer in self._workers.values():
+            if peer is newcomer:
+                continue
+            if peer.base_limit or peer.phase is not Phase.STARTUP or peer.limit < initial:
+                paid.append(peer.base_limit or peer.limit)
+            elif peer.inflight:
+                return None  # in its first round
+        if not paid or max(paid) > PEERS_AGREE * min(paid):
             return None
         return max(1, min(self.policy.max_limit, min(paid)))
 

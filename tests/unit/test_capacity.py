@@ -576,3 +576,37 @@ def test_a_peer_found_queueing_in_its_first_round_counts_against_agreement() -> 
     assert state.base_limit == 0
     assert state.limit == 1, fifo_peer.limits
     assert fifo_peer.capacity.peers_limit() is None
+
+
+def test_peers_still_in_start_up_count_with_the_limit_they_showed_paying() -> None:
+    """Two batching workers serving 48 callers between them step to 64 and cannot fill it:
+    still in start-up, they have shown 32 paying, and a third worker met then goes to 32
+    after its first round (the bench's (k) warm-up left its peers there)."""
+    peers = Sim(batching(200.0, 32, 0.02), 48, [100.0])
+    for _ in range(200):  # bounded: about three rounds of half a second
+        peers.run(completions=peers.completions + 1)
+        state = peers.capacity.state(W)
+        assert state is not None
+        if state.limit == 64:
+            break
+    assert state.phase is Phase.STARTUP
+    assert state.base_limit == 32
+    assert peers.capacity.peers_limit() == 32
+    newcomer = joins(peers, batching(200.0, 32, 0.02), 48)
+    newcomer.run(completions=4)
+    assert newcomer.limits[0][1] == 32, newcomer.limits
+
+
+def test_a_peer_in_its_first_round_holds_the_answer_back_until_it_shows_or_goes() -> None:
+    """A worker met beside settled ones and still in its first round may be unlike them: no
+    limit is agreed until it shows itself. One whose first jobs all failed (it went away)
+    holds nothing and showed nothing: it is not counted."""
+    peers = Sim(batching(200.0, 32, 0.02), 96, [100.0])
+    peers.run(until_s=10.0)
+    assert peers.capacity.peers_limit() == 32
+    capacity, now = peers.capacity, peers.now
+    first = [capacity.started(W + "/gone", now, 100.0) for _ in range(4)]
+    assert capacity.peers_limit() is None
+    for sent in first:
+        capacity.finished(W + "/gone", sent, 100.0, now + 0.1, False)
+    assert capacity.peers_limit() == 32

@@ -22,7 +22,8 @@ from scheduler.dispatch.attempt import AttemptResult, attempt
 from scheduler.dispatch.context import EndpointContext, FinishHook, log, max_concurrency
 from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.pinned import PinnedSession, PinnedSessions
-from scheduler.dispatch.routing import FleetBacklog, Routing
+from scheduler.dispatch.poller import FleetBacklog
+from scheduler.dispatch.routing import Routing
 from scheduler.dispatch.seams import Forwarder, Router
 from scheduler.dispatch.settle import Settling
 from scheduler.dispatch.snapshot import endpoint_snapshot
@@ -142,7 +143,9 @@ class EndpointDispatcher:
         self._start(job, lease)
 
     async def open_session(self, cost: float, lifetime_s: float, wait_s: float) -> PinnedSession:
-        return await self.sessions.open(self.routing.route_with_token, cost, lifetime_s, wait_s)
+        return await self.sessions.open(
+            self.routing.calls.route_with_token, cost, lifetime_s, wait_s
+        )
 
     def cancel(self, job: Job) -> bool:
         if job.finished:

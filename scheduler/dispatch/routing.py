@@ -1,32 +1,28 @@
-"""Route calls for one endpoint: batches of queued jobs, the one poller while Vast has no worker
-ready (a batch answered WAITING while it polls keeps its own ``request_idx`` and asks again
-with it), demand calls that tell Vast of jobs piling up here, the token bucket that spaces
-calls, back-off after refusals (of route calls, and per worker after a 429), and what recent
-calls answered. When held calls and demand calls go is ``held_routes``; what a session
-declares, and whether a worker needs another, ``session_sizing``."""
+"""Route calls for one endpoint's queued jobs: batches when no lease takes them (a batch
+answered WAITING while the poller runs keeps its own ``request_idx`` and asks again with it),
+demand calls that tell Vast of jobs piling up here, what an answer opens (a lease, or nothing:
+a worker at its limit, funded already, or just gone), and per-worker back-off after a 429.
+One call at a time, its token bucket and back-off: ``route_calls``; the poller while no worker
+is ready: ``poller``; when held and demand calls go: ``held_routes``; what a session declares,
+and whether a worker needs another: ``session_sizing``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler.config import EndpointConfig
-from scheduler.config.endpoint import BackoffConfig
 from scheduler.core.assignments import Lease, ReuseMode
 from scheduler.core.backoff import (
-    Backoff,
-    RouteTrouble,
     WorkerBackoff,
-    route_failed,
-    route_refusal_delay_s,
 )
 from scheduler.core.batching import BatchLimits, take_batch
-from scheduler.core.ratelimit import TokenBucket
 from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
 from scheduler.dispatch.held_routes import HeldRoutes
 from scheduler.dispatch.leasing import Leasing
+from scheduler.dispatch.poller import FleetBacklog, Poller
+from scheduler.dispatch.route_calls import RouteCalls, backoff_policy
 from scheduler.dispatch.seams import Router
 from scheduler.dispatch.session_sizing import SessionSizing
 from scheduler.jobs import Job, JobStatus
@@ -36,36 +32,19 @@ from scheduler.vast.types import (
     Ready,
     RouteBadRequest,
     RouteError,
-    RouteRateLimited,
-    RouteResult,
     RouteUnauthorized,
     Waiting,
 )
 
-MAX_TOKEN_WAITS = 10_000  # a bound, not a limit reached in practice: each wait is until a token
-RECENT_ROUTES = 20  # route answers kept for the status page
 GONE_MEMORY_S = 3.0  # a worker found unreachable gets no new lease for this long
-FOLLOWER_CHECK_S = 0.2  # a replica waiting on another's poller looks this often for a worker
 MAX_BATCH_POLLS = 100_000  # a bound, not a limit reached in practice: jobs' deadlines end it
 StartJob = Callable[[Job, Lease], None]
-FleetBacklog = Callable[[str], Awaitable[tuple[int, float]]]
 
 
 @dataclass(slots=True)
 class Batch:
     job_ids: list[str]
     cost: float
-
-
-@dataclass(frozen=True, slots=True)
-class RouteRecord:
-    """One route call as the status page shows it; ``detail``: worker URL, status or error."""
-
-    at: float  # clock time the call started
-    outcome: str  # ready | no_worker | rate_limited | error
-    cost: float
-    latency_s: float
-    detail: str
 
 
 class Routing:
@@ -79,35 +58,28 @@ class Routing:
         fleet_backlog: FleetBacklog | None,
     ) -> None:
         self._ctx = ctx
-        self._router = router
         self._leasing = leasing
         self._start_job = start_job
         self._fleet = fleet
-        self._fleet_backlog = fleet_backlog
         now = ctx.clock()
-        self.bucket = TokenBucket(ctx.config.route_rate_per_s, ctx.config.route_burst, now)
         self.reserved: dict[str, Batch] = {}  # job id -> the batch routing for it
         self.tasks: set[asyncio.Task[None]] = set()
-        self._poller: asyncio.Task[None] | None = None
-        self._errors = 0  # route errors in a row
-        self._retry_at = now  # no route call before this (back-off after errors, 429s)
         self._gone_at: dict[str, float] = {}  # workers found unreachable, and when
         self._budget_route_at = now  # no route call for a worker's budget before this
-        self.known_workers: dict[str, float] = {}
-        self.last_waiting: Waiting | None = None
-        self.recent: deque[RouteRecord] = deque(maxlen=RECENT_ROUTES)
-        self.error_counts: Counter[str] = Counter()
-        self.trouble: RouteTrouble | None = None  # route calls failing in a row, if any
+        self.calls = RouteCalls(ctx, router, leasing, fleet)
         self.worker_backoff = WorkerBackoff(backoff_policy(ctx.config.worker_backoff))
         self.held = HeldRoutes(ctx.config, leasing.pool, now)
         self.sizing = SessionSizing(ctx, leasing)
+        self.poller = Poller(
+            ctx, self.calls, leasing, self.sizing, self.held.demand, fleet, fleet_backlog
+        )
 
     @property
     def polling(self) -> bool:
-        return self._poller is not None and not self._poller.done()
+        return self.poller.polling
 
     def reconfigure(self, config: EndpointConfig) -> None:
-        self.bucket.set_rate(config.route_rate_per_s, config.route_burst, self._ctx.clock())
+        self.calls.reconfigure(config)
         self.worker_backoff.policy = backoff_policy(config.worker_backoff)
         self.held.reconfigure(config)
 
@@ -118,7 +90,7 @@ class Routing:
     def delay_until(self, until: float) -> None:
         """No new route call before ``until`` (a worker refused a job: Vast may well answer
         the same worker again at once)."""
-        self._retry_at = max(self._retry_at, until)
+        self.calls.delay_until(until)
 
     def worker_refused(self, worker_url: str, now: float) -> float:
         """A worker answered a job 429: no job goes to it until the returned time (its back-off
@@ -134,7 +106,7 @@ class Routing:
         """Why this endpoint cannot route now: Vast refused its last route call (400/401), and
         jobs wait for the next or its back-off is not over. With nothing waiting, nothing
         would call again to clear it (a balancer sends no jobs to a replica not ready)."""
-        trouble = self.trouble
+        trouble = self.calls.trouble
         if trouble is None or not trouble.refused:
             return None
         if now >= trouble.retry_at and not len(self._ctx.queue) and not self.reserved:
@@ -151,7 +123,7 @@ class Routing:
         return (
             not self.tasks
             and not self.polling
-            and now >= max(self._budget_route_at, self._retry_at)
+            and now >= max(self._budget_route_at, self.calls.retry_at)
         )
 
     # batches ----------------------------------------------------------------------------
@@ -165,8 +137,8 @@ class Routing:
         max_inflight = self._ctx.config.max_route_inflight if len(self._leasing.pool) else 1
         if len(self.tasks) >= max_inflight:
             return None
-        if now < self._retry_at:
-            return self._retry_at
+        if now < self.calls.retry_at:
+            return self.calls.retry_at
         if holding:
             waiting = self._waiting_cost()
             due = self.held.due(waiting)
@@ -176,8 +148,8 @@ class Routing:
         linger_until = self._linger_until(now)
         if linger_until is not None:
             return linger_until
-        if not self.bucket.try_take(now):
-            return self.bucket.ready_at(now)
+        if not self.calls.bucket.try_take(now):
+            return self.calls.bucket.ready_at(now)
         self._route_next_batch(free_slots, holding)
         return now  # look again at once: more batches may go out in parallel
 
@@ -217,20 +189,22 @@ class Routing:
         """``held``: a held call (jobs wait for busy workers); when its answer names no worker
         to open a session on, the arrivals Vast has not heard of follow (``_declare_demand``)."""
         name = self._ctx.name
-        if not len(self._leasing.pool) and not await self._fleet.may_route(name, self.poll_ttl_s()):
+        if not len(self._leasing.pool) and not await self._fleet.may_route(
+            name, self.poller.ttl_s()
+        ):
             self.release(batch)  # cold, and another replica is the fleet's poller
-            self._start_poller(None)
+            self.poller.start(None)
             return
         declared = self.sizing.declared_cost(batch.cost, len(batch.job_ids))
         try:
-            result = await self.route(declared, None)
+            result = await self.calls.route(declared, None)
         except RouteError as exc:
             self.failed(exc, batch)
             return
         if isinstance(result, Waiting):
             if not self.polling:
                 self.release(batch)  # the poller carries its request_idx and its jobs' cost
-                self._start_poller(result.request_idx)
+                self.poller.start(result.request_idx)
                 return
             # Another request_idx is being polled: this one is in Vast's queue with this
             # batch's cost, and stays there until asked again or timed out. Ask with it until
@@ -252,11 +226,11 @@ class Routing:
         call just made."""
         now = self._ctx.clock()
         cost = self.held.demand_due(now, declared)
-        if cost is None or not self.bucket.try_take(now):
+        if cost is None or not self.calls.bucket.try_take(now):
             return
         self.held.demand_declared(now)
         try:
-            await self.route(min(cost, self._ctx.config.poll.max_cost), None)
+            await self.calls.route(min(cost, self._ctx.config.poll.max_cost), None)
         except RouteError as exc:
             self.failed(exc, None)
 
@@ -302,10 +276,10 @@ class Routing:
             await asyncio.sleep(ctx.backoff(waits))
             if not self._still_waiting(batch):
                 return None
-            await self._wait_for_token()
+            await self.calls.wait_for_token()
             try:
                 declared = self.sizing.declared_cost(batch.cost, len(batch.job_ids))
-                result = await self.route(declared, request_idx)
+                result = await self.calls.route(declared, request_idx)
             except RouteError as exc:
                 if isinstance(exc, RouteBadRequest | RouteUnauthorized):
                     self.failed(exc, batch)
@@ -387,25 +361,6 @@ class Routing:
         if batch is not None:
             self.release(batch)
 
-    def _backed_off(self, exc: RouteError) -> None:
-        """No route call for a while after a failed one. Refusals (429, 400, 401) block every
-        route call (batches, the poller, caller sessions): Vast's ``Retry-After`` if it sent
-        one (capped), else a back-off doubling up to ``route_backoff.max_s``. Other failures
-        (5xx, timeouts) hold new batches back for the poll back-off."""
-        ctx = self._ctx
-        now = ctx.clock()
-        self._errors += 1
-        if isinstance(exc, RouteRateLimited | RouteBadRequest | RouteUnauthorized):
-            rb = ctx.config.route_backoff
-            retry_after = exc.retry_after_s if isinstance(exc, RouteRateLimited) else None
-            delay = route_refusal_delay_s(backoff_policy(rb), self._errors, retry_after,
-                                          rb.max_retry_after_s, ctx.rng.random())  # fmt: skip
-            self.bucket.block_until(now + delay)
-        else:
-            delay = ctx.backoff(self._errors)
-            self._retry_at = now + delay
-        self.trouble = route_failed(self.trouble, exc.kind, now, now + delay)
-
     def release(self, batch: Batch) -> None:
         """Put a batch's jobs back at the head of the queue, in order."""
         for job_id in reversed(batch.job_ids):
@@ -433,135 +388,11 @@ class Routing:
         if leftover:
             self.release(Batch(leftover, 0.0))
 
-    # one route call ---------------------------------------------------------------------
-    async def route(self, cost: float, request_idx: int | None) -> RouteResult:
-        """One route call, measured, logged and remembered for the status page."""
-        ctx = self._ctx
-        started = ctx.clock()
-        outcome = "error"
-        detail = "interrupted"  # cancelled or an unexpected exception
-        try:
-            result = await self._router.route(ctx.name, cost, request_idx)
-            self._errors, self.trouble = 0, None
-            outcome = "ready" if isinstance(result, Ready) else "no_worker"
-            detail = result.url if isinstance(result, Ready) else result.status
-            ctx.metrics.route_batch_cost.labels(ctx.name).observe(cost)
-            if isinstance(result, Waiting):
-                await self._no_worker(result, cost)
-            else:
-                await self._ready(result, cost, started)
-            return result
-        except RouteError as exc:
-            outcome = "rate_limited" if isinstance(exc, RouteRateLimited) else "error"
-            detail = exc.kind
-            self.error_counts[exc.kind] += 1
-            self._backed_off(exc)
-            log.warning("route.error", endpoint=ctx.name, kind=exc.kind, error=str(exc),
-                        streak=self._errors)  # fmt: skip
-            raise
-        finally:
-            latency_s = ctx.clock() - started
-            ctx.metrics.route_calls.labels(ctx.name, outcome).inc()
-            ctx.metrics.route_latency.labels(ctx.name, outcome).observe(latency_s)
-            self.recent.append(RouteRecord(started, outcome, cost, latency_s, detail))
-
-    async def _no_worker(self, result: Waiting, cost: float) -> None:
-        ctx = self._ctx
-        await self._fleet.no_worker(ctx.name)
-        self.last_waiting = result
-        ctx.metrics.no_worker.labels(ctx.name).inc()
-        log.info("route.no_worker", endpoint=ctx.name, cost=cost,
-                 request_idx=result.request_idx, status=result.status)  # fmt: skip
-
-    async def _ready(self, result: Ready, cost: float, started: float) -> None:
-        ctx = self._ctx
-        if not len(self._leasing.pool):
-            await self._fleet.got_worker(ctx.name, ctx.config.lease.ttl_s)
-        if len(self.known_workers) >= MAX_REMEMBERED_WORKERS:
-            self.known_workers.pop(next(iter(self.known_workers)))
-        self.known_workers[result.url] = ctx.clock()
-        log.info("route.ready", endpoint=ctx.name, cost=cost, worker=result.url,
-                 reqnum=result.reqnum,
-                 latency_s=round(ctx.clock() - started, 6))  # fmt: skip
-
-    async def route_with_token(self, cost: float, request_idx: int | None) -> RouteResult:
-        await self._wait_for_token()
-        return await self.route(cost, request_idx)
-
-    async def _wait_for_token(self) -> None:
-        for _ in range(MAX_TOKEN_WAITS):
-            now = self._ctx.clock()
-            if self.bucket.try_take(now):
-                return
-            await asyncio.sleep(max(0.001, self.bucket.ready_at(now) - now))
-
-    # the poller -------------------------------------------------------------------------
-    def _start_poller(self, request_idx: int | None) -> None:
-        if not self.polling:
-            name = f"poll-{self._ctx.name}"
-            self._poller = asyncio.create_task(self._poll(request_idx), name=name)
-            self._poller.add_done_callback(lambda _: self._ctx.wakeup.set())
-
-    async def _poll(self, request_idx: int | None) -> None:
-        """The endpoint's one poller while Vast has no worker ready: it carries ``request_idx``
-        and declares the whole backlog's cost (capped) so the autoscaler scales for all of it."""
-        ctx = self._ctx
-        waits = 0
-        following = False
-        while len(ctx.queue) and not self._head_fits_a_lease():
-            waits += 1
-            poll = ctx.config.poll
-            delay = ctx.backoff(waits)
-            await asyncio.sleep(min(delay, FOLLOWER_CHECK_S) if following else delay)
-            if not len(ctx.queue):
-                break  # the backlog went while it slept: no call for nothing
-            following = not await self._fleet.may_route(ctx.name, self.poll_ttl_s())
-            if following:
-                continue  # another replica polls for the fleet: wait for its worker
-            await self._wait_for_token()
-            cost = min(max(await self._backlog_cost(), 1.0), poll.max_cost)
-            try:
-                result = await self.route(cost, request_idx)
-                self.held.demand.declared()  # the backlog holds every arrival here
-                own = self.sizing.head_session_cost()
-                if isinstance(result, Ready) and len(ctx.queue) and cost > own + 1e-9:
-                    # Vast heard the backlog. A session's load on its worker is its answer's
-                    # cost for its whole life: it opens on one that declares what it holds.
-                    result = await self.route_with_token(own, None)
-            except RouteError as exc:
-                self.failed(exc, None)
-                continue
-            if isinstance(result, Waiting):
-                request_idx = result.request_idx if result.request_idx is not None else request_idx
-                continue
-            await self._leasing.open(result)
-            return
-        await self._fleet.release(ctx.name)  # the backlog is gone or has room: nothing to poll for
-
-    def poll_ttl_s(self) -> float:
-        """The fleet's poll lease outlives the longest wait between two polls."""
-        return 3 * self._ctx.config.poll.max_s + 5.0
-
-    async def _backlog_cost(self) -> float:
-        """What the autoscaler should scale for: every replica's unfinished jobs if shared."""
-        fleet_cost = (
-            0.0 if self._fleet_backlog is None else (await self._fleet_backlog(self._ctx.name))[1]
-        )
-        return max(self._ctx.queue.queued_cost, fleet_cost)
-
-    def _head_fits_a_lease(self) -> bool:
-        head = self._ctx.queue.peek()
-        now = self._ctx.clock()
-        return head is not None and self._leasing.pool.pick(head[1], now, self._ctx.rng) is not None
-
     # the way out ------------------------------------------------------------------------
     async def abort(self, reason: str) -> None:
         """Stop routing: cancel the calls and the poller, fail the jobs they were for."""
-        await cancel_and_wait([*self.tasks, *([self._poller] if self._poller else [])])
+        await cancel_and_wait(list(self.tasks))
+        await self.poller.stop()
         for reserved_id in list(self.reserved):
             self._ctx.finish(self._ctx.jobs[reserved_id], JobStatus.FAILED, reason)
         self.reserved.clear()
-
-
-def backoff_policy(config: BackoffConfig) -> Backoff:
-    return Backoff(config.initial_s, config.max_s, config.multiplier)

@@ -151,7 +151,7 @@ class Settling:
             self.record_failure(lease.worker_url, now)
         if action is Action.REROUTE_GONE:
             pool.retire_worker(lease.worker_url)
-            self._routing.known_workers.pop(lease.worker_url, None)
+            self._routing.calls.known_workers.pop(lease.worker_url, None)
         elif action is Action.REROUTE_EVICT:
             pool.retire(lease)
         elif action is Action.REROUTE_SHRINK:

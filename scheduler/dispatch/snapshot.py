@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from scheduler.core.assignments import Lease
 from scheduler.core.backoff import RouteTrouble
-from scheduler.dispatch.routing import RouteRecord
+from scheduler.dispatch.route_calls import RouteRecord
 from scheduler.vast.types import Waiting, summarise_counts
 
 if TYPE_CHECKING:  # the dispatcher imports this module to build its snapshot
@@ -25,7 +25,7 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
         "inflight": d.inflight,
         "max_concurrency": d.config.max_concurrency,
         "max_depth": d.config.queue.max_depth,
-        "known_workers": sorted(routing.known_workers),
+        "known_workers": sorted(routing.calls.known_workers),
         "leases": len(pool),
         "lease_workers": len(pool.workers()),
         "leased_budget": pool.budget(),
@@ -41,13 +41,13 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
             "ratio": settling.calibrator.ratio,
             "samples": settling.calibrator.samples,
         },
-        "last_no_worker": waiting_view(routing.last_waiting),
-        "route_error": trouble_view(routing.trouble, now),
+        "last_no_worker": waiting_view(routing.calls.last_waiting),
+        "route_error": trouble_view(routing.calls.trouble, now),
         # newest first
-        "recent_routes": [route_view(r, now) for r in reversed(routing.recent)],
+        "recent_routes": [route_view(r, now) for r in reversed(routing.calls.recent)],
         "errors": {
             "worker": dict(sorted(settling.worker_error_counts.items())),
-            "route": dict(sorted(routing.error_counts.items())),
+            "route": dict(sorted(routing.calls.error_counts.items())),
             "ejected_workers": len(settling.outliers.ejected(now)),
             "ejections": settling.outliers.ejections_total,
             "backed_off_workers": len(routing.worker_backoff.backed_off(now)),

@@ -328,7 +328,7 @@ async def test_reconfigure_adjusts_every_component_and_keeps_queued_jobs(
             assert len(dispatcher.queue) == 5  # nothing dropped
             assert dispatcher.queue.max_depth == 50
             assert dispatcher.queue.weight_of("team") == 2.0
-            bucket = dispatcher.routing.bucket
+            bucket = dispatcher.routing.calls.bucket
             assert (bucket.rate_per_s, bucket.burst) == (3.0, 4)
             assert str(dispatcher.leasing.mode) == "sequential"
             budget = dispatcher.settling.retry_budget

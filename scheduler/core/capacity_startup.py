@@ -134,16 +134,19 @@ def startup(
             state.steady_rounds = 0
             return "startup_done"
         step_to = state.limit * (4 if linear else 2)
+        reason = "startup"
         if first_round and state.base_limit > 1:
             # Its first round showed no queueing: a worker like its settled peers goes
             # to their limit at once (a vLLM worker joining a fleet settled at 32 would
             # otherwise ramp over two more job times). Sent there straight away, one
             # unlike them (a FIFO worker among batching ones) would have queued a batch.
-            step_to = max(step_to, peers() or 0)
+            agreed = peers() or 0
+            if agreed > step_to:
+                step_to, reason = agreed, "startup_peers"
         state.limit = min(p.max_limit, step_to)
         if state.limit == state.base_limit:
             state.phase = Phase.STEADY
-        return "startup"
+        return reason
     state.phase = Phase.STEADY
     state.steady_rounds = 0
     state.limit = state.base_limit

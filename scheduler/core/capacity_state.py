@@ -85,7 +85,8 @@ class Change:
     worker: str
     old: int
     new: int
-    # startup[_done|_unheld|_queued] | probe | probe_kept | probe_dropped | congestion | refused
+    # startup[_done|_unheld|_queued|_peers] | probe | probe_kept | probe_dropped | congestion
+    # | refused
     reason: str
 
 

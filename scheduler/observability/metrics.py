@@ -174,7 +174,8 @@ class Metrics:
         # API
         self.http_requests = counter("http_requests", "API requests", ["handler", "code"])
         # per-worker concurrency limits (scheduler.core.capacity); reason: startup,
-        # startup_done, probe, probe_kept, probe_dropped, congestion
+        # startup_done, startup_unheld, startup_queued, startup_peers, probe, probe_kept,
+        # probe_dropped, congestion, refused
         self.limit_changes = counter(
             "worker_limit_changes",
             "Changes of a worker's concurrency limit",

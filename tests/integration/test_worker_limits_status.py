@@ -110,7 +110,9 @@ async def test_a_worker_joining_settled_peers_goes_to_their_limit_after_one_roun
             stop.set()
             await watch
             assert statuses == [200] * JOBS
+            changes = await samples(http, url, "vast_scheduler_worker_limit_changes_total")
 
     assert seen, "the newcomer was never leased"
     assert seen[0] == 4, seen
     assert seen[1] >= 29, seen  # its peer's limit (about 32), not the doubling to 8
+    assert changes.get("endpoint=llm,reason=startup_peers") == 1, changes

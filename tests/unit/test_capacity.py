@@ -523,6 +523,9 @@ def test_a_worker_like_its_settled_peers_goes_to_their_limit_after_its_first_rou
     newcomer.run(completions=2)
     assert newcomer.limits[0][1] == 32, newcomer.limits
     assert newcomer.limits[0][0] - peers.now < 0.6  # one job time (0.5 s) and a batch's slowdown
+    state = newcomer.capacity.state(newcomer.url)
+    assert state is not None
+    assert state.changes[0].reason == "startup_peers"
 
 
 def test_a_worker_unlike_its_settled_peers_is_not_sent_their_limit() -> None:

@@ -39,7 +39,8 @@ it, and would make a FIFO worker look faster at two jobs than at one.
   the two, and the last held limit would waste what the worker just delivered). A round that
   ends with the worker still filling past that doubling (jobs reach a worker that joins a
   busy fleet only as fast as they arrive) is measured again, at most MAX_UNFILLED_ROUNDS
-  times, before either fallback.
+  times, before either fallback. A 4x step that paid well short of its length measures the
+  doubling it skipped and, if that pays, the 4x step once more before settling below it.
 * **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
   job), and kept only if throughput grew by at least ``probe_efficiency`` of the proportional
   gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is not enough);

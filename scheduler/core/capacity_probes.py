@@ -105,6 +105,7 @@ def judge_probe(
             state.phase = Phase.STARTUP
             state.probe_wins = 0
             state.long_step_failed = 0  # the worker changed: measure anew
+            state.long_step_retried = False
             state.limit = min(p.max_limit, state.limit * 2)
             return verdict
         # A probe that paid is followed by another the same way at the next round.

@@ -107,6 +107,7 @@ class WorkerState:
     probe_down: bool = False  # the last probe tried a lower limit
     unfilled: int = 0  # rounds in a row at this limit that were not kept filled
     long_step_failed: int = 0  # the limit a 4x start-up step reached and did not pay at
+    long_step_retried: bool = False  # that limit was measured a second time
     sent: int = 0  # jobs ever sent to it
     # The limit the last dropped up probe started from: from there the next probe for
     # headroom waits half the probe interval, not HEADROOM_ROUNDS.

@@ -26,7 +26,7 @@ from scheduler.core.assignments import (
     ReuseMode,
 )
 from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Round, Sent, WorkerState
-from scheduler.core.capacity_startup import startup_verdict
+from scheduler.core.capacity_startup import startup, startup_verdict
 from scheduler.core.sessions import SessionClock
 from scheduler.emulator.workload import WorkQueue
 
@@ -613,3 +613,23 @@ def test_a_peer_in_its_first_round_holds_the_answer_back_until_it_shows_or_goes(
     for sent in first:
         capacity.finished(W + "/gone", sent, 100.0, now + 0.1, False)
     assert capacity.peers_limit() == 32
+
+
+@pytest.mark.parametrize(("rate_at_32", "settled"), [(3.4, 32), (1.9, 16)])
+def test_a_long_step_that_failed_on_one_round_is_measured_once_more(
+    rate_at_32: float, settled: int
+) -> None:
+    """8 -> 32 paid 1.5x on one round of mixed job sizes (short of 0.6 x 4): the doubling it
+    skipped, 16, is measured and pays. Before, the worker settled at 16 for good (a batching
+    worker of 32 in about one (f2) run in three); now 32 is measured once more, and kept
+    if it pays over 16, else 16 it is. Throughputs are in units of the rate at 8."""
+    policy, peers = CapacityPolicy(), lambda: None
+    state = WorkerState(limit=32, base_limit=8, base_rate=1.0, base_latency=1.0)
+    assert startup(policy, state, 1.5, 1.0, peers) == "startup"
+    assert (state.limit, state.long_step_failed) == (16, 32)
+    assert startup(policy, state, 1.9, 1.0, peers) == "startup"
+    assert state.limit == 32
+    assert state.long_step_retried
+    assert startup(policy, state, rate_at_32, 1.0, peers) == "startup_done"
+    assert state.limit == settled
+    assert state.phase is Phase.STEADY

@@ -123,8 +123,10 @@ async def test_cold_fleet_polls_like_one_replica(
     alone, _ = await cold_start_route_calls(tmp_path, http, redis_prefix + ":one", 1)
     three, _ = await cold_start_route_calls(tmp_path, http, redis_prefix + ":three", 3)
     print(f"\nroute calls before the first worker: 1 replica {alone}, 3 replicas {three}")
-    # Back-off jitter moves a count by one or two either way; three pollers would triple it.
-    assert three <= alone + 2, (alone, three)
+    # Back-off jitter moves each count by one or two either way (20-24 over 22 runs of each at
+    # 55c9b3b and at b52426f alike), so the two may differ by four; three pollers would triple
+    # it (red with every replica polling: see the session 12 note).
+    assert three <= alone + 4, (alone, three)
 
 
 @pytest.mark.timeout(180)

@@ -193,8 +193,7 @@ class Capacity:
         if state.base_limit:
             state.phase, state.steady_rounds = Phase.STEADY, 0
             state.base_limit = min(state.base_limit, new)
-            if state.settled_at is None:
-                state.settled_at = now
+            self._note_settled(state, now)
         state.epoch += 1
         state.round = Round(now)
         return self._changed(worker, state, old, "refused")
@@ -260,13 +259,18 @@ class Capacity:
         )
         old = state.limit
         reason = self._verdict(state, done, rate, latency, done.held_s / elapsed)
-        if state.settled_at is None and state.phase is not Phase.STARTUP:
-            state.settled_at = now
+        self._note_settled(state, now)
         descend_if_unproven(self.policy, state, old)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
         return self._changed(worker, state, old, reason)
+
+    @staticmethod
+    def _note_settled(state: WorkerState, now: float) -> None:
+        """Records when the worker first left its start-up (a refusal or a round's verdict)."""
+        if state.settled_at is None and state.phase is not Phase.STARTUP:
+            state.settled_at = now
 
     @staticmethod
     def _changed(worker: str, state: WorkerState, old: int, reason: str) -> Change:

@@ -257,14 +257,15 @@ class Capacity:
         state.floor = (
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
         )
-        old = state.limit
+        old, base_rate = state.limit, state.base_rate
         reason = self._verdict(state, done, rate, latency, done.held_s / elapsed)
         self._note_settled(state, now)
         descend_if_unproven(self.policy, state, old)
         if reason is None or state.limit == old:
             return None
         state.unfilled = 0
-        return self._changed(worker, state, old, reason)
+        measured = (rate, latency, done.held_s / elapsed, base_rate)
+        return self._changed(worker, state, old, reason, measured)
 
     @staticmethod
     def _note_settled(state: WorkerState, now: float) -> None:
@@ -273,9 +274,16 @@ class Capacity:
             state.settled_at = now
 
     @staticmethod
-    def _changed(worker: str, state: WorkerState, old: int, reason: str) -> Change:
-        """Records a change of the worker's limit (the last 8 are kept, for the status view)."""
-        change = Change(worker, old, state.limit, reason)
+    def _changed(
+        worker: str,
+        state: WorkerState,
+        old: int,
+        reason: str,
+        measured: tuple[float, float, float, float] | None = None,
+    ) -> Change:
+        """Records a change of the worker's limit (the last 8 are kept, for the status view);
+        ``measured``: the deciding round's rate, latency per cost, jobs held, base rate."""
+        change = Change(worker, old, state.limit, reason, *(measured or ()))
         state.changes.append(change)
         del state.changes[:-8]
         return change

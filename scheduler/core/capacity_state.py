@@ -88,6 +88,13 @@ class Change:
     # startup[_done|_unheld|_queued|_peers] | probe | probe_kept | probe_dropped | congestion
     # | refused
     reason: str
+    # The round that decided it (None for a refusal): delivered cost per second, latency per
+    # unit of cost (s), jobs held on average, and the last paying limit's rate it was judged
+    # against. Logged with the change, so that a limit's path can be read from the log.
+    rate: float | None = None
+    latency: float | None = None
+    held: float | None = None
+    base_rate: float | None = None
 
 
 @dataclass(slots=True)

@@ -275,6 +275,7 @@ class EndpointDispatcher:
         now = self.ctx.clock()
         sent = self.leasing.pool.acquire(lease, job.cost, now)
         self.settling.outliers.dispatched(lease.worker_url, now)
+        self.routing.held.job_started()
         task = asyncio.create_task(self._run_job(job, lease, sent), name=f"job-{job.id}")
         self._running[job.id] = task
 

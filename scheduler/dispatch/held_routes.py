@@ -24,6 +24,11 @@ DRAIN_SHARE = 0.25  # held calls back off to at most this share of the backlog's
 # refilled all the time, would otherwise keep the calls at their base beat (in (b) the route
 # calls per job went from 0.01-0.03 to 0.03-0.05 against a bound of 0.05).
 SHORT_BACKLOG_INTERVALS = 2
+# While held calls are backed off, a probe (one job's cost) may go once this many jobs were sent
+# to workers since the last call: at most 1/PROBE_JOBS route calls per job, and a worker Vast
+# adds to a busy fleet is found within this many jobs, not at the next held call (up to 16
+# held intervals, 8 s by default, away).
+PROBE_JOBS = 50
 
 
 class HeldRoutes:
@@ -35,6 +40,8 @@ class HeldRoutes:
         self.unused = 0  # held route calls in a row whose answer opened nothing
         self._backed_off_at = now  # the next held call, backed off as answers went unused
         self._held_at = now  # when the last held call went
+        self._called_at = now  # when the last held call or probe went
+        self._starts = 0  # jobs sent to workers since then
         self._waiting_at_held = 0.0  # the cost waiting here at the last held call
         self.demand_grew = False  # that cost grew between the last two held calls
         self._demand_declared_at = -math.inf  # when the last demand call went
@@ -47,6 +54,10 @@ class HeldRoutes:
     @staticmethod
     def _demand_window_s(config: EndpointConfig) -> float:
         return DEMAND_WINDOW_INTERVALS * config.placement.held_route_interval_s
+
+    def job_started(self) -> None:
+        """A job was sent to a worker."""
+        self._starts += 1
 
     def due(self, waiting_cost: float) -> float:
         """When the next held call may go, with ``waiting_cost`` waiting here now. Doubling
@@ -80,6 +91,20 @@ class HeldRoutes:
         self.demand_grew = waiting_cost > self._waiting_at_held
         self._held_at, self._waiting_at_held = now, waiting_cost
         self._backed_off_at = now + self.interval_s(self.unused)
+        self.probed(now)
+
+    def probe_due(self, now: float) -> bool:
+        """A probe may go now: held calls are backed off (their answers named workers at their
+        limit), PROBE_JOBS jobs were sent to workers since the last call, and that call is at least
+        the base interval old."""
+        return (
+            self.unused > 0
+            and self._starts >= PROBE_JOBS
+            and now >= self._called_at + self.interval_s(0)
+        )
+
+    def probed(self, now: float) -> None:
+        self._called_at, self._starts = now, 0
 
     def interval_s(self, doublings: int) -> float:
         base = self._config.placement.held_route_interval_s
@@ -92,8 +117,12 @@ class HeldRoutes:
         return self.interval_s(self.unused)
 
     def answer_used(self) -> None:
-        """An answer opened a lease: the back-off starts again from the base interval."""
+        """An answer opened a lease (or a probe's named a worker with room): the back-off
+        starts again from the base interval, for the next held call too (in (k) the first
+        call after a lull opened a lease, and the next, which found the worker Vast had added,
+        went 2 s later, on the back-off of the lull's calls)."""
         self.unused = 0
+        self._backed_off_at = min(self._backed_off_at, self._held_at + self.interval_s(0))
 
     def demand_due(self, now: float, declared: float) -> float | None:
         """The cost a demand call should declare now, after a held call that declared

@@ -164,8 +164,14 @@ class Leasing:
             # A steady worker probes one above its limit and drops back every few rounds:
             # those at debug (the metric counts them), the rest at info.
             emit = log.debug if change.reason in ROUTINE_LIMIT_CHANGES else log.info
+            measured = {
+                name: round(value, 6 if name == "latency" else 2)
+                for name, value in (("rate", change.rate), ("latency", change.latency),
+                                    ("held", change.held), ("base_rate", change.base_rate))
+                if value is not None
+            }  # fmt: skip
             emit("worker.limit_changed", endpoint=ctx.name, old=change.old, new=change.new,
-                 reason=change.reason, worker=worker_url)  # fmt: skip
+                 reason=change.reason, worker=worker_url, **measured)  # fmt: skip
 
     def _remember_sessionless(self, url: str) -> None:
         if len(self._sessionless_workers) >= MAX_REMEMBERED_WORKERS:

@@ -143,6 +143,7 @@ class Routing:
             waiting = self._waiting_cost()
             due = self.held.due(waiting)
             if now < due:
+                self._maybe_probe(now)
                 return due
             self.held.went(now, waiting)
         linger_until = self._linger_until(now)
@@ -152,6 +153,29 @@ class Routing:
             return self.calls.bucket.ready_at(now)
         self._route_next_batch(free_slots, holding)
         return now  # look again at once: more batches may go out in parallel
+
+    def _maybe_probe(self, now: float) -> None:
+        if self.held.probe_due(now) and self.calls.bucket.try_take(now):
+            self.held.probed(now)
+            spawn(self._probe(), self.tasks, f"probe-{self._ctx.name}",
+                  lambda _: self._ctx.wakeup.set())  # fmt: skip
+
+    async def _probe(self) -> None:
+        """A route call for one job's cost while held calls are backed off: finds a worker
+        Vast added to a busy fleet without declaring a batch no worker takes. An answer naming
+        a worker with room opens nothing (a session declares what its route call did): the
+        next held call goes at once and opens it. A WAITING answer is left: held calls still
+        tell Vast of the jobs waiting here."""
+        queue = self._ctx.queue
+        cost = queue.queued_cost / len(queue) if len(queue) else 1.0
+        try:
+            result = await self.calls.route(cost, None)
+        except RouteError as exc:
+            self.failed(exc, None)
+            return
+        now = self._ctx.clock()
+        if isinstance(result, Ready) and not self._unusable(result.url, now, cost):
+            self.held.answer_used()
 
     def _waiting_cost(self) -> float:
         """The cost of the jobs waiting here: queued, or reserved by a route call."""
@@ -237,24 +261,16 @@ class Routing:
     async def _use_answer(self, batch: Batch, result: Ready) -> bool:
         """Opens a lease on the answer's worker and places the batch there; False when the
         answer is of no use (its jobs go back to the queue, or try again)."""
-        leasing = self._leasing
         now = self._ctx.clock()
-        if self.worker_backoff.blocked(result.url, now) or self._just_gone(result.url, now):
-            # The worker answered 429, or could not be reached, a moment ago: Vast may well
-            # name it again at once (its view of a worker that stopped lags), and the jobs
-            # must not spend their attempts on it in a few milliseconds.
+        unusable = self._unusable(result.url, now, batch.cost / max(1, len(batch.job_ids)),
+                                  result.cost)  # fmt: skip
+        if unusable == "blocked":
+            # Vast may well name it again at once (its view of a worker that stopped lags),
+            # and the jobs must not spend their attempts on it in a few milliseconds.
             self.delay_until(now + self._ctx.config.placement.held_route_interval_s)
             self.release(batch)
             return False
-        if leasing.mode is ReuseMode.SESSION and (
-            leasing.pool.saturated(result.url)
-            or self.sizing.funded(result.url, batch.cost / max(1, len(batch.job_ids)))
-            or not leasing.session_room(result.url, result.cost)
-        ):
-            # A worker held at its limit, funded for it already, or holding as many of our
-            # sessions as we allow: no session that nothing can use (its cost would be load
-            # on the worker for its life, which Vast scales on), nor one that pushes it to
-            # its max_sessions.
+        if unusable == "full":
             self._budget_route_at = self._ctx.clock() + self.held.answer_unused()
             self.release(batch)
             return False
@@ -266,6 +282,28 @@ class Routing:
             return False
         self._place_batch(batch, lease)
         return True
+
+    def _unusable(
+        self, url: str, now: float, job_cost: float, session_cost: float | None = None
+    ) -> str | None:
+        """Why an answer naming ``url`` opens no lease for jobs of ``job_cost`` (a session of
+        ``session_cost``; None: the one the queue's next batch would declare): "blocked", the
+        worker answered 429, or could not be reached, a moment ago; "full", a session could
+        not be used (a worker held at its limit, funded for it already, or holding as many of
+        our sessions as we allow: its cost would be load on the worker for its life, which
+        Vast scales on, or push it to its max_sessions); None: usable."""
+        if self.worker_backoff.blocked(url, now) or self._just_gone(url, now):
+            return "blocked"
+        leasing = self._leasing
+        if session_cost is None:
+            session_cost = self.sizing.head_session_cost()
+        if leasing.mode is ReuseMode.SESSION and (
+            leasing.pool.saturated(url)
+            or self.sizing.funded(url, job_cost)
+            or not leasing.session_room(url, session_cost)
+        ):
+            return "full"
+        return None
 
     async def _wait_in_line(self, batch: Batch, request_idx: int | None) -> Ready | None:
         """Poll for a WAITING batch with its own ``request_idx`` until Vast names a worker

@@ -6,10 +6,12 @@ what the sessions they open declare (what their worker will hold) are kept apart
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+import pytest
 
 from scheduler.emulator.emulator import Emulator
 from tests.integration.harness import (
@@ -170,3 +172,68 @@ async def test_held_route_calls_keep_pace_with_a_backlog_the_workers_clear_in_se
         await asyncio.sleep(WATCH_S - 0.2)
         held_calls = len(emulator.route_log()) - before
     assert held_calls >= 5, held_calls  # doubling: 3
+
+
+async def closed_loop(
+    http: aiohttp.ClientSession, url: str, callers: int, stop: asyncio.Event
+) -> int:
+    """``callers`` synchronous runs at a time through ``url`` until ``stop`` (at most 5,000
+    runs); returns how many answered 200."""
+    answered = [0]
+    budget = iter(range(5_000))
+
+    async def caller() -> None:
+        for _ in budget:
+            if stop.is_set():
+                return
+            async with http.post(url, json={"payload": {}}) as resp:
+                await resp.read()
+                answered[0] += resp.status == 200
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return answered[0]
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_vast_adds_to_a_busy_fleet_is_found_before_the_next_held_call(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A fast batching worker (4 jobs at once, 50 ms each: about 80 jobs a second) kept busy
+    by 16 callers: the held route calls' answers name it, at its limit, and they back off to
+    16 x 0.25 s = 4 s. A burst of 40 more jobs is held and cleared in about half a second (a
+    held call declares it, and the back-off goes on: fewer wait afterwards). Then Vast adds a
+    second worker. A probe (one job's cost, once 50 jobs were sent) finds it and the next held
+    call opens it at once: it is leased within 2 s of being ready, where the next held call
+    was more than 3 s away."""
+    emulated = {"llm": {"workers": 1, "service": "batching", "max_batch": 4, "perf": 2000}}
+    endpoint = {
+        "default_route": "/generate",
+        "cost": {"estimator": "constant", "value": 100},
+        "placement": {"held_route_interval_s": HELD_INTERVAL_S},
+        # no session renewal in the test's 550+ jobs (its route call would find the worker)
+        "lease": {"session_end_bound_s": 1e7},
+    }
+    async with running_emulator(emulated) as emulator:
+        await emulator.wait_ready("llm", 1)
+        config = daemon_config(emulator.autoscaler_url, {"llm": endpoint})
+        async with running_daemon(config) as d:
+            dispatcher = d.service.dispatchers["llm"]
+            url = f"{d.url}/v1/endpoints/llm"
+            stop = asyncio.Event()
+            load = asyncio.create_task(closed_loop(http, f"{url}/run", 16, stop))
+            await asyncio.sleep(4.5)  # the held calls' interval has doubled to 4 s
+            burst = await submit_many(http, f"{url}/jobs", 40)
+            await wait_all_finished(d, burst, timeout_s=10)
+            await wait_until(lambda: len(dispatcher.queue) <= 16, timeout_s=5)
+            held_at = max(e["t_s"] for e in emulator.route_log() if e["cost"] > 150)
+            newcomer = await emulator.add_worker("llm")
+            await emulator.wait_ready("llm", 2)
+            added = asyncio.get_running_loop().time()
+            since_held_s = time.monotonic() - emulator.autoscaler.stats.started_at - held_at
+            await wait_until(lambda: newcomer.url in dispatcher.leasing.pool.workers(), 8)
+            found_s = asyncio.get_running_loop().time() - added
+            stop.set()
+            answered = await load
+    assert answered > 100
+    assert since_held_s < 1.0, since_held_s  # the next held call was 3+ s away
+    assert found_s < 2.0, found_s

@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import LeaseLimits, LeasePool, ReuseMode
-from scheduler.dispatch.held_routes import DRAIN_SHARE, SHORT_BACKLOG_INTERVALS, HeldRoutes
+from scheduler.dispatch.held_routes import (
+    DRAIN_SHARE,
+    PROBE_JOBS,
+    SHORT_BACKLOG_INTERVALS,
+    HeldRoutes,
+)
 
 CONFIG = EndpointConfig.model_validate({"placement": {"held_route_interval_s": 0.5}})
 BASE = 0.5
@@ -80,3 +87,57 @@ def test_a_demand_call_goes_only_after_growth_and_once_a_window() -> None:
     held.went(1.2, 800.0)
     assert held.demand_due(1.2, declared=0.0) is None  # within the window of the last
     assert held.demand_due(0.7 + held.demand.window_s, declared=0.0) == 300.0
+
+
+def test_an_answer_used_brings_the_next_held_call_back_to_the_base_interval() -> None:
+    """Two answers in a row named workers at their limit (the next call 2 s after the last);
+    then one opened a lease: the next held call is due at the base interval, not on the old
+    back-off (in (k) the call that found the worker Vast had added went 2 s late)."""
+    held = HeldRoutes(CONFIG, pool_clearing(None), now=0.0)
+    held.answer_unused()
+    held.answer_unused()
+    held.went(10.0, 100.0)
+    assert held.due(100.0) == 10.0 + held.interval_s(2) == 12.0
+    held.answer_used()
+    assert held.due(100.0) == 10.0 + BASE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.floats(0.0, 0.3), st.integers(0, 30)), max_size=60),
+    unused=st.integers(0, 4),
+)
+def test_probes_go_only_while_backed_off_once_per_probe_jobs_starts_and_base_interval(
+    steps: list[tuple[float, int]], unused: int
+) -> None:
+    """Whatever the starts and times: no probe while held calls are not backed off; never
+    more than one per PROBE_JOBS starts; never two within the base interval."""
+    held = HeldRoutes(CONFIG, pool_clearing(None), now=0.0)
+    held.unused = unused
+    held.went(0.0, 0.0)
+    now, starts, probes = 0.0, 0, [0.0]
+    for dt, starting in steps:
+        now += dt
+        for _ in range(starting):
+            held.job_started()
+        starts += starting
+        if held.probe_due(now):
+            held.probed(now)
+            probes.append(now)
+    assert unused > 0 or len(probes) == 1
+    assert len(probes) - 1 <= starts // PROBE_JOBS
+    assert all(b - a >= BASE - 1e-9 for a, b in pairwise(probes))
+
+
+def test_a_probe_is_due_after_probe_jobs_starts_and_a_held_call_resets_the_count() -> None:
+    held = HeldRoutes(CONFIG, pool_clearing(None), now=0.0)
+    held.answer_unused()
+    held.went(0.0, 0.0)
+    for _ in range(PROBE_JOBS - 1):
+        held.job_started()
+    assert not held.probe_due(0.6)
+    held.job_started()
+    assert held.probe_due(0.6)
+    assert not held.probe_due(0.4)  # within the base interval of the held call
+    held.went(0.7, 0.0)
+    assert not held.probe_due(2.0)  # the held call started the count again

@@ -15,9 +15,11 @@ over its jobs' latency per unit of cost (their latencies' sum over their costs' 
 jobs alike that is the delivered cost per second; with mixed sizes it still rises with
 concurrency on a batching worker (each job's latency is proportional to its cost) and not on a
 FIFO one (small jobs wait behind large ones), and unlike counting completed cost it does not
-swing with which jobs happened to finish in the round. Only jobs sent into a worker already at
-the limit count: the first ones after a raise meet a worker emptier than the limit will keep
-it, and would make a FIFO worker look faster at two jobs than at one.
+swing with which jobs happened to finish in the round. In a round in which jobs waited here for
+the worker, only jobs sent into it already at the limit count, those that ended before the
+waiting began too: the first ones after a raise meet a worker emptier than the limit will keep
+it, and would make a FIFO worker look faster at two jobs than at one. In a round in which none
+waited, every job met the worker as the limit keeps it, and all count.
 
 * **First contact.** A worker starts at ``initial_limit`` (4): a batching server is a
   doubling further on, and a FIFO one shows itself in the first round, where jobs that ended
@@ -216,16 +218,22 @@ class Capacity:
         current.completions += 1
         current.running.pop(sent.seq, None)
         latency_s = now - sent.at
-        counts = sent.counted or not current.blocked  # an unheld round: every job is its state
         usable = succeeded and latency_s > 0 and cost > 0 and math.isfinite(cost)
         if usable and state.base_limit == 0:
             current.first_latencies.append(latency_s / cost)
-        if usable and counts:
+        if usable:
+            current.all_latency_s += latency_s
+            current.all_cost += cost
+            current.all_samples += 1
+        if usable and sent.counted:
             current.latency_s += latency_s
             current.cost += cost
             current.samples += 1
         if current.completions < self._round_length(state):
             return None
+        if not current.blocked:  # an unheld round: every job met the worker as it is kept
+            current.latency_s, current.cost = current.all_latency_s, current.all_cost
+            current.samples = current.all_samples
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
             return None  # no job sent at the limit has ended yet
         if current.samples:

@@ -1,8 +1,9 @@
 """The beat of held route calls (jobs wait here for workers at their limit) and of the demand
 calls that follow them. Held calls find workers Vast started and tell it of the jobs waiting;
 they back off while the answers name workers already at their limit, but not while jobs pile
-up here, nor beyond a share of the time the leased workers need to clear what waits. A demand
-call declares what arrived here while jobs waited and no call declared yet
+up here, nor beyond a share of the time the leased workers need to clear what waits; while
+they are backed off, a probe declaring one job's cost goes every PROBE_JOBS jobs sent. A
+demand call declares what arrived here while jobs waited and no call declared yet
 (``core.demand.DemandLedger``)."""
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ DRAIN_SHARE = 0.25  # held calls back off to at most this share of the backlog's
 # calls per job went from 0.01-0.03 to 0.03-0.05 against a bound of 0.05).
 SHORT_BACKLOG_INTERVALS = 2
 # While held calls are backed off, a probe (one job's cost) may go once this many jobs were sent
-# to workers since the last call: at most 1/PROBE_JOBS route calls per job, and a worker Vast
-# adds to a busy fleet is found within this many jobs, not at the next held call (up to 16
-# held intervals, 8 s by default, away).
-PROBE_JOBS = 50
+# to workers since the last call, and PROBE_INTERVALS held intervals after it: at most
+# 1/PROBE_JOBS route calls per job (at 50, (b)'s route calls per job went from 0.03 to 0.04-0.05
+# against a bound of 0.05), and a worker Vast adds to a busy fleet is found within that many
+# jobs or a second, not at the next held call (up to 16 held intervals, 8 s by default, away).
+PROBE_JOBS = 100
+PROBE_INTERVALS = 2
 
 
 class HeldRoutes:
@@ -96,11 +99,11 @@ class HeldRoutes:
     def probe_due(self, now: float) -> bool:
         """A probe may go now: held calls are backed off (their answers named workers at their
         limit), PROBE_JOBS jobs were sent to workers since the last call, and that call is at least
-        the base interval old."""
+        PROBE_INTERVALS held intervals old."""
         return (
             self.unused > 0
             and self._starts >= PROBE_JOBS
-            and now >= self._called_at + self.interval_s(0)
+            and now >= self._called_at + PROBE_INTERVALS * self.interval_s(0)
         )
 
     def probed(self, now: float) -> None:

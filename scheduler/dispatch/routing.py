@@ -1,10 +1,11 @@
 """Route calls for one endpoint's queued jobs: batches when no lease takes them (a batch
 answered WAITING while the poller runs keeps its own ``request_idx`` and asks again with it),
-demand calls that tell Vast of jobs piling up here, what an answer opens (a lease, or nothing:
-a worker at its limit, funded already, or just gone), and per-worker back-off after a 429.
+demand calls that tell Vast of jobs piling up here, probes (one job's cost) that find a worker
+Vast added while held calls are backed off, and what an answer opens (a lease, or nothing).
 One call at a time, its token bucket and back-off: ``route_calls``; the poller while no worker
-is ready: ``poller``; when held and demand calls go: ``held_routes``; what a session declares,
-and whether a worker needs another: ``session_sizing``."""
+is ready: ``poller``; when held calls, demand calls and probes go: ``held_routes``; what a
+session declares, and whether a worker needs another: ``session_sizing``; whether an answer's
+worker may take a lease (per-worker back-off after a 429, workers just gone): ``answer_check``."""
 
 from __future__ import annotations
 
@@ -13,16 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler.config import EndpointConfig
-from scheduler.core.assignments import Lease, ReuseMode
-from scheduler.core.backoff import (
-    WorkerBackoff,
-)
+from scheduler.core.assignments import Lease
 from scheduler.core.batching import BatchLimits, take_batch
-from scheduler.dispatch.context import MAX_REMEMBERED_WORKERS, EndpointContext, log
+from scheduler.dispatch.answer_check import AnswerCheck
+from scheduler.dispatch.context import EndpointContext
 from scheduler.dispatch.held_routes import HeldRoutes
 from scheduler.dispatch.leasing import Leasing
 from scheduler.dispatch.poller import FleetBacklog, Poller
-from scheduler.dispatch.route_calls import RouteCalls, backoff_policy
+from scheduler.dispatch.route_calls import RouteCalls
 from scheduler.dispatch.seams import Router
 from scheduler.dispatch.session_sizing import SessionSizing
 from scheduler.jobs import Job, JobStatus
@@ -36,7 +35,6 @@ from scheduler.vast.types import (
     Waiting,
 )
 
-GONE_MEMORY_S = 3.0  # a worker found unreachable gets no new lease for this long
 MAX_BATCH_POLLS = 100_000  # a bound, not a limit reached in practice: jobs' deadlines end it
 StartJob = Callable[[Job, Lease], None]
 
@@ -64,12 +62,12 @@ class Routing:
         now = ctx.clock()
         self.reserved: dict[str, Batch] = {}  # job id -> the batch routing for it
         self.tasks: set[asyncio.Task[None]] = set()
-        self._gone_at: dict[str, float] = {}  # workers found unreachable, and when
         self._budget_route_at = now  # no route call for a worker's budget before this
         self.calls = RouteCalls(ctx, router, leasing, fleet)
-        self.worker_backoff = WorkerBackoff(backoff_policy(ctx.config.worker_backoff))
         self.held = HeldRoutes(ctx.config, leasing.pool, now)
         self.sizing = SessionSizing(ctx, leasing)
+        self.answers = AnswerCheck(ctx, leasing, self.sizing)
+        self.worker_backoff = self.answers.worker_backoff
         self.poller = Poller(
             ctx, self.calls, leasing, self.sizing, self.held.demand, fleet, fleet_backlog
         )
@@ -80,7 +78,7 @@ class Routing:
 
     def reconfigure(self, config: EndpointConfig) -> None:
         self.calls.reconfigure(config)
-        self.worker_backoff.policy = backoff_policy(config.worker_backoff)
+        self.answers.reconfigure(config)
         self.held.reconfigure(config)
 
     def arrived(self, cost: float) -> None:
@@ -93,14 +91,8 @@ class Routing:
         self.calls.delay_until(until)
 
     def worker_refused(self, worker_url: str, now: float) -> float:
-        """A worker answered a job 429: no job goes to it until the returned time (its back-off
-        doubles with each 429 in a row, up to ``worker_backoff.max_s``)."""
-        until = self.worker_backoff.refused(worker_url, now, self._ctx.rng.random())
-        self._ctx.metrics.worker_backoffs.labels(self._ctx.name).inc()
-        log.info("worker.backed_off", endpoint=self._ctx.name, worker_url=worker_url,
-                 streak=self.worker_backoff.streak(worker_url),
-                 for_s=round(until - now, 3))  # fmt: skip
-        return until
+        """A worker answered a job 429: returns until when no job goes to it."""
+        return self.answers.worker_refused(worker_url, now)
 
     def refused_reason(self, now: float) -> str | None:
         """Why this endpoint cannot route now: Vast refused its last route call (400/401), and
@@ -174,7 +166,7 @@ class Routing:
             self.failed(exc, None)
             return
         now = self._ctx.clock()
-        if isinstance(result, Ready) and not self._unusable(result.url, now, cost):
+        if isinstance(result, Ready) and not self.answers.unusable(result.url, now, cost):
             self.held.answer_used()
 
     def _waiting_cost(self) -> float:
@@ -262,7 +254,7 @@ class Routing:
         """Opens a lease on the answer's worker and places the batch there; False when the
         answer is of no use (its jobs go back to the queue, or try again)."""
         now = self._ctx.clock()
-        unusable = self._unusable(result.url, now, batch.cost / max(1, len(batch.job_ids)),
+        unusable = self.answers.unusable(result.url, now, batch.cost / max(1, len(batch.job_ids)),
                                   result.cost)  # fmt: skip
         if unusable == "blocked":
             # Vast may well name it again at once (its view of a worker that stopped lags),
@@ -277,33 +269,11 @@ class Routing:
         self.held.answer_used()
         lease = await self._leasing.open(result)
         if lease is None:
-            self._remember_gone(result.url)
+            self.answers.remember_gone(result.url)
             self._batch_attempt_failed(batch)
             return False
         self._place_batch(batch, lease)
         return True
-
-    def _unusable(
-        self, url: str, now: float, job_cost: float, session_cost: float | None = None
-    ) -> str | None:
-        """Why an answer naming ``url`` opens no lease for jobs of ``job_cost`` (a session of
-        ``session_cost``; None: the one the queue's next batch would declare): "blocked", the
-        worker answered 429, or could not be reached, a moment ago; "full", a session could
-        not be used (a worker held at its limit, funded for it already, or holding as many of
-        our sessions as we allow: its cost would be load on the worker for its life, which
-        Vast scales on, or push it to its max_sessions); None: usable."""
-        if self.worker_backoff.blocked(url, now) or self._just_gone(url, now):
-            return "blocked"
-        leasing = self._leasing
-        if session_cost is None:
-            session_cost = self.sizing.head_session_cost()
-        if leasing.mode is ReuseMode.SESSION and (
-            leasing.pool.saturated(url)
-            or self.sizing.funded(url, job_cost)
-            or not leasing.session_room(url, session_cost)
-        ):
-            return "full"
-        return None
 
     async def _wait_in_line(self, batch: Batch, request_idx: int | None) -> Ready | None:
         """Poll for a WAITING batch with its own ``request_idx`` until Vast names a worker
@@ -348,22 +318,13 @@ class Routing:
         if not live:
             return False
         first = ctx.jobs[live[0]]
-        if self._leasing.pool.pick(first.cost, now, ctx.rng, self._unavailable(now)) is not None:
+        if (
+            self._leasing.pool.pick(first.cost, now, ctx.rng, self.answers.unavailable(now))
+            is not None
+        ):
             self.release(batch)
             return False
         return True
-
-    def _unavailable(self, now: float) -> frozenset[str]:
-        return self.worker_backoff.backed_off(now)
-
-    def _remember_gone(self, url: str) -> None:
-        if len(self._gone_at) >= MAX_REMEMBERED_WORKERS:
-            self._gone_at.clear()  # rare; forgetting costs one more attempt on a dead worker
-        self._gone_at[url] = self._ctx.clock()
-
-    def _just_gone(self, url: str, now: float) -> bool:
-        gone_at = self._gone_at.get(url)
-        return gone_at is not None and now - gone_at < GONE_MEMORY_S
 
     def _batch_attempt_failed(self, batch: Batch) -> None:
         """The routed worker could not be reached: that counts as an attempt for each job."""

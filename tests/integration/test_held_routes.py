@@ -198,14 +198,14 @@ async def closed_loop(
 async def test_a_worker_vast_adds_to_a_busy_fleet_is_found_before_the_next_held_call(
     http: aiohttp.ClientSession,
 ) -> None:
-    """A fast batching worker (4 jobs at once, 50 ms each: about 80 jobs a second) kept busy
+    """A fast batching worker (4 jobs at once, 25 ms each: about 160 jobs a second) kept busy
     by 16 callers: the held route calls' answers name it, at its limit, and they back off to
-    16 x 0.25 s = 4 s. A burst of 40 more jobs is held and cleared in about half a second (a
+    16 x 0.25 s = 4 s. A burst of 40 more jobs is held and cleared in about a quarter second (a
     held call declares it, and the back-off goes on: fewer wait afterwards). Then Vast adds a
-    second worker. A probe (one job's cost, once 50 jobs were sent) finds it and the next held
+    second worker. A probe (one job's cost, once 100 jobs were sent) finds it and the next held
     call opens it at once: it is leased within 2 s of being ready, where the next held call
     was more than 3 s away."""
-    emulated = {"llm": {"workers": 1, "service": "batching", "max_batch": 4, "perf": 2000}}
+    emulated = {"llm": {"workers": 1, "service": "batching", "max_batch": 4, "perf": 4000}}
     endpoint = {
         "default_route": "/generate",
         "cost": {"estimator": "constant", "value": 100},

@@ -633,3 +633,34 @@ def test_a_long_step_that_failed_on_one_round_is_measured_once_more(
     assert startup(policy, state, rate_at_32, 1.0, peers) == "startup_done"
     assert state.limit == settled
     assert state.phase is Phase.STEADY
+
+
+def test_a_held_round_measures_only_jobs_sent_at_the_limit_whenever_it_became_held() -> None:
+    """Seen in (k)'s warm-up, 10 runs in 12: a batching worker of 32, raised from 32 to 64
+    in start-up. The raise sends 32 more jobs; the first 12 of them to end found room in the
+    batch (0.85 s), then jobs began to wait here for the worker (the round became held), and
+    the other 20 waited at the worker (1.5 s). Counting the 12 because the round was not yet
+    held, and not the 20 because it then was, measured 64 at 1.9x the rate at 32, and the
+    limit went to 256 (4x: 'linear'). Counting only the jobs sent at the limit, 64 pays no
+    more than 32: back to 32."""
+    capacity = Capacity(CapacityPolicy())
+    capacity.started(W, 0.0, 100.0)
+    state = capacity.state(W)
+    assert state is not None
+    state.limit, state.base_limit, state.base_rate, state.base_latency = 64, 32, 3700.0, 0.0085
+    state.epoch, state.round, state.inflight, state.changed_at = 1, Round(0.0), 0, 0.0
+    sent = [capacity.started(W, 0.0, 100.0) for _ in range(64)]  # the last at the limit
+    # 12 found room, 20 waited at the worker, the rest (the one sent at the limit among them)
+    # later still
+    ends = [0.85] * 12 + [1.5] * 20 + [1.6] * 32
+    decided = []
+    for at, job in zip(ends, sent, strict=True):
+        if at > 0.85:
+            capacity.blocked(W, at)
+        change = capacity.finished(W, job, 100.0, at, succeeded=True)
+        if change is not None:
+            decided.append(change)
+        else:
+            capacity.started(W, at, 100.0)  # its place taken at once, at the limit
+    assert decided, "the round at 64 gave no verdict"
+    assert decided[0].new == 32, decided[0]  # 256 when the 12 counted (rate 7,400)

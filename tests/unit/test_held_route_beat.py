@@ -13,6 +13,7 @@ from scheduler.config import EndpointConfig
 from scheduler.core.assignments import LeaseLimits, LeasePool, ReuseMode
 from scheduler.dispatch.held_routes import (
     DRAIN_SHARE,
+    PROBE_INTERVALS,
     PROBE_JOBS,
     SHORT_BACKLOG_INTERVALS,
     HeldRoutes,
@@ -104,14 +105,14 @@ def test_an_answer_used_brings_the_next_held_call_back_to_the_base_interval() ->
 
 @settings(max_examples=200, deadline=None)
 @given(
-    steps=st.lists(st.tuples(st.floats(0.0, 0.3), st.integers(0, 30)), max_size=60),
+    steps=st.lists(st.tuples(st.floats(0.0, 0.6), st.integers(0, 60)), max_size=60),
     unused=st.integers(0, 4),
 )
 def test_probes_go_only_while_backed_off_once_per_probe_jobs_starts_and_base_interval(
     steps: list[tuple[float, int]], unused: int
 ) -> None:
     """Whatever the starts and times: no probe while held calls are not backed off; never
-    more than one per PROBE_JOBS starts; never two within the base interval."""
+    more than one per PROBE_JOBS starts; never two within PROBE_INTERVALS held intervals."""
     held = HeldRoutes(CONFIG, pool_clearing(None), now=0.0)
     held.unused = unused
     held.went(0.0, 0.0)
@@ -126,7 +127,7 @@ def test_probes_go_only_while_backed_off_once_per_probe_jobs_starts_and_base_int
             probes.append(now)
     assert unused > 0 or len(probes) == 1
     assert len(probes) - 1 <= starts // PROBE_JOBS
-    assert all(b - a >= BASE - 1e-9 for a, b in pairwise(probes))
+    assert all(b - a >= PROBE_INTERVALS * BASE - 1e-9 for a, b in pairwise(probes))
 
 
 def test_a_probe_is_due_after_probe_jobs_starts_and_a_held_call_resets_the_count() -> None:
@@ -135,9 +136,9 @@ def test_a_probe_is_due_after_probe_jobs_starts_and_a_held_call_resets_the_count
     held.went(0.0, 0.0)
     for _ in range(PROBE_JOBS - 1):
         held.job_started()
-    assert not held.probe_due(0.6)
+    assert not held.probe_due(1.1)
     held.job_started()
-    assert held.probe_due(0.6)
-    assert not held.probe_due(0.4)  # within the base interval of the held call
-    held.went(0.7, 0.0)
-    assert not held.probe_due(2.0)  # the held call started the count again
+    assert held.probe_due(1.1)
+    assert not held.probe_due(0.9)  # within PROBE_INTERVALS held intervals of the held call
+    held.went(1.2, 0.0)
+    assert not held.probe_due(3.0)  # the held call started the count again

@@ -42,7 +42,9 @@ waited, every job met the worker as the limit keeps it, and all count.
   ends with the worker still filling past that doubling (jobs reach a worker that joins a
   busy fleet only as fast as they arrive) is measured again, at most MAX_UNFILLED_ROUNDS
   times, before either fallback. A 4x step that paid well short of its length measures the
-  doubling it skipped and, if that pays, the 4x step once more before settling below it.
+  doubling it skipped and, if that pays, the 4x step once more before settling below it. A
+  limit a step fell back to untested is re-measured and, while the worker's peers agree on
+  twice it or more, stepped from again (at most RETESTS times) instead of settled on.
 * **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
   job), and kept only if throughput grew by at least ``probe_efficiency`` of the proportional
   gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is not enough);
@@ -316,7 +318,7 @@ class Capacity:
         if state.phase is Phase.STARTUP:
             decided, reason = startup_verdict(
                 self.policy, state, done, rate, latency, held_mean, filled,
-                lambda: self.peers_limit(state),
+                lambda: self.peers_limit(state), self.settled_limit,
             )  # fmt: skip
             if decided:
                 return reason

@@ -124,6 +124,11 @@ class WorkerState:
     unfilled: int = 0  # rounds in a row at this limit that were not kept filled
     long_step_failed: int = 0  # the limit a 4x start-up step reached and did not pay at
     long_step_retried: bool = False  # that limit was measured a second time
+    # The last start-up step fell back untested (jobs waited here, yet the worker was never
+    # kept full at it): the next round re-measures the fallback and steps from it again, at
+    # most RETESTS times in a start-up.
+    retest: bool = False
+    retests: int = 0
     sent: int = 0  # jobs ever sent to it
     # The limit the last dropped up probe started from: from there the next probe for
     # headroom waits half the probe interval, not HEADROOM_ROUNDS.

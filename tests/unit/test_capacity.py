@@ -664,3 +664,39 @@ def test_a_held_round_measures_only_jobs_sent_at_the_limit_whenever_it_became_he
             capacity.started(W, at, 100.0)  # its place taken at once, at the limit
     assert decided, "the round at 64 gave no verdict"
     assert decided[0].new == 32, decided[0]  # 256 when the 12 counted (rate 7,400)
+
+
+@pytest.mark.parametrize(("peers", "after"), [(32, 16), (None, 8), (8, 8)])
+def test_a_limit_an_untested_step_fell_back_to_is_stepped_from_again_below_the_peers(
+    peers: int | None, after: int
+) -> None:
+    """From (f2) warm traces: a batching worker stepped 8 -> 32 in the warm-up; jobs waited
+    here, but placement kept it at 9 jobs (its peers' proven room came first), so the step
+    fell back untested to 8. The next round, held and full at 8, re-measures 8: with peers
+    agreeing on 32, the worker steps to 16 instead of settling at 8 of its 32 for the load
+    that follows. Without peers that agree on twice its limit, it settles as before."""
+    policy = CapacityPolicy()
+    state = WorkerState(limit=32, base_limit=8, base_rate=1295.0, base_latency=0.0061)
+    done = Round(started_at=0.0, blocked=True, peak=12)
+    decided, reason = startup_verdict(
+        policy, state, done, 1514.0, 0.0061, 9.2, filled=False, peers=lambda: peers
+    )
+    assert (decided, reason, state.limit) == (True, "startup_unheld", 8)
+    full = Round(started_at=1.0, blocked=True, peak=8)
+    startup_verdict(policy, state, full, 1300.0, 0.0061, 7.9, filled=True, peers=lambda: peers)
+    assert state.limit == after
+    assert state.phase is (Phase.STARTUP if after > 8 else Phase.STEADY)
+
+
+@pytest.mark.parametrize(("settled", "after"), [(None, 128), (32, 64), (64, 128)])
+def test_a_linear_looking_step_does_not_leap_past_twice_what_another_worker_settled_at(
+    settled: int | None, after: int
+) -> None:
+    """From (f2) warm traces: a batching worker's round at 32 delivered 1.62x its noisy
+    round at 16, which reads as linear growth and leaps 4x, to 128, where it queued 96 jobs
+    behind its batch of 32 while another worker had settled at 32. The leap goes no further
+    than twice the largest settled limit: 64 there (measured, and dropped, next); 128 with
+    no worker settled (a cold fleet still reaches a batch of 32 from 8 in one step)."""
+    state = WorkerState(limit=32, base_limit=16, base_rate=2161.0, base_latency=0.0068)
+    reason = startup(CapacityPolicy(), state, 3509.0, 0.0088, lambda: None, lambda: settled)
+    assert (reason, state.limit) == ("startup", after)

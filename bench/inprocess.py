@@ -6,10 +6,12 @@ dozen runs each in minutes. The shared loop makes it slower than the benchmark (
 where the benchmark gives 70-100), and bimodal like it. Each run's limit changes are recorded
 with the deciding round's figures; ``--trace-below`` prints those of the runs slower than it.
 
-    PYTHONPATH=/tmp/candidate:. .venv/bin/python -m bench.inprocess --variant warm --runs 12
+    cd /tmp && PYTHONPATH=/tmp/candidate:$REPO $REPO/.venv/bin/python -m bench.inprocess --runs 12
 
 (``PYTHONPATH`` picks another copy of the ``scheduler`` package, as ``BENCH_SCHEDULER_SRC``
-does for the benchmark.) Not written to ``results/``: a tool to compare, not a measure.
+does for the benchmark; run from outside the repository, since ``-m`` puts the working
+directory first. The summary line names the copy used.) Not written to ``results/``: a
+tool to compare, not a measure.
 """
 
 from __future__ import annotations

@@ -115,24 +115,60 @@ class DaemonProcess:
             return await self.proc.wait()
 
 
+PORT_TRIES = 3
+HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1)
+
+
+async def started(http: aiohttp.ClientSession, daemon: DaemonProcess) -> bool:
+    """Waits until the daemon answers /healthz (True); False if it exited because its port was
+    taken meanwhile (``free_port`` closes the port before the daemon binds it, and the kernel
+    may give it to another socket in between). Any other failure to start is raised with the
+    daemon's log."""
+    try:
+        async with asyncio.timeout(20):
+            while daemon.proc.returncode is None:
+                try:
+                    async with http.get(f"{daemon.url}/healthz", timeout=HEALTH_TIMEOUT) as resp:
+                        if resp.status == 200:
+                            return True
+                except (aiohttp.ClientConnectionError, TimeoutError):
+                    pass  # not listening yet, or another socket holds the port
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        if daemon.proc.returncode is None:
+            daemon.proc.kill()
+        await daemon.proc.wait()
+        raise AssertionError(f"not healthy in 20 s: {daemon.log.read_text()[-2000:]}") from None
+    await daemon.proc.wait()
+    text = daemon.log.read_text()
+    if "address already in use" in text.lower():
+        return False
+    raise AssertionError(f"exited {daemon.proc.returncode} before healthy: {text[-2000:]}")
+
+
 @asynccontextmanager
 async def launched(
     tmp_path: Path, http: aiohttp.ClientSession, raw: dict[str, Any]
 ) -> AsyncIterator[tuple[DaemonProcess, Path]]:
     """``python -m scheduler run`` on ``raw`` (its ``server.port`` set to a free port),
     healthy; one still running at the end gets SIGTERM and must exit 0."""
-    port = free_port()
     config, log = tmp_path / "daemon.yaml", tmp_path / "daemon.log"
-    write(config, {**raw, "server": {**raw.get("server", {}), "host": "127.0.0.1", "port": port}})
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS}
-    with log.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "scheduler", "run", "--config", str(config), cwd=ROOT,
-            env={**env, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=sink,
-        )  # fmt: skip
-    daemon = DaemonProcess(proc, log, f"http://127.0.0.1:{port}")
+    for _ in range(PORT_TRIES):
+        port = free_port()
+        server = {**raw.get("server", {}), "host": "127.0.0.1", "port": port}
+        write(config, {**raw, "server": server})
+        with log.open("wb") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scheduler", "run", "--config", str(config), cwd=ROOT,
+                env={**env, "PYTHONPATH": str(ROOT)}, stdout=sink, stderr=sink,
+            )  # fmt: skip
+        daemon = DaemonProcess(proc, log, f"http://127.0.0.1:{port}")
+        if await started(http, daemon):
+            break
+    else:
+        raise AssertionError(f"the port was taken {PORT_TRIES} times: {log.read_text()[-2000:]}")
     try:
-        await wait_healthy(http, daemon.url)
         yield daemon, config
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

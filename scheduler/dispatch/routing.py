@@ -67,7 +67,7 @@ class Routing:
         self.held = HeldRoutes(ctx.config, leasing.pool, now)
         self.sizing = SessionSizing(ctx, leasing)
         self.answers = AnswerCheck(ctx, leasing, self.sizing)
-        self.worker_backoff = self.answers.worker_backoff
+        self.worker_backoff = self.answers.worker_backoff  # endpoint, settle, snapshot read it
         self.poller = Poller(
             ctx, self.calls, leasing, self.sizing, self.held.demand, fleet, fleet_backlog
         )
@@ -254,8 +254,8 @@ class Routing:
         """Opens a lease on the answer's worker and places the batch there; False when the
         answer is of no use (its jobs go back to the queue, or try again)."""
         now = self._ctx.clock()
-        unusable = self.answers.unusable(result.url, now, batch.cost / max(1, len(batch.job_ids)),
-                                  result.cost)  # fmt: skip
+        job_cost = batch.cost / max(1, len(batch.job_ids))
+        unusable = self.answers.unusable(result.url, now, job_cost, result.cost)
         if unusable == "blocked":
             # Vast may well name it again at once (its view of a worker that stopped lags),
             # and the jobs must not spend their attempts on it in a few milliseconds.

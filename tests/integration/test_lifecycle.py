@@ -48,16 +48,27 @@ async def start_process(*args: str, **extra_env: str) -> asyncio.subprocess.Proc
     )  # fmt: skip
 
 
-async def wait_healthy(http: aiohttp.ClientSession, url: str, timeout_s: float = 20) -> None:
+HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1)
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession,
+    url: str,
+    timeout_s: float = 20,
+    proc: asyncio.subprocess.Process | None = None,
+) -> bool:
+    """Waits until ``url`` answers /healthz (True), or ``proc`` has exited (False);
+    TimeoutError after ``timeout_s``."""
     async with asyncio.timeout(timeout_s):
-        while True:
+        while proc is None or proc.returncode is None:
             try:
-                async with http.get(f"{url}/healthz") as resp:
+                async with http.get(f"{url}/healthz", timeout=HEALTH_TIMEOUT) as resp:
                     if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
+                        return True
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                pass  # not listening yet, or another socket holds the port
             await asyncio.sleep(0.1)
+    return False
 
 
 def write(path: Path, raw: dict[str, Any] | str) -> None:
@@ -116,7 +127,6 @@ class DaemonProcess:
 
 
 PORT_TRIES = 3
-HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1)
 
 
 async def started(http: aiohttp.ClientSession, daemon: DaemonProcess) -> bool:
@@ -125,15 +135,8 @@ async def started(http: aiohttp.ClientSession, daemon: DaemonProcess) -> bool:
     may give it to another socket in between). Any other failure to start is raised with the
     daemon's log."""
     try:
-        async with asyncio.timeout(20):
-            while daemon.proc.returncode is None:
-                try:
-                    async with http.get(f"{daemon.url}/healthz", timeout=HEALTH_TIMEOUT) as resp:
-                        if resp.status == 200:
-                            return True
-                except (aiohttp.ClientConnectionError, TimeoutError):
-                    pass  # not listening yet, or another socket holds the port
-                await asyncio.sleep(0.1)
+        if await wait_healthy(http, daemon.url, proc=daemon.proc):
+            return True
     except TimeoutError:
         if daemon.proc.returncode is None:
             daemon.proc.kill()

@@ -19,7 +19,9 @@ swing with which jobs happened to finish in the round. In a round in which jobs 
 the worker, only jobs sent into it already at the limit count, those that ended before the
 waiting began too: the first ones after a raise meet a worker emptier than the limit will keep
 it, and would make a FIFO worker look faster at two jobs than at one. In a round in which none
-waited, every job met the worker as the limit keeps it, and all count.
+waited, every job met the worker as the limit keeps it, and all count; so they do in a held
+round never kept full, whose few jobs sent at the limit wait at the worker and would keep the
+round open while it queues.
 
 * **First contact.** A worker starts at ``initial_limit`` (4): a batching server is a
   doubling further on, and a FIFO one shows itself in the first round, where jobs that ended
@@ -27,10 +29,12 @@ waited, every job met the worker as the limit keeps it, and all count.
   from one job. A worker met once others have settled, and they agree on a limit (an
   endpoint's workers run one server), starts at the lower of ``initial_limit`` and theirs,
   and a first round that shows no queueing takes it to theirs at once: one job time where
-  doubling takes two or three (``peers_limit``). A worker unlike them still shows itself
-  in that round. A worker whose start-up settles within a doubling of the first limit, never
-  measured below it and never paid by a step from it (a sharing worker serves four jobs no
-  faster than one), is probed down by halvings at once, each kept while throughput holds.
+  doubling takes two or three (``peers_limit``). It settles there if it delivers about what
+  the settled ones deliver at that limit; a worker unlike them still shows itself in that
+  round, or in delivering less. A worker whose start-up settles within a doubling of the
+  first limit, never measured below it and never paid by a step from it (a sharing worker
+  serves four jobs no faster than one), is probed down by halvings at once, each kept while
+  throughput holds.
 * **Start-up.** From ``initial_limit`` the limit doubles after every round in which the worker
   was held at its limit (jobs waited in the daemon for it) while delivered throughput grew by
   at least ``startup_gain`` over the round before. When a doubling does not pay, the limit
@@ -54,7 +58,9 @@ waited, every job met the worker as the limit keeps it, and all count.
   so a worker that settled low under light load climbs back in seconds.
 * **Rounds that test nothing.** A round in which the worker was not kept at least
   ``FILL_SHARE`` full (the load ebbed, other workers took the jobs) gives no verdict in
-  start-up or on a probe: it is measured again. The jobs of a round still running at its end
+  start-up or on a probe: it is measured again. So does one in which it held less than half
+  its last paying limit for a while (``LULL_SHARE`` of the round: a closed loop's drain, a
+  lull between bursts). The jobs of a round still running at its end
   count too, at the latency they have so far (or the mean, if more), so that a round's verdict
   does not rest on the jobs that happened to finish first.
 * **Congestion.** Latency per unit of cost is compared with what it was when the current limit
@@ -73,7 +79,7 @@ import math
 from collections import OrderedDict
 
 from scheduler.core.capacity_probes import cut, descend_if_unproven, judge_probe, steady
-from scheduler.core.capacity_startup import startup_verdict, unfilled
+from scheduler.core.capacity_startup import Fleet, startup_verdict, unfilled
 from scheduler.core.capacity_state import (
     CapacityPolicy,
     Change,
@@ -91,6 +97,9 @@ MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict
 # round the daemon could not keep it filled in (the load ebbed, other workers took the jobs)
 # says nothing about the limit, and is measured again, at most MAX_UNFILLED_ROUNDS times.
 FILL_SHARE = 0.75
+# A round in which the worker held fewer than half its last paying limit for more than this
+# share of its time saw the load ebb: measured again in start-up, like an unfilled one.
+LULL_SHARE = 0.25
 # The settled workers' limits agree when the largest is at most this times the smallest: a
 # worker met then starts at the smallest (``first_limit``).
 PEERS_AGREE = 2
@@ -143,6 +152,17 @@ class Capacity:
             return None
         return max(1, min(self.policy.max_limit, min(paid)))
 
+    def settled_rate(self, limit: int, newcomer: WorkerState) -> float | None:
+        """The least throughput the workers past their start-up showed at ``limit`` (None:
+        none settled there)."""
+        rates = [
+            peer.base_rate
+            for peer in self._workers.values()
+            if peer is not newcomer and peer.phase is not Phase.STARTUP
+            and peer.base_limit == limit and peer.base_rate > 0
+        ]  # fmt: skip
+        return min(rates, default=None)
+
     def first_limit(self) -> int:
         """Where a worker met now starts: ``initial_limit``, or its peers' limit if lower (a
         FIFO worker that joins peers settled at one job queues none at first)."""
@@ -167,7 +187,10 @@ class Capacity:
 
     @staticmethod
     def _hold(state: WorkerState, now: float, change: int) -> None:
-        state.round.held_s += state.inflight * max(0.0, now - state.changed_at)
+        span = max(0.0, now - state.changed_at)
+        state.round.held_s += state.inflight * span
+        if state.inflight < state.base_limit / 2:
+            state.round.low_s += span
         state.inflight = max(0, state.inflight + change)
         state.changed_at = now
         state.round.peak = max(state.round.peak, state.inflight)
@@ -233,7 +256,13 @@ class Capacity:
             current.samples += 1
         if current.completions < self._round_length(state):
             return None
-        if not current.blocked:  # an unheld round: every job met the worker as it is kept
+        held_mean = current.held_s / max(now - current.started_at, 1e-9)
+        if not current.blocked or (not current.samples and held_mean < FILL_SHARE * state.limit):
+            # Unheld, every job met the worker as the limit keeps it. Held only in passing
+            # (never kept full), the few jobs sent at the limit wait at the worker, and the
+            # round would wait for them (a batching worker at 64 of its 32 for 6 s under
+            # (f2) warm's load, queueing while its peers had room): judged on every job, as
+            # the untested step it is.
             current.latency_s, current.cost = current.all_latency_s, current.all_cost
             current.samples = current.all_samples
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
@@ -268,7 +297,8 @@ class Capacity:
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
         )
         old, base_rate = state.limit, state.base_rate
-        reason = self._verdict(state, done, rate, latency, done.held_s / elapsed)
+        lull = done.low_s > LULL_SHARE * elapsed
+        reason = self._verdict(state, done, rate, latency, done.held_s / elapsed, lull)
         self._note_settled(state, now)
         descend_if_unproven(self.policy, state, old)
         if reason is None or state.limit == old:
@@ -305,21 +335,29 @@ class Capacity:
         rate: float,
         latency: float,
         held_mean: float,
+        lull: bool,
     ) -> str | None:
         held = done.blocked
         filled = held_mean >= FILL_SHARE * state.limit
-        # Not kept full, and holding less than even the last limit that paid: the load ebbed
-        # (not: there is not load enough for the new limit, which is an answer too).
-        ebbed = not filled and held_mean < state.base_limit
+        # Not kept full, and holding less than even the last limit that paid, or less than half
+        # of it for a while: the load ebbed (not: there is not load enough for the new limit,
+        # which is an answer too). A round that spanned a closed loop's drain and the lull
+        # before the next load, once held, fell back untested from 32 to 8 and left a
+        # batching worker at 8 of its 32 for the load that followed ((f2) warm, 70 jobs/s
+        # against 97).
+        ebbed = not filled and (held_mean < state.base_limit or lull)
         if held and filled:
             state.unfilled = 0
-        elif held and ebbed and state.phase is not Phase.STEADY and unfilled(state):
-            return None  # jobs waited, yet the worker was not kept full: measured again
+        elif (held or lull) and ebbed and state.phase is not Phase.STEADY and unfilled(state):
+            return None  # the worker was not kept full as the load came and went: measured again
         if state.phase is Phase.STARTUP:
-            decided, reason = startup_verdict(
-                self.policy, state, done, rate, latency, held_mean, filled,
+            fleet = Fleet(
                 lambda: self.peers_limit(state), self.settled_limit,
+                lambda limit: self.settled_rate(limit, state),
             )  # fmt: skip
+            decided, reason = startup_verdict(
+                self.policy, state, done, rate, latency, held_mean, filled, fleet
+            )
             if decided:
                 return reason
         congested = state.base_latency > 0 and (

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from scheduler.core.capacity_state import (
     HEADROOM,
@@ -23,6 +24,21 @@ MAX_UNFILLED_ROUNDS = 3
 LINEAR_SHARE = 0.8
 LONG_STEP_SHARE = 0.6  # a 4x step that paid less than this share of 4x is measured at 2x
 RETESTS = 2  # untested start-up steps stepped from again, at most, in one start-up
+# A worker that jumped to its peers' limit and delivers at least this share of what the
+# settled ones deliver there is like them: it settles there too.
+PEERS_RATE_SHARE = 0.75
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """What a worker's peers showed, asked only when a start-up verdict needs it: the limit
+    they agree on (``Capacity.peers_limit``), the largest limit one of them settled at, and
+    the least throughput the settled ones deliver at a given limit (None: none settled
+    there)."""
+
+    peers: Callable[[], int | None] = lambda: None
+    settled: Callable[[], int | None] = lambda: None
+    rate_at: Callable[[int], float | None] = lambda _limit: None
 
 
 def queued_at_first(state: WorkerState, done: Round) -> bool:
@@ -61,8 +77,7 @@ def startup_verdict(
     latency: float,
     held_mean: float,
     filled: bool,
-    peers: Callable[[], int | None],
-    settled: Callable[[], int | None] = lambda: None,
+    fleet: Fleet,
 ) -> tuple[bool, str | None]:
     """Start-up's verdict on a round: (True, reason) when it decided; (False, None) leaves
     the round to the congestion check."""
@@ -70,11 +85,11 @@ def startup_verdict(
     if state.base_limit == 0 and queued_at_first(state, done):
         return True, "startup_queued"
     if held and filled:
-        return True, startup(policy, state, rate, latency, peers, settled)
+        return True, startup(policy, state, rate, latency, fleet)
     if filled and state.base_limit and rate < state.base_rate * policy.startup_gain:
         # Filled by a load that matched the limit, and no more throughput than the last
         # limit gave: the step did not pay, whatever held jobs back.
-        return True, startup(policy, state, rate, latency, peers, settled)
+        return True, startup(policy, state, rate, latency, fleet)
     if not held and 2 * state.base_limit < done.peak < state.limit and unfilled(state):
         return True, None  # still filling past the last paying limit: measured again
     if state.base_limit and (done.peak < state.limit or held):
@@ -93,7 +108,7 @@ def startup_verdict(
         else:
             state.long_step_failed = state.limit  # measured, and it did not pay
         state.limit = fallback
-        state.retest = state.retests < RETESTS
+        state.retest, state.peers_jump = state.retests < RETESTS, False
         return True, "startup_unheld"
     return False, None
 
@@ -113,12 +128,12 @@ def startup(
     state: WorkerState,
     rate: float,
     latency: float,
-    peers: Callable[[], int | None],
-    settled: Callable[[], int | None] = lambda: None,
+    fleet: Fleet,
 ) -> str:
     """Start-up's step after a round that decided: the next limit, or settled."""
     p = policy
-    if state.retest and state.limit == state.base_limit and (peers() or 0) >= 2 * state.limit:
+    jumped, state.peers_jump = state.peers_jump, False
+    if state.retest and state.limit == state.base_limit and (fleet.peers() or 0) >= 2 * state.limit:
         # This round re-measured the limit an untested step fell back to, and its peers agree
         # on twice that or more: step from it again rather than settle there. Settled, a
         # batching worker left at 8 of its 32 by a warm-up whose placement kept it below the
@@ -132,6 +147,17 @@ def startup(
         return "startup"
     step = state.limit / state.base_limit if state.base_limit else 0.0
     pays = state.base_limit == 0 or rate >= state.base_rate * p.startup_gain
+    peers_rate = fleet.rate_at(state.limit) if jumped else None
+    if peers_rate is not None and rate >= PEERS_RATE_SHARE * peers_rate:
+        # It jumped to its peers' limit and delivers there about what they do: it is like
+        # them, and settles where they did (they measured the step above). Judged by the
+        # step's length instead, a batching worker's jump 4 -> 32 delivers 4-5x its rate at
+        # 4 (each request slows as the batch grows), short of 0.6 x 8, and it was sent back
+        # to 8 and climbed again under the load ((f2) warm at 70 jobs/s against 97). One
+        # with a smaller batch delivers about half of what they do there, and still steps.
+        set_base(state, rate, latency)
+        state.phase, state.steady_rounds = Phase.STEADY, 0
+        return "startup_done"
     if step > 2 and (not pays or rate < state.base_rate * LONG_STEP_SHARE * step):
         # A long step that paid well short of its length: the knee may lie inside it,
         # where the fallback could not find it. Measure the doubling it skipped.
@@ -144,7 +170,7 @@ def startup(
         # batch): the next step is twice as long, and the batch is reached in half the
         # rounds. A FIFO or sharing worker never grows so, and still doubles from one.
         linear = step > 1 and rate >= state.base_rate * LINEAR_SHARE * step
-        if linear and 4 * state.limit > 2 * (settled() or math.inf):
+        if linear and 4 * state.limit > 2 * (fleet.settled() or math.inf):
             # Not a leap past twice the largest limit another worker settled at (the
             # endpoint's workers run one server): a batching worker at its batch of 32
             # whose round at 32 looked linear against a noisy one at 16 went to 128, and
@@ -171,9 +197,10 @@ def startup(
             # to their limit at once (a vLLM worker joining a fleet settled at 32 would
             # otherwise ramp over two more job times). Sent there straight away, one
             # unlike them (a FIFO worker among batching ones) would have queued a batch.
-            agreed = peers() or 0
+            agreed = fleet.peers() or 0
             if agreed > step_to:
                 step_to, reason = agreed, "startup_peers"
+                state.peers_jump = True
         state.limit = min(p.max_limit, step_to)
         if state.limit == state.base_limit:
             state.phase = Phase.STEADY

@@ -77,6 +77,10 @@ class Round:
     all_cost: float = 0.0
     all_samples: int = 0
     blocked: bool = False  # a job waited in the daemon because of this worker's limit
+    # Time in which the worker held fewer than half its last paying limit: the load ebbed (a
+    # closed loop draining, a lull between bursts), and what the round saw says little of
+    # the limit.
+    low_s: float = 0.0
     peak: int = 0  # the most jobs held at once during the round
     # The first round only: each ended job's latency per cost (see ``_queued_at_first``).
     first_latencies: list[float] = field(default_factory=list)
@@ -129,6 +133,7 @@ class WorkerState:
     # most RETESTS times in a start-up.
     retest: bool = False
     retests: int = 0
+    peers_jump: bool = False  # the last start-up step went to the peers' limit
     sent: int = 0  # jobs ever sent to it
     # The limit the last dropped up probe started from: from there the next probe for
     # headroom waits half the probe interval, not HEADROOM_ROUNDS.

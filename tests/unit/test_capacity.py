@@ -26,7 +26,7 @@ from scheduler.core.assignments import (
     ReuseMode,
 )
 from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Round, Sent, WorkerState
-from scheduler.core.capacity_startup import startup, startup_verdict
+from scheduler.core.capacity_startup import Fleet, startup, startup_verdict
 from scheduler.core.sessions import SessionClock
 from scheduler.emulator.workload import WorkQueue
 
@@ -409,7 +409,7 @@ def test_a_long_step_held_but_not_kept_full_falls_back_to_the_doubling_it_paid_f
     state = WorkerState(limit=32, base_limit=8, base_rate=1404.0, base_latency=0.0057)
     done = Round(started_at=0.0, blocked=True, peak=32)
     decided, reason = startup_verdict(
-        CapacityPolicy(), state, done, rate, 0.00675, 18.9, filled=False, peers=lambda: None
+        CapacityPolicy(), state, done, rate, 0.00675, 18.9, filled=False, fleet=Fleet()
     )
     assert (decided, reason) == (True, "startup_unheld")
     assert state.limit == limit_after
@@ -526,6 +526,10 @@ def test_a_worker_like_its_settled_peers_goes_to_their_limit_after_its_first_rou
     state = newcomer.capacity.state(newcomer.url)
     assert state is not None
     assert state.changes[0].reason == "startup_peers"
+    # delivering there about what its peers do, it settles there as they did
+    newcomer.run(completions=newcomer.completions + 32)
+    assert state.phase is not Phase.STARTUP, newcomer.limits
+    assert max(limit for _, limit in newcomer.limits) == 32, newcomer.limits
 
 
 def test_a_worker_unlike_its_settled_peers_is_not_sent_their_limit() -> None:
@@ -623,16 +627,28 @@ def test_a_long_step_that_failed_on_one_round_is_measured_once_more(
     skipped, 16, is measured and pays. Before, the worker settled at 16 for good (a batching
     worker of 32 in about one (f2) run in three); now 32 is measured once more, and kept
     if it pays over 16, else 16 it is. Throughputs are in units of the rate at 8."""
-    policy, peers = CapacityPolicy(), lambda: None
+    policy, fleet = CapacityPolicy(), Fleet()
     state = WorkerState(limit=32, base_limit=8, base_rate=1.0, base_latency=1.0)
-    assert startup(policy, state, 1.5, 1.0, peers) == "startup"
+    assert startup(policy, state, 1.5, 1.0, fleet) == "startup"
     assert (state.limit, state.long_step_failed) == (16, 32)
-    assert startup(policy, state, 1.9, 1.0, peers) == "startup"
+    assert startup(policy, state, 1.9, 1.0, fleet) == "startup"
     assert state.limit == 32
     assert state.long_step_retried
-    assert startup(policy, state, rate_at_32, 1.0, peers) == "startup_done"
+    assert startup(policy, state, rate_at_32, 1.0, fleet) == "startup_done"
     assert state.limit == settled
     assert state.phase is Phase.STEADY
+
+
+def stepped_to_64(base_rate: float) -> Capacity:
+    """A controller whose worker ``W``, in start-up, was just stepped from 32 (delivering
+    ``base_rate``) to 64, and holds nothing yet: its round starts at 0."""
+    capacity = Capacity(CapacityPolicy())
+    capacity.started(W, 0.0, 100.0)
+    state = capacity.state(W)
+    assert state is not None
+    state.limit, state.base_limit, state.base_rate, state.base_latency = 64, 32, base_rate, 0.0085
+    state.epoch, state.round, state.inflight, state.changed_at = 1, Round(0.0), 0, 0.0
+    return capacity
 
 
 def test_a_held_round_measures_only_jobs_sent_at_the_limit_whenever_it_became_held() -> None:
@@ -643,12 +659,7 @@ def test_a_held_round_measures_only_jobs_sent_at_the_limit_whenever_it_became_he
     held, and not the 20 because it then was, measured 64 at 1.9x the rate at 32, and the
     limit went to 256 (4x: 'linear'). Counting only the jobs sent at the limit, 64 pays no
     more than 32: back to 32."""
-    capacity = Capacity(CapacityPolicy())
-    capacity.started(W, 0.0, 100.0)
-    state = capacity.state(W)
-    assert state is not None
-    state.limit, state.base_limit, state.base_rate, state.base_latency = 64, 32, 3700.0, 0.0085
-    state.epoch, state.round, state.inflight, state.changed_at = 1, Round(0.0), 0, 0.0
+    capacity = stepped_to_64(base_rate=3700.0)
     sent = [capacity.started(W, 0.0, 100.0) for _ in range(64)]  # the last at the limit
     # 12 found room, 20 waited at the worker, the rest (the one sent at the limit among them)
     # later still
@@ -679,11 +690,13 @@ def test_a_limit_an_untested_step_fell_back_to_is_stepped_from_again_below_the_p
     state = WorkerState(limit=32, base_limit=8, base_rate=1295.0, base_latency=0.0061)
     done = Round(started_at=0.0, blocked=True, peak=12)
     decided, reason = startup_verdict(
-        policy, state, done, 1514.0, 0.0061, 9.2, filled=False, peers=lambda: peers
+        policy, state, done, 1514.0, 0.0061, 9.2, filled=False, fleet=Fleet(lambda: peers)
     )
     assert (decided, reason, state.limit) == (True, "startup_unheld", 8)
     full = Round(started_at=1.0, blocked=True, peak=8)
-    startup_verdict(policy, state, full, 1300.0, 0.0061, 7.9, filled=True, peers=lambda: peers)
+    startup_verdict(
+        policy, state, full, 1300.0, 0.0061, 7.9, filled=True, fleet=Fleet(lambda: peers)
+    )
     assert state.limit == after
     assert state.phase is (Phase.STARTUP if after > 8 else Phase.STEADY)
 
@@ -698,5 +711,69 @@ def test_a_linear_looking_step_does_not_leap_past_twice_what_another_worker_sett
     than twice the largest settled limit: 64 there (measured, and dropped, next); 128 with
     no worker settled (a cold fleet still reaches a batch of 32 from 8 in one step)."""
     state = WorkerState(limit=32, base_limit=16, base_rate=2161.0, base_latency=0.0068)
-    reason = startup(CapacityPolicy(), state, 3509.0, 0.0088, lambda: None, lambda: settled)
+    reason = startup(CapacityPolicy(), state, 3509.0, 0.0088, Fleet(settled=lambda: settled))
     assert (reason, state.limit) == ("startup", after)
+
+
+def test_a_start_up_round_that_spans_a_lull_is_measured_again() -> None:
+    """From (f2) warm traces: a batching worker stepped 8 -> 32 in the warm-up; its round at
+    32 began as the warm-up drained (3 jobs left), sat empty through the lull, and ended on
+    the next load's first jobs: held, 12 jobs on average, short of full. Taken as an
+    untested step, it fell back to 8 and climbed again under the load. The worker held
+    fewer than half its last paying limit for most of the round: the load ebbed, and the
+    round is measured again."""
+    capacity = Capacity(CapacityPolicy())
+    draining = [capacity.started(W, -1.0, 100.0) for _ in range(3)]
+    state = capacity.state(W)
+    assert state is not None
+    state.limit, state.base_limit, state.base_rate, state.base_latency = 32, 8, 1700.0, 0.0061
+    state.epoch, state.round, state.changed_at = state.epoch + 1, Round(0.0), 0.0
+    for i, sent in enumerate(draining):  # sent in the round before: no verdict on them
+        assert capacity.finished(W, sent, 100.0, 0.1 * (i + 1), succeeded=True) is None
+    load = [capacity.started(W, 1.0, 100.0) for _ in range(32)]  # the last at the limit
+    capacity.blocked(W, 1.0)
+    changes = [capacity.finished(W, sent, 100.0, 1.6, succeeded=True) for sent in load[:15:-1]]
+    assert state.epoch == 2, "the round did not end"
+    assert changes == [None] * 16  # was: 32 -> 8, "startup_unheld"
+    assert state.limit == 32
+
+
+@pytest.mark.parametrize(
+    ("peers_rate", "rate", "reason", "limit"),
+    [(3433.0, 2865.0, "startup_done", 32), (None, 2865.0, "startup", 8),
+     (3433.0, 2060.0, "startup", 8)],
+)  # fmt: skip
+def test_a_jump_to_the_peers_limit_is_judged_against_what_the_peers_deliver_there(
+    peers_rate: float | None, rate: float, reason: str, limit: int
+) -> None:
+    """From (f2) warm traces: a worker met beside peers settled at 32 jumped from 4 to 32
+    and delivered 4.0x its rate at 4 (a batching worker's requests slow as its batch fills,
+    5.2x at best), short of the long-step rule's 0.6 x 8: it was sent back to 8 and climbed
+    again under the load. It delivers 0.83x what its peers do at 32: it is like them, and
+    settles there. Without a settled peer's rate the long-step rule stands; a worker with
+    half their batch delivers 0.6x theirs and still measures the doubling it skipped."""
+    state = WorkerState(limit=32, base_limit=4, base_rate=725.0, base_latency=0.0055)
+    state.peers_jump = True
+    fleet = Fleet(rate_at=lambda at: peers_rate if at == 32 else None)
+    assert startup(CapacityPolicy(), state, rate, 0.0062, fleet) == reason
+    assert state.limit == limit
+    assert state.phase is (Phase.STEADY if reason == "startup_done" else Phase.STARTUP)
+    assert not state.peers_jump
+
+
+def test_a_round_held_only_in_passing_does_not_wait_for_its_jobs_sent_at_the_limit() -> None:
+    """From (f2) warm traces: a batching worker of 32 stepped to 64 held about 36 jobs,
+    its peers taking the rest, and reached 64 once, when a burst came: jobs waited here,
+    the round was held, and only the job sent at the limit counted. That job waited at the
+    worker behind its batch, and the round waited for it while the worker queued what it
+    held (6 s, the whole load). A round never kept full is judged on every job when its
+    turnover is done: the step is untested, and it falls back to 32."""
+    capacity = stepped_to_64(base_rate=3400.0)
+    first = [capacity.started(W, 0.0, 100.0) for _ in range(36)]
+    for _ in range(28):  # the last at the limit
+        capacity.started(W, 0.5, 100.0)
+    capacity.blocked(W, 0.5)
+    changes = [capacity.finished(W, sent, 100.0, 0.8, succeeded=True) for sent in first[:32]]
+    assert changes[:-1] == [None] * 31
+    assert changes[-1] is not None, "the round waits for the job sent at the limit"
+    assert (changes[-1].new, changes[-1].reason) == (32, "startup_unheld")

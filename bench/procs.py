@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,9 @@ DAEMON_TOKEN = "bench-daemon-token-0123456789abcdef"
 DAEMON_HEADERS = {"Authorization": f"Bearer {DAEMON_TOKEN}"}
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
+# A port free_port() found may be taken by another socket before the child binds it: such a
+# child is started again on new ports, at most this many times in all.
+PORT_TRIES = 3
 STOP_TIMEOUT_S = 20.0
 SAMPLE_INTERVAL_S = 0.05
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +150,26 @@ async def _wait_http(http: aiohttp.ClientSession, url: str, child: Child) -> Non
     raise RuntimeError(f"{child.name} not up after {START_TIMEOUT_S} s:\n{child.log_tail()}")
 
 
+async def _started(
+    http: aiohttp.ClientSession, spawn: Callable[[], Child], paths: tuple[str, ...]
+) -> Child:
+    """A child from ``spawn`` (which picks its ports) once every one of ``paths`` answers 200
+    at its URL (the emulator's log port: ``extra["log_url"]``); started again on new ports
+    when it exited with "address already in use", stopped and raised otherwise."""
+    for attempt in range(1, PORT_TRIES + 1):
+        child = spawn()
+        try:
+            for path in paths:
+                base = child.extra.get("log_url") if path == "/clock" else child.url
+                await _wait_http(http, f"{base}{path}", child)
+            return child
+        except RuntimeError:
+            await stop_child(child)
+            if attempt == PORT_TRIES or "address already in use" not in child.log_tail().lower():
+                raise
+    raise AssertionError("unreachable")
+
+
 async def stop_child(child: Child) -> None:
     """SIGTERM, wait (bounded), then SIGKILL: the process is gone when this returns."""
     child.monitor.stop()
@@ -165,31 +188,25 @@ async def stop_child(child: Child) -> None:
 async def emulator_process(
     http: aiohttp.ClientSession, emulator: dict[str, Any], workdir: Path
 ) -> AsyncIterator[Child]:
-    port, log_port = free_port(), free_port()
     config_path = workdir / "emulator.json"
     config_path.write_text(json.dumps({"api_key": API_KEY, "emulator": emulator}))
-    args = [
-        "-m",
-        "bench.emulator_proc",
-        "--config",
-        str(config_path),
-        "--port",
-        str(port),
-        "--log-port",
-        str(log_port),
-    ]
-    popen = _spawn("emulator", args, workdir)
-    child = Child(
-        "emulator",
-        popen,
-        f"http://{HOST}:{port}",
-        workdir / "emulator.log",
-        Monitor(popen.pid),
-        {"log_url": f"http://{HOST}:{log_port}"},
-    )
+
+    def spawn() -> Child:
+        port, log_port = free_port(), free_port()
+        args = ["-m", "bench.emulator_proc", "--config", str(config_path)]
+        popen = _spawn("emulator", [*args, "--port", str(port), "--log-port", str(log_port)],
+                       workdir)  # fmt: skip
+        return Child(
+            "emulator",
+            popen,
+            f"http://{HOST}:{port}",
+            workdir / "emulator.log",
+            Monitor(popen.pid),
+            {"log_url": f"http://{HOST}:{log_port}"},
+        )
+
+    child = await _started(http, spawn, ("/admin/stats", "/clock"))
     try:
-        await _wait_http(http, f"{child.url}/admin/stats", child)
-        await _wait_http(http, f"{child.extra['log_url']}/clock", child)
         yield child
     finally:
         await stop_child(child)
@@ -250,12 +267,14 @@ def source_info() -> dict[str, Any]:
 async def daemon_process(
     http: aiohttp.ClientSession, config: dict[str, Any], workdir: Path
 ) -> AsyncIterator[Child]:
-    port = free_port()
-    config = {**config, "server": {**config["server"], "port": port}}
     config_path = workdir / "daemon.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    args = ["-m", "scheduler", "run", "--config", str(config_path)]
-    async with _healthz_process(http, "daemon", args, port, workdir) as child:
+
+    def args(port: int) -> list[str]:
+        listening = {**config, "server": {**config["server"], "port": port}}
+        config_path.write_text(yaml.safe_dump(listening, sort_keys=False))
+        return ["-m", "scheduler", "run", "--config", str(config_path)]
+
+    async with _healthz_process(http, "daemon", args, workdir) as child:
         yield child
 
 
@@ -263,22 +282,32 @@ async def daemon_process(
 async def relay_process(
     http: aiohttp.ClientSession, autoscaler_url: str, endpoint: str, workers: int, workdir: Path
 ) -> AsyncIterator[Child]:
-    port = free_port()
-    args = ["-m", "bench.relay_proc", "--autoscaler", autoscaler_url, "--endpoint", endpoint]
-    args += ["--workers", str(workers), "--port", str(port)]
-    async with _healthz_process(http, "relay", args, port, workdir) as child:
+    def args(port: int) -> list[str]:
+        return ["-m", "bench.relay_proc", "--autoscaler", autoscaler_url, "--endpoint",
+                endpoint, "--workers", str(workers), "--port", str(port)]  # fmt: skip
+
+    async with _healthz_process(http, "relay", args, workdir) as child:
         yield child
 
 
 @asynccontextmanager
 async def _healthz_process(
-    http: aiohttp.ClientSession, name: str, args: list[str], port: int, workdir: Path
+    http: aiohttp.ClientSession,
+    name: str,
+    args: Callable[[int], list[str]],
+    workdir: Path,
 ) -> AsyncIterator[Child]:
-    """A child serving ``GET /healthz`` on ``port``: up when that answers, always stopped."""
-    popen = _spawn(name, args, workdir)
-    child = Child(name, popen, f"http://{HOST}:{port}", workdir / f"{name}.log", Monitor(popen.pid))
+    """A child serving ``GET /healthz`` on the port given to ``args``: up when that answers,
+    always stopped."""
+
+    def spawn() -> Child:
+        port = free_port()
+        popen = _spawn(name, args(port), workdir)
+        url = f"http://{HOST}:{port}"
+        return Child(name, popen, url, workdir / f"{name}.log", Monitor(popen.pid))
+
+    child = await _started(http, spawn, ("/healthz",))
     try:
-        await _wait_http(http, f"{child.url}/healthz", child)
         yield child
     finally:
         await stop_child(child)

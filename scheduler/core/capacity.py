@@ -257,12 +257,15 @@ class Capacity:
         if current.completions < self._round_length(state):
             return None
         held_mean = current.held_s / max(now - current.started_at, 1e-9)
-        if not current.blocked or (not current.samples and held_mean < FILL_SHARE * state.limit):
+        passing = held_mean < FILL_SHARE * state.limit and current.completions >= state.limit
+        if not current.blocked or (not current.samples and passing):
             # Unheld, every job met the worker as the limit keeps it. Held only in passing
-            # (never kept full), the few jobs sent at the limit wait at the worker, and the
-            # round would wait for them (a batching worker at 64 of its 32 for 6 s under
-            # (f2) warm's load, queueing while its peers had room): judged on every job, as
-            # the untested step it is.
+            # (never kept full over a whole turnover), the few jobs sent at the limit wait at
+            # the worker, and the round would wait for them (a batching worker at 64 of its
+            # 32 for 6 s under (f2) warm's load, queueing while its peers had room): judged
+            # on every job, as the untested step it is. Not before a whole turnover: judged
+            # at half of one (start-up's round), a worker still filling in a cold start fell
+            # back untested from 32 to 8, and (f2) cold ran at 63 jobs/s against 96.
             current.latency_s, current.cost = current.all_latency_s, current.all_cost
             current.samples = current.all_samples
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:
@@ -339,17 +342,21 @@ class Capacity:
     ) -> str | None:
         held = done.blocked
         filled = held_mean >= FILL_SHARE * state.limit
-        # Not kept full, and holding less than even the last limit that paid, or less than half
-        # of it for a while: the load ebbed (not: there is not load enough for the new limit,
-        # which is an answer too). A round that spanned a closed loop's drain and the lull
-        # before the next load, once held, fell back untested from 32 to 8 and left a
-        # batching worker at 8 of its 32 for the load that followed ((f2) warm, 70 jobs/s
-        # against 97).
-        ebbed = not filled and (held_mean < state.base_limit or lull)
+        # Not kept full, and holding less than even the last limit that paid: the load ebbed
+        # (not: there is not load enough for the new limit, which is an answer too).
+        ebbed = not filled and held_mean < state.base_limit
         if held and filled:
             state.unfilled = 0
-        elif (held or lull) and ebbed and state.phase is not Phase.STEADY and unfilled(state):
-            return None  # the worker was not kept full as the load came and went: measured again
+        elif lull and not filled and state.phase is not Phase.STEADY:
+            # Less than half the last paying limit held for a while: the load ebbed, and the
+            # round is measured again for as long as it does (a limit the load does not reach
+            # queues nothing). A round that spanned a closed loop's drain and the lull before
+            # the next load fell back untested from 32 to 8, and left a batching worker at 8
+            # of its 32 for 2.3 s of the load that followed ((f2) warm, 70 jobs/s against
+            # 97), the third time in a row too when lulls counted as unfilled rounds.
+            return None
+        elif held and ebbed and state.phase is not Phase.STEADY and unfilled(state):
+            return None  # jobs waited, yet the worker was not kept full: measured again
         if state.phase is Phase.STARTUP:
             fleet = Fleet(
                 lambda: self.peers_limit(state), self.settled_limit,

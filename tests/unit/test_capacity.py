@@ -26,7 +26,7 @@ from scheduler.core.assignments import (
     ReuseMode,
 )
 from scheduler.core.capacity import Capacity, CapacityPolicy, Phase, Round, Sent, WorkerState
-from scheduler.core.capacity_startup import Fleet, startup, startup_verdict
+from scheduler.core.capacity_startup import MAX_UNFILLED_ROUNDS, Fleet, startup, startup_verdict
 from scheduler.core.sessions import SessionClock
 from scheduler.emulator.workload import WorkQueue
 
@@ -721,12 +721,14 @@ def test_a_start_up_round_that_spans_a_lull_is_measured_again() -> None:
     the next load's first jobs: held, 12 jobs on average, short of full. Taken as an
     untested step, it fell back to 8 and climbed again under the load. The worker held
     fewer than half its last paying limit for most of the round: the load ebbed, and the
-    round is measured again."""
+    round is measured again, however many rounds before it were not kept full (in the
+    benchmark, the lull's verdict came on the third round in a row when those counted)."""
     capacity = Capacity(CapacityPolicy())
     draining = [capacity.started(W, -1.0, 100.0) for _ in range(3)]
     state = capacity.state(W)
     assert state is not None
     state.limit, state.base_limit, state.base_rate, state.base_latency = 32, 8, 1700.0, 0.0061
+    state.unfilled = MAX_UNFILLED_ROUNDS - 1
     state.epoch, state.round, state.changed_at = state.epoch + 1, Round(0.0), 0.0
     for i, sent in enumerate(draining):  # sent in the round before: no verdict on them
         assert capacity.finished(W, sent, 100.0, 0.1 * (i + 1), succeeded=True) is None
@@ -766,14 +768,17 @@ def test_a_round_held_only_in_passing_does_not_wait_for_its_jobs_sent_at_the_lim
     its peers taking the rest, and reached 64 once, when a burst came: jobs waited here,
     the round was held, and only the job sent at the limit counted. That job waited at the
     worker behind its batch, and the round waited for it while the worker queued what it
-    held (6 s, the whole load). A round never kept full is judged on every job when its
-    turnover is done: the step is untested, and it falls back to 32."""
+    held (6 s, the whole load). A round never kept full over a whole turnover (64 jobs) is
+    judged on every job then: the step is untested, and it falls back to 32. Not at half a
+    turnover, start-up's round, where a worker filling in a cold start is not yet full."""
     capacity = stepped_to_64(base_rate=3400.0)
     first = [capacity.started(W, 0.0, 100.0) for _ in range(36)]
-    for _ in range(28):  # the last at the limit
-        capacity.started(W, 0.5, 100.0)
+    burst = [capacity.started(W, 0.5, 100.0) for _ in range(28)]  # the last at the limit
     capacity.blocked(W, 0.5)
-    changes = [capacity.finished(W, sent, 100.0, 0.8, succeeded=True) for sent in first[:32]]
-    assert changes[:-1] == [None] * 31
-    assert changes[-1] is not None, "the round waits for the job sent at the limit"
-    assert (changes[-1].new, changes[-1].reason) == (32, "startup_unheld")
+    changes = [capacity.finished(W, sent, 100.0, 0.8, succeeded=True) for sent in first]
+    refill = [capacity.started(W, 0.8, 100.0) for _ in range(10)]  # 38 held: not at the limit
+    for sent in refill + burst[:-1]:
+        changes.append(capacity.finished(W, sent, 100.0, 1.2, succeeded=True))
+    assert changes[:63] == [None] * 63
+    assert changes[63] is not None, "the round waits for the job sent at the limit"
+    assert (changes[63].new, changes[63].reason) == (32, "startup_unheld")

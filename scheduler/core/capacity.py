@@ -98,7 +98,8 @@ MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict
 # says nothing about the limit, and is measured again, at most MAX_UNFILLED_ROUNDS times.
 FILL_SHARE = 0.75
 # A round in which the worker held fewer than half its last paying limit for more than this
-# share of its time saw the load ebb: measured again in start-up, like an unfilled one.
+# share of its time saw the load ebb: measured again (in start-up and on a probe) for as long
+# as the lull lasts, not counted among the unfilled rounds.
 LULL_SHARE = 0.25
 # The settled workers' limits agree when the largest is at most this times the smallest: a
 # worker met then starts at the smallest (``first_limit``).
@@ -265,7 +266,7 @@ class Capacity:
             # 32 for 6 s under (f2) warm's load, queueing while its peers had room): judged
             # on every job, as the untested step it is. Not before a whole turnover: judged
             # at half of one (start-up's round), a worker still filling in a cold start fell
-            # back untested from 32 to 8, and (f2) cold ran at 63 jobs/s against 96.
+            # back untested from 32 to 8 (traced in a slow (f2) cold run).
             current.latency_s, current.cost = current.all_latency_s, current.all_cost
             current.samples = current.all_samples
         if not current.samples and current.completions < MAX_ROUND_TURNOVERS * state.limit:

@@ -45,9 +45,12 @@ def _note(event: dict[str, Any]) -> str | None:
     return None
 
 
-def events(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """The JSON events among ``lines`` (other lines skipped), oldest first."""
-    parsed = []
+Stamped = tuple[float, dict[str, Any]]  # an event and its time (epoch seconds)
+
+
+def events(lines: Iterable[str]) -> list[Stamped]:
+    """The JSON events among ``lines`` (other lines skipped) with their times, oldest first."""
+    parsed: list[Stamped] = []
     for count, line in enumerate(lines):
         if count >= MAX_LINES:
             break
@@ -56,13 +59,13 @@ def events(lines: Iterable[str]) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if isinstance(event, dict) and "timestamp" in event and "event" in event:
-            parsed.append(event)
-    return sorted(parsed, key=_at)
+            parsed.append((_at(event), event))
+    return sorted(parsed, key=lambda stamped: stamped[0])
 
 
-def timeline(log: list[dict[str, Any]], step: float) -> Iterator[str]:
+def timeline(log: list[Stamped], step: float) -> Iterator[str]:
     """The timeline's lines (see the module docstring)."""
-    queued = [_at(e) for e in log if e["event"] == "job.queued"]
+    queued = [at for at, e in log if e["event"] == "job.queued"]
     if not queued:
         return
     start, due = min(queued), 0.0
@@ -74,8 +77,8 @@ def timeline(log: list[dict[str, Any]], step: float) -> Iterator[str]:
         held = " ".join(f"{w}:{inflight[w]}" for w in sorted(inflight))
         return f"{at:7.2f} wait {waiting:4d}  {held}".rstrip()
 
-    for event in log:
-        at = _at(event) - start
+    for stamp, event in log:
+        at = stamp - start
         while at > due:
             yield row(due)
             due += step
@@ -94,7 +97,7 @@ def timeline(log: list[dict[str, Any]], step: float) -> Iterator[str]:
         note = _note(event)
         if note is not None:
             yield f"{at:7.2f}   {note}"
-    yield row(_at(log[-1]) - start)  # as the log ends
+    yield row(log[-1][0] - start)  # as the log ends
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -151,17 +151,18 @@ async def _wait_http(http: aiohttp.ClientSession, url: str, child: Child) -> Non
 
 
 async def _started(
-    http: aiohttp.ClientSession, spawn: Callable[[], Child], paths: tuple[str, ...]
+    http: aiohttp.ClientSession,
+    spawn: Callable[[], Child],
+    ready_urls: Callable[[Child], list[str]],
 ) -> Child:
-    """A child from ``spawn`` (which picks its ports) once every one of ``paths`` answers 200
-    at its URL (the emulator's log port: ``extra["log_url"]``); started again on new ports
-    when it exited with "address already in use", stopped and raised otherwise."""
+    """A child from ``spawn`` (which picks its ports) once every one of its ``ready_urls``
+    answers 200; started again on new ports when it exited with "address already in use",
+    stopped and raised otherwise."""
     for attempt in range(1, PORT_TRIES + 1):
         child = spawn()
         try:
-            for path in paths:
-                base = child.extra.get("log_url") if path == "/clock" else child.url
-                await _wait_http(http, f"{base}{path}", child)
+            for url in ready_urls(child):
+                await _wait_http(http, url, child)
             return child
         except RuntimeError:
             await stop_child(child)
@@ -205,7 +206,10 @@ async def emulator_process(
             {"log_url": f"http://{HOST}:{log_port}"},
         )
 
-    child = await _started(http, spawn, ("/admin/stats", "/clock"))
+    def ready_urls(child: Child) -> list[str]:
+        return [f"{child.url}/admin/stats", f"{child.extra['log_url']}/clock"]
+
+    child = await _started(http, spawn, ready_urls)
     try:
         yield child
     finally:
@@ -306,7 +310,7 @@ async def _healthz_process(
         url = f"http://{HOST}:{port}"
         return Child(name, popen, url, workdir / f"{name}.log", Monitor(popen.pid))
 
-    child = await _started(http, spawn, ("/healthz",))
+    child = await _started(http, spawn, lambda child: [f"{child.url}/healthz"])
     try:
         yield child
     finally:

@@ -258,7 +258,7 @@ class Capacity:
         if current.completions < self._round_length(state):
             return None
         held_mean = current.held_s / max(now - current.started_at, 1e-9)
-        passing = held_mean < FILL_SHARE * state.limit and current.completions >= state.limit
+        passing = not _kept_full(state, held_mean) and current.completions >= state.limit
         if not current.blocked or (not current.samples and passing):
             # Unheld, every job met the worker as the limit keeps it. Held only in passing
             # (never kept full over a whole turnover), the few jobs sent at the limit wait at
@@ -342,7 +342,7 @@ class Capacity:
         lull: bool,
     ) -> str | None:
         held = done.blocked
-        filled = held_mean >= FILL_SHARE * state.limit
+        filled = _kept_full(state, held_mean)
         # Not kept full, and holding less than even the last limit that paid: the load ebbed
         # (not: there is not load enough for the new limit, which is an answer too).
         ebbed = not filled and held_mean < state.base_limit
@@ -378,3 +378,8 @@ class Capacity:
         if held and filled:
             return steady(self.policy, state, rate, latency)
         return None
+
+
+def _kept_full(state: WorkerState, held_mean: float) -> bool:
+    """The worker held at least ``FILL_SHARE`` of its limit on average: the round tested it."""
+    return held_mean >= FILL_SHARE * state.limit

@@ -1,4 +1,4 @@
-"""``python -m bench --scenario a|b|c|d|e|f|g|h|i|all [--quick] [--seed N]``
+"""``python -m bench --scenario a|b|c|d|e|f|g|h|i|j|k|f-screen|all [--quick] [--seed N]``
 
 Runs each scenario with every system (direct floor, official vastai client, vast-scheduler
 through ``run`` and the proxy) against its own emulator process, the daemon as its own
@@ -22,6 +22,7 @@ import aiohttp
 
 from bench import procs, report
 from bench.bill import SCENARIOS as BILL_SCENARIOS
+from bench.capacity import ON_DEMAND
 from bench.capacity import SCENARIOS as CAPACITY_SCENARIOS
 from bench.joining import SCENARIOS as JOINING_SCENARIOS
 from bench.replicas import SCENARIOS as REPLICA_SCENARIOS
@@ -35,6 +36,12 @@ SCENARIOS = {
     **REPLICA_SCENARIOS,
     **BILL_SCENARIOS,
 }
+
+
+def scenario_names(choice: str) -> list[str]:
+    """The scenarios ``--scenario`` names: one, or for "all" every one but those run on demand
+    only (``ON_DEMAND``)."""
+    return [name for name in SCENARIOS if name not in ON_DEMAND] if choice == "all" else [choice]
 
 
 async def main(names: list[str], quick: bool, seed: int) -> int:
@@ -89,7 +96,7 @@ def run() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = scenario_names(args.scenario)
     runner_kwargs = {}
     try:
         import uvloop

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -312,6 +314,61 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------- (f) screened alone
+# One (f) variant through the daemon's run API alone, many times: to compare two copies of the
+# daemon (BENCH_SCHEDULER_SRC) on what swings most, about 8 s a cold run. Not in "all".
+SCREEN_VARIANTS = ("f1-cold", "f1-warm", "f2-cold", "f2-warm")
+SCREEN_VARIANT = os.environ.get("BENCH_F_VARIANT") or "f2-cold"
+SCREEN_RUNS = int(os.environ.get("BENCH_F_RUNS") or 12)
+# Below this share of the full-batch ceiling a run is slow: (f)'s fast runs give 0.75-0.85x of it,
+# its slow ones (a worker left below its batch, or a tail queued behind one) under 0.62x.
+SLOW_SHARE = 0.65
+
+
+def screen_summary(rates: Sequence[float], slow_below: float) -> dict[str, Any]:
+    """Jobs/s of the screened runs: sorted, their median and mean, and how many fell below
+    ``slow_below`` (the (f) runs swing between two modes, so the slow count says more than
+    the median)."""
+    ordered = sorted(rates)
+    return {
+        "jobs_per_s": ordered,
+        "median": round(statistics.median(ordered), 1) if ordered else None,
+        "mean": round(statistics.fmean(ordered), 1) if ordered else None,
+        "slow_below": slow_below,
+        "slow": sum(1 for rate in ordered if rate < slow_below),
+    }
+
+
+async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
+    if SCREEN_VARIANT not in SCREEN_VARIANTS:
+        raise ValueError(f"BENCH_F_VARIANT must be one of {', '.join(SCREEN_VARIANTS)}")
+    mix, start = SCREEN_VARIANT.split("-")
+    count = (150 if mix == "f1" else 120) if ctx.quick else (600 if mix == "f1" else 400)
+    warm_count = 100 if ctx.quick else 300
+    costs = [100.0] * count if mix == "f1" else mixed_costs(count, ctx.seed)
+    warm_costs = [100.0] * warm_count if mix == "f1" else mixed_costs(warm_count, ctx.seed + 1)
+    variant = f"{SCREEN_VARIANT}, c={CONCURRENCY}"
+    emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching")})
+    runs: list[dict[str, Any]] = []
+    for _ in range(1 if ctx.quick else SCREEN_RUNS):
+        runs += await _three_systems(
+            ctx, emulator, variant, closed_load(cost_jobs(costs), CONCURRENCY, 120), CONCURRENCY,
+            warm_jobs=cost_jobs(warm_costs) if start == "warm" else None, kinds=(RUN,),
+        )  # fmt: skip
+    top = ceiling(costs)["jobs_per_s"]
+    summary = screen_summary([run["throughput_jobs_s"] for run in runs], round(SLOW_SHARE * top, 1))
+    print(f"  screened {variant}: {summary}", flush=True)
+    return {
+        "params": {"variant": variant, "runs": len(runs), "ceiling_jobs_per_s": top},
+        "runs": runs,
+        "screen": summary,
+        "targets": [no_failed("(f screen)", runs)],
+        "notes": [
+            f"jobs/s {summary['jobs_per_s']}; slow (< {SLOW_SHARE}x ceiling): {summary['slow']}"
+        ],
+    }
+
+
 def _f_targets(
     runs: list[dict[str, Any]], v1: str, v2: str, ceilings: dict[str, dict[str, float]]
 ) -> list[dict[str, Any]]:
@@ -434,4 +491,9 @@ SCENARIOS: dict[str, tuple[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]] = {
     ),
     "g": ("FIFO workers, 20/400 cost mix: what waits at a worker only waits", scenario_g),
     "h": ("mixed fleet: one batching, one FIFO, one processor-sharing worker", scenario_h),
+    "f-screen": (
+        "one (f) variant through the daemon alone, many runs (BENCH_F_VARIANT, BENCH_F_RUNS)",
+        scenario_f_screen,
+    ),
 }
+ON_DEMAND = frozenset({"f-screen"})  # not part of "all"

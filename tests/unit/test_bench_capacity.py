@@ -16,6 +16,7 @@ from bench.capacity import (
     cost_jobs,
     limits_text,
     mixed_costs,
+    screen_summary,
 )
 from bench.scenarios import ratio_text
 from scheduler.emulator.settings import EmulatedEndpoint
@@ -122,3 +123,21 @@ def test_a_ratio_next_to_its_bound_prints_the_side_it_is_on(
     ratio: float, bound: float, text: str
 ) -> None:
     assert ratio_text(ratio, bound) == text
+
+
+def test_a_screen_counts_the_runs_below_its_slow_bound() -> None:
+    summary = screen_summary([93.2, 61.5, 88.0, 70.1], slow_below=80.3)
+    assert summary["jobs_per_s"] == [61.5, 70.1, 88.0, 93.2]
+    assert summary["slow"] == 2
+    assert summary["median"] == 79.0
+    assert summary["mean"] == 78.2
+
+
+def test_the_screen_is_run_on_demand_only() -> None:
+    from bench.__main__ import SCENARIOS, scenario_names
+
+    everything = scenario_names("all")
+    assert "f-screen" in SCENARIOS
+    assert "f-screen" not in everything
+    assert {"a", "f", "j", "k"} <= set(everything)
+    assert scenario_names("f-screen") == ["f-screen"]

@@ -357,6 +357,7 @@ async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
         )  # fmt: skip
     top = ceiling(costs)["jobs_per_s"]
     summary = screen_summary([run["throughput_jobs_s"] for run in runs], round(SLOW_SHARE * top, 1))
+    summary["jobs_s_to_90pct"] = sorted(run["jobs_s_to_90pct"] or 0.0 for run in runs)
     print(f"  screened {variant}: {summary}", flush=True)
     return {
         "params": {"variant": variant, "runs": len(runs), "ceiling_jobs_per_s": top},

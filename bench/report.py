@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -65,6 +66,20 @@ def latency_figures(records: Sequence[Record]) -> dict[str, Any]:
     figures["mean"] = round(sum(ok) / len(ok), 3) if ok else None
     figures["max"] = round(ok[-1], 3) if ok else None
     return figures
+
+
+def rate_to_share(records: Sequence[Record], share: float = 0.9) -> float | None:
+    """Jobs/s until ``share`` of the succeeded jobs had ended: the run's pace without its
+    last jobs. A closed loop of a few seconds ends on its slowest few (in (f2) a few large
+    jobs queued behind one worker's batch can add a third to a 4 s run), so next to the
+    whole run's throughput this tells a slow pace from a slow tail."""
+    ok = sorted(r.end_s for r in records if r.ok)
+    if not ok or not 0 < share <= 1:
+        return None
+    first = min(r.start_s for r in records if r.ok)
+    count = max(1, math.ceil(share * len(ok)))
+    span = ok[count - 1] - first
+    return round(count / span, 1) if span > 0 else None
 
 
 def stored_latencies(records: Sequence[Record]) -> list[float]:
@@ -131,6 +146,7 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "succeeded": sum(r["succeeded"] for r in reps),
             "failed": sum(r["failed"] for r in reps),
             "throughput_jobs_s": med("throughput_jobs_s"),
+            "jobs_s_to_90pct": med("jobs_s_to_90pct"),
             "latency_ms": {k: med("latency_ms", k) for k in ("p50", "p95", "p99", "mean", "max")},
             "route_calls": routes,
             "route_calls_per_job": round(routes / jobs, 4) if jobs else None,

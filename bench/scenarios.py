@@ -24,6 +24,7 @@ from bench.report import (
     add_over_direct,
     latency_figures,
     medians,
+    rate_to_share,
     stored_latencies,
     today,
 )
@@ -217,6 +218,7 @@ async def measured(st: Stage, system: System, variant: str, load: Load) -> dict[
         "failed_statuses": _status_counts(records),
         "wall_s": round(wall_s, 3),
         "throughput_jobs_s": round(ok / wall_s, 1) if wall_s > 0 else None,
+        "jobs_s_to_90pct": rate_to_share(records, 0.9),
         "latency_ms": latency_figures(records),
         "route_calls": routes,
         "route_calls_per_job": round(routes / jobs, 4) if jobs else None,
@@ -232,7 +234,8 @@ async def measured(st: Stage, system: System, variant: str, load: Load) -> dict[
         run["client_errors"] = dict(errors.most_common(10))
     print(
         f"  {variant:<24} {system.name:<26} jobs={jobs} failed={jobs - ok} "
-        f"{run['throughput_jobs_s']} jobs/s p50={run['latency_ms']['p50']} "
+        f"{run['throughput_jobs_s']} jobs/s (to 90%: {run['jobs_s_to_90pct']}) "
+        f"p50={run['latency_ms']['p50']} "
         f"p99={run['latency_ms']['p99']} ms route/job={run['route_calls_per_job']}",
         flush=True,
     )

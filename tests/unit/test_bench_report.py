@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.report import add_over_direct, medians
+from bench.loadgen import Record
+from bench.report import add_over_direct, medians, rate_to_share
 
 latencies = st.floats(min_value=0.1, max_value=1000, allow_nan=False)
 
@@ -45,3 +46,19 @@ def test_added_latency_is_the_median_of_each_repetitions_own_difference(
 
 def test_single_runs_have_no_median_row() -> None:
     assert medians([{**run("direct (floor)", 1, 1, 2), "rep": None}]) == []
+
+
+def test_the_pace_to_nine_tenths_leaves_out_the_slowest_tenth() -> None:
+    # 10 jobs from t=0: nine end by 0.9 s, the last at 3 s (a tail): the whole run is 3.3 jobs/s,
+    # its pace to 90% is 10 jobs/s.
+    records = [Record(i, 0.0, 0.1 * (i + 1), True, 200) for i in range(9)]
+    records.append(Record(9, 0.0, 3.0, True, 200))
+    assert rate_to_share(records, 0.9) == 10.0
+    assert rate_to_share(records, 1.0) == round(10 / 3.0, 1)
+
+
+def test_the_pace_counts_only_succeeded_jobs() -> None:
+    records = [Record(0, 0.0, 1.0, True, 200), Record(1, 0.0, 0.2, False, 502)]
+    assert rate_to_share(records, 1.0) == 1.0
+    assert rate_to_share([], 0.9) is None
+    assert rate_to_share([Record(1, 0.0, 0.2, False, 502)], 0.9) is None

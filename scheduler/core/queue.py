@@ -189,6 +189,7 @@ class JobQueue:
     ) -> None:
         self.max_depth = max_depth
         self.queued_cost = 0.0
+        self.queued_cost_sq = 0.0  # the sum of the queued jobs' costs squared (``held_cost``)
         self._default_weight = _check_weight("default_weight", default_weight)
         self._weights: dict[str, float] = {}
         self.set_tenant_weights(tenant_weights or {})
@@ -264,6 +265,7 @@ class JobQueue:
         heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), entry))
         self._entries[entry.job_id] = entry
         self.queued_cost += entry.cost
+        self.queued_cost_sq += entry.cost * entry.cost
         self._depth[entry.tenant] = self._depth.get(entry.tenant, 0) + 1
         self._cost[entry.tenant] = self._cost.get(entry.tenant, 0.0) + entry.cost
 
@@ -342,6 +344,8 @@ class JobQueue:
         if not self._levels[entry.priority].live:
             del self._levels[entry.priority]
         self.queued_cost = max(0.0, self.queued_cost - entry.cost) if self._entries else 0.0
+        left_sq = self.queued_cost_sq - entry.cost * entry.cost
+        self.queued_cost_sq = max(0.0, left_sq) if self._entries else 0.0
         self._forget_tenant(entry)
         self._compact()
 

@@ -43,6 +43,7 @@ StartJob = Callable[[Job, Lease], None]
 class Batch:
     job_ids: list[str]
     cost: float
+    cost_sq: float = 0.0  # the sum of its jobs' costs squared (``SessionSizing.declared_cost``)
 
 
 class Routing:
@@ -180,7 +181,8 @@ class Routing:
         job_ids, cost = take_batch(queue.peek, queue.pop, limits)
         if not job_ids:
             return
-        batch = Batch(job_ids, cost)
+        jobs = self._ctx.jobs
+        batch = Batch(job_ids, cost, sum(jobs[job_id].cost ** 2 for job_id in job_ids))
         metrics, name = self._ctx.metrics, self._ctx.name
         metrics.lease_lookups.labels(name, "miss").inc(len(job_ids))
         metrics.route_batch_jobs.labels(name).observe(len(job_ids))
@@ -211,7 +213,7 @@ class Routing:
             self.release(batch)  # cold, and another replica is the fleet's poller
             self.poller.start(None)
             return
-        declared = self.sizing.declared_cost(batch.cost, len(batch.job_ids))
+        declared = self.sizing.declared_cost(batch.cost, batch.cost_sq)
         try:
             result = await self.calls.route(declared, None)
         except RouteError as exc:
@@ -286,7 +288,7 @@ class Routing:
                 return None
             await self.calls.wait_for_token()
             try:
-                declared = self.sizing.declared_cost(batch.cost, len(batch.job_ids))
+                declared = self.sizing.declared_cost(batch.cost, batch.cost_sq)
                 result = await self.calls.route(declared, request_idx)
             except RouteError as exc:
                 if isinstance(exc, RouteBadRequest | RouteUnauthorized):

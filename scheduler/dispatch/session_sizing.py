@@ -9,7 +9,7 @@ import math
 
 from scheduler.core.assignments import ReuseMode
 from scheduler.core.capacity_state import Phase
-from scheduler.core.sessions import session_cost
+from scheduler.core.sessions import held_cost, session_cost
 from scheduler.dispatch.context import EndpointContext
 from scheduler.dispatch.leasing import Leasing
 
@@ -43,9 +43,10 @@ class SessionSizing:
         # A session declares its answer's cost for its whole life: no more than it will hold.
         return max_jobs if settled is None else min(max_jobs, settled)
 
-    def declared_cost(self, cost: float, jobs: int) -> float:
-        """A batch's route call declares its jobs' cost; for a session under learnt limits, at
-        least what the busiest worker's limit would hold of such jobs (``session_cost``)."""
+    def declared_cost(self, cost: float, cost_sq: float) -> float:
+        """A batch's route call declares its jobs' cost (``cost``; ``cost_sq``: the sum of their
+        squares); for a session under learnt limits, at least what the busiest worker's limit
+        would hold of such jobs (``session_cost``)."""
         leasing, config = self._leasing, self._ctx.config
         capacity = leasing.pool.capacity
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
@@ -54,13 +55,18 @@ class SessionSizing:
         limit = settled or max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
         queue = self._ctx.queue
         cap = min(config.poll.max_cost, config.batch.max_cost)
-        return session_cost(cost, jobs, queue.queued_cost, len(queue), limit, cap)
+        return session_cost(cost, cost_sq, queue.queued_cost, queue.queued_cost_sq, limit, cap)
 
     def head_session_cost(self) -> float:
         """What a session opened for the queue's next batch declares (``declared_cost``)."""
         queue = self._ctx.queue
-        jobs = max(1, min(self.batch_jobs(), len(queue)))
-        return self.declared_cost(queue.queued_cost / max(1, len(queue)) * jobs, jobs)
+        share = max(1, min(self.batch_jobs(), len(queue))) / max(1, len(queue))
+        return self.declared_cost(queue.queued_cost * share, queue.queued_cost_sq * share)
+
+    def held_cost(self) -> float:
+        """The mean cost of a job a worker holds, of the jobs waiting here (``held_cost``)."""
+        queue = self._ctx.queue
+        return held_cost(queue.queued_cost, queue.queued_cost_sq)
 
     def funded(self, url: str, job_cost: float) -> bool:
         """The daemon's sessions on the worker (open, or being opened) have room for as many
@@ -83,5 +89,5 @@ class SessionSizing:
             settled = capacity.settled_limit(before=state.first_seen if state else math.inf)
             if settled is not None:
                 limit = min(limit, settled + 1)
-        wanted = max(0, limit - jobs) * job_cost
+        wanted = max(0, limit - jobs) * max(job_cost, self.held_cost())
         return leasing.free_session_budget(url) >= wanted - 1e-9

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
 )
 
 from scheduler.core.assignments import EPSILON, Lease, LeaseLimits, LeasePool, ReuseMode
-from scheduler.core.sessions import session_cost
+from scheduler.core.sessions import held_cost, session_cost
 
 LIMITS = LeaseLimits(ttl_s=100.0, idle_close_s=10.0, min_budget_fraction=0.05)
 TOL = 1e-6
@@ -526,21 +526,44 @@ def test_budget_stays_between_floor_and_capacity(
         assert lease.capacity * fraction <= lease.budget <= lease.capacity
 
 
-@given(
-    batch_cost=st.floats(0, 1e6),
-    batch_jobs=st.integers(1, 64),
-    queued_cost=st.floats(0, 1e7),
-    queued_jobs=st.integers(0, 10_000),
-    limit=st.integers(1, 256),
-    cap=st.floats(1, 1e9),
-)
+a_cost = st.one_of(st.just(0.0), st.floats(1e-3, 1e4))  # squares that do not underflow
+costs = st.lists(a_cost, min_size=1, max_size=50)
+
+
+@given(batch=costs, queued=st.lists(a_cost, max_size=50),
+       limit=st.integers(1, 256), cap=st.floats(1, 1e9))  # fmt: skip
 def test_a_session_declares_its_batch_and_what_the_limit_holds_within_the_cap(
-    batch_cost: float, batch_jobs: int, queued_cost: float, queued_jobs: int, limit: int, cap: float
+    batch: list[float], queued: list[float], limit: int, cap: float
 ) -> None:
-    declared = session_cost(batch_cost, batch_jobs, queued_cost, queued_jobs, limit, cap)
-    mean = (batch_cost + queued_cost) / (batch_jobs + queued_jobs)
+    batch_cost, batch_sq = sum(batch), sum(c * c for c in batch)
+    queued_cost, queued_sq = sum(queued), sum(c * c for c in queued)
+    declared = session_cost(batch_cost, batch_sq, queued_cost, queued_sq, limit, cap)
+    held = held_cost(batch_cost + queued_cost, batch_sq + queued_sq)
     assert declared >= batch_cost  # the batch it carries always fits
     assert declared <= max(batch_cost, cap)
-    assert declared >= min(cap, limit * mean) - 1e-6 * max(1.0, limit * mean)
-    more = session_cost(batch_cost, batch_jobs, queued_cost, queued_jobs, limit + 1, cap)
+    assert declared >= min(cap, limit * held) - 1e-6 * max(1.0, limit * held)
+    more = session_cost(batch_cost, batch_sq, queued_cost, queued_sq, limit + 1, cap)
     assert more >= declared  # a higher limit never asks for less
+
+
+@given(costs)
+def test_a_held_job_costs_at_least_the_mean_and_at_most_the_largest(jobs: list[float]) -> None:
+    held = held_cost(sum(jobs), sum(c * c for c in jobs))
+    if sum(jobs) > 0:
+        assert sum(jobs) / len(jobs) * (1 - 1e-9) <= held <= max(jobs) * (1 + 1e-9)
+    else:
+        assert held == 0.0
+
+
+def test_a_session_for_a_mixed_load_holds_its_limit_of_the_jobs_a_full_worker_keeps() -> None:
+    # (f2)'s mix: 80% at 20, 20% at 400 (a mean of 96). A batching worker kept at 32 jobs holds
+    # the large ones most of the time (each is held 20 times longer): 337 per job, not 96.
+    batch = [20.0] * 8 + [400.0] * 2
+    queued = [20.0] * 24 + [400.0] * 6
+    assert held_cost(sum(batch + queued), sum(c * c for c in batch + queued)) == pytest.approx(
+        (0.8 * 20**2 + 0.2 * 400**2) / 96
+    )
+    declared = session_cost(
+        sum(batch), sum(c * c for c in batch), sum(queued), sum(c * c for c in queued), 32, 1e6
+    )
+    assert declared == pytest.approx(32 * 336.67, rel=1e-3)  # by the mean: 32 x 96 = 3,072

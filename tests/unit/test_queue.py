@@ -261,6 +261,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.seq = 0
         self.ids_ever: list[str] = []
         self.cost_scale = 0.0  # largest magnitude the running sum ever had, for tolerance
+        self.cost_sq_scale = 0.0  # the same for the sum of squares
 
     # helpers
     def _new_id(self) -> str:
@@ -272,6 +273,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.model.append(_Ref(job_id, priority, self.seq, cost, deadline))
         self.seq += 1
         self.cost_scale = max(self.cost_scale, sum(r.cost for r in self.model))
+        self.cost_sq_scale = max(self.cost_sq_scale, sum(r.cost**2 for r in self.model))
 
     def _ordered(self) -> list[_Ref]:
         return sorted(self.model, key=lambda r: (-r.priority, r.seq))
@@ -367,6 +369,15 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.queue.queued_cost >= 0.0
         if not self.model:
             assert self.queue.queued_cost == 0.0
+
+    @invariant()
+    def queued_cost_sq_matches_live_costs(self) -> None:
+        expected = sum(r.cost**2 for r in self.model)
+        tolerance = 1e-9 * max(1.0, self.cost_sq_scale)
+        assert math.isclose(self.queue.queued_cost_sq, expected, rel_tol=1e-9, abs_tol=tolerance)
+        assert self.queue.queued_cost_sq >= 0.0
+        if not self.model:
+            assert self.queue.queued_cost_sq == 0.0
 
     @invariant()
     def compaction_bounds_heaps(self) -> None:

@@ -249,17 +249,28 @@ def _endpoint(service: str, workers: int = WORKERS) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- (f)
-async def scenario_f(ctx: Ctx) -> dict[str, Any]:
+def f_costs(ctx: Ctx) -> dict[str, list[float]]:
+    """(f)'s job lists, the same for (f) and its screen: "f1" and "f2" (the loads measured)
+    and "f1-warm-up" and "f2-warm-up" (run before the warm variants, not counted)."""
     fixed_count, mixed_count = (150, 120) if ctx.quick else (600, 400)
+    warm_count = 100 if ctx.quick else 300
+    return {
+        "f1": [100.0] * fixed_count,
+        "f2": mixed_costs(mixed_count, ctx.seed),
+        "f1-warm-up": [100.0] * warm_count,
+        "f2-warm-up": mixed_costs(warm_count, ctx.seed + 1),
+    }
+
+
+async def scenario_f(ctx: Ctx) -> dict[str, Any]:
     emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching")})
-    fixed = [100.0] * fixed_count
-    mixed = mixed_costs(mixed_count, ctx.seed)
+    costs_of = f_costs(ctx)
+    fixed, mixed = costs_of["f1"], costs_of["f2"]
     v1, v2 = f"f1 cost 100, c={CONCURRENCY}", f"f2 cost 20/400, c={CONCURRENCY}"
     # The official client through the daemon's front door runs beside the others here (issue
     # 17): the batching fleet is where the daemon's limits matter most.
     kinds = (DIRECT, OFFICIAL, RUN, VIA)
     w1, w2 = f"{v1}, warm", f"{v2}, warm"
-    warm_count = 100 if ctx.quick else 300
 
     async def one_repetition() -> list[dict[str, Any]]:
         runs = await _three_systems(
@@ -273,8 +284,8 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
         # The same loads after a warm-up that is not counted (as in (a)): a long-running
         # daemon's steady state, its limits learnt; the cold runs above include its ramp.
         for variant, costs, warm_costs in (
-            (w1, fixed, [100.0] * warm_count),
-            (w2, mixed, mixed_costs(warm_count, ctx.seed + 1)),
+            (w1, fixed, costs_of["f1-warm-up"]),
+            (w2, mixed, costs_of["f2-warm-up"]),
         ):
             load = closed_load(cost_jobs(costs), CONCURRENCY, 120)
             runs += await _three_systems(
@@ -298,7 +309,7 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
             "concurrency": CONCURRENCY,
             "workers": WORKERS,
             "worker": _endpoint("batching"),
-            "jobs": {v1: fixed_count, v2: mixed_count, "warm-up": warm_count},
+            "jobs": {v1: len(fixed), v2: len(mixed), "warm-up": len(costs_of["f1-warm-up"])},
             "repetitions": reps,
             "mix": {"small": SMALL_COST, "large": LARGE_COST, "large_share": LARGE_SHARE},
             "ceiling": ceilings,
@@ -343,10 +354,8 @@ async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
     if SCREEN_VARIANT not in SCREEN_VARIANTS:
         raise ValueError(f"BENCH_F_VARIANT must be one of {', '.join(SCREEN_VARIANTS)}")
     mix, start = SCREEN_VARIANT.split("-")
-    count = (150 if mix == "f1" else 120) if ctx.quick else (600 if mix == "f1" else 400)
-    warm_count = 100 if ctx.quick else 300
-    costs = [100.0] * count if mix == "f1" else mixed_costs(count, ctx.seed)
-    warm_costs = [100.0] * warm_count if mix == "f1" else mixed_costs(warm_count, ctx.seed + 1)
+    costs_of = f_costs(ctx)
+    costs, warm_costs = costs_of[mix], costs_of[f"{mix}-warm-up"]
     variant = f"{SCREEN_VARIANT}, c={CONCURRENCY}"
     emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching")})
     runs: list[dict[str, Any]] = []

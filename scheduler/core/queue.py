@@ -197,6 +197,7 @@ class JobQueue:
         self._priorities: list[int] = []  # negated priorities of levels, lazy
         self._listed: set[int] = set()  # priorities present in _priorities
         self._deadlines: list[tuple[float, int, _Entry]] = []
+        self._largest: list[tuple[float, int, _Entry]] = []  # by cost, largest first (negated)
         self._entries: dict[str, _Entry] = {}
         self._depth: dict[str, int] = {}
         self._cost: dict[str, float] = {}
@@ -262,7 +263,9 @@ class JobQueue:
         if not (math.isfinite(entry.cost) and entry.cost >= 0.0):
             raise ValueError(f"job {entry.job_id}: cost must be finite and >= 0")
         self._level_for(entry.priority).add(entry)
-        heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), entry))
+        seq = next(self._seq)
+        heapq.heappush(self._deadlines, (entry.deadline, seq, entry))
+        heapq.heappush(self._largest, (-entry.cost, seq, entry))
         self._entries[entry.job_id] = entry
         self.queued_cost += entry.cost
         self.queued_cost_sq += entry.cost * entry.cost
@@ -320,6 +323,12 @@ class JobQueue:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
 
+    def largest_cost(self) -> float:
+        """The cost of the largest queued job (0 when the queue is empty)."""
+        while self._largest and not self._largest[0][2].live:
+            heapq.heappop(self._largest)
+        return -self._largest[0][0] if self._largest else 0.0
+
     # --- internals ------------------------------------------------------------------------
 
     def _top(self) -> _Level | None:
@@ -359,12 +368,16 @@ class JobQueue:
             del self._cost[entry.tenant]
 
     def _compact(self) -> None:
-        # Dead deadline items pile up (popped and cancelled jobs); rebuild once they dominate.
-        if len(self._deadlines) > max(_COMPACT_MIN, _COMPACT_RATIO * len(self._entries)):
+        # Dead heap items pile up (popped and cancelled jobs); rebuild once they dominate.
+        bound = max(_COMPACT_MIN, _COMPACT_RATIO * len(self._entries))
+        if len(self._deadlines) > bound:
             self._deadlines = [item for item in self._deadlines if item[2].live]
             heapq.heapify(self._deadlines)
+        if len(self._largest) > bound:
+            self._largest = [item for item in self._largest if item[2].live]
+            heapq.heapify(self._largest)
 
     def _footprint(self) -> int:
         """Internal items held, live or dead (for tests of the memory bound)."""
         levels = sum(level.footprint() + len(level.front) for level in self._levels.values())
-        return len(self._deadlines) + len(self._priorities) + levels
+        return len(self._deadlines) + len(self._largest) + len(self._priorities) + levels

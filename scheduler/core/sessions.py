@@ -86,18 +86,22 @@ def held_cost(cost: float, cost_sq: float) -> float:
 
 def session_cost(
     batch_cost: float, batch_cost_sq: float, queued_cost: float, queued_cost_sq: float,
-    limit: int, cap: float,
+    limit: int, cap: float, largest_queued: float = 0.0,
 ) -> float:  # fmt: skip
     """The cost a batch's route call declares when its answer opens a Vast session: at least
     the batch's, and what the daemon means to place on one worker, its concurrency ``limit``
-    times the cost of a job it holds (``held_cost`` over the batch and the queue), capped at
-    ``cap``.
+    times the cost of a job it holds (``held_cost`` over the batch and the queue), and never
+    less than the largest job waiting (``largest_queued``), all capped at ``cap``.
 
     A session's declared cost is its budget for its whole life: one sized to the few jobs that
     happened to be queued when it opened caps its worker below its limit, and the worker's
     sessions are few. Sized by the queue's mean cost, (f2)'s sessions held 7-15 jobs of a
     limit of 32 in a cold start (its slots fill with the 400-cost jobs), and start-up read
     the jobs that waited for budget as a limit the load did not fill. Declaring what will run
-    on it is also what Vast should see as its load."""
+    on it is also what Vast should see as its load. A session that cannot hold the largest job
+    waiting needs another route call for each such job: on a FIFO worker at a limit of one
+    (held cost 337 of (f2)'s mix, its large jobs 400) each large job was routed for, and the
+    small ones behind it took the worker before the answer came (route calls per job 0.17 ->
+    0.25-0.3 in (g))."""
     held = held_cost(batch_cost + queued_cost, batch_cost_sq + queued_cost_sq)
-    return max(batch_cost, min(cap, limit * held))
+    return max(batch_cost, min(cap, max(largest_queued, limit * held)))

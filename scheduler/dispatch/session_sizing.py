@@ -46,7 +46,7 @@ class SessionSizing:
     def declared_cost(self, cost: float, cost_sq: float) -> float:
         """A batch's route call declares its jobs' cost (``cost``; ``cost_sq``: the sum of their
         squares); for a session under learnt limits, at least what the busiest worker's limit
-        would hold of such jobs (``session_cost``)."""
+        would hold of such jobs, and no less than the largest job waiting (``session_cost``)."""
         leasing, config = self._leasing, self._ctx.config
         capacity = leasing.pool.capacity
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
@@ -55,7 +55,8 @@ class SessionSizing:
         limit = settled or max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
         queue = self._ctx.queue
         cap = min(config.poll.max_cost, config.batch.max_cost)
-        return session_cost(cost, cost_sq, queue.queued_cost, queue.queued_cost_sq, limit, cap)
+        return session_cost(cost, cost_sq, queue.queued_cost, queue.queued_cost_sq, limit, cap,
+                            queue.largest_cost())  # fmt: skip
 
     def head_session_cost(self) -> float:
         """What a session opened for the queue's next batch declares (``declared_cost``)."""

@@ -532,17 +532,19 @@ costs = st.lists(a_cost, min_size=1, max_size=50)
 
 @given(batch=costs, queued=st.lists(a_cost, max_size=50),
        limit=st.integers(1, 256), cap=st.floats(1, 1e9))  # fmt: skip
-def test_a_session_declares_its_batch_and_what_the_limit_holds_within_the_cap(
+def test_a_session_declares_its_batch_what_the_limit_holds_and_any_job_within_the_cap(
     batch: list[float], queued: list[float], limit: int, cap: float
 ) -> None:
     batch_cost, batch_sq = sum(batch), sum(c * c for c in batch)
     queued_cost, queued_sq = sum(queued), sum(c * c for c in queued)
-    declared = session_cost(batch_cost, batch_sq, queued_cost, queued_sq, limit, cap)
+    largest = max(queued, default=0.0)
+    declared = session_cost(batch_cost, batch_sq, queued_cost, queued_sq, limit, cap, largest)
     held = held_cost(batch_cost + queued_cost, batch_sq + queued_sq)
     assert declared >= batch_cost  # the batch it carries always fits
+    assert declared >= min(cap, largest)  # and so does any one job waiting
     assert declared <= max(batch_cost, cap)
     assert declared >= min(cap, limit * held) - 1e-6 * max(1.0, limit * held)
-    more = session_cost(batch_cost, batch_sq, queued_cost, queued_sq, limit + 1, cap)
+    more = session_cost(batch_cost, batch_sq, queued_cost, queued_sq, limit + 1, cap, largest)
     assert more >= declared  # a higher limit never asks for less
 
 
@@ -567,3 +569,7 @@ def test_a_session_for_a_mixed_load_holds_its_limit_of_the_jobs_a_full_worker_ke
         sum(batch), sum(c * c for c in batch), sum(queued), sum(c * c for c in queued), 32, 1e6
     )
     assert declared == pytest.approx(32 * 336.67, rel=1e-3)  # by the mean: 32 x 96 = 3,072
+    # On a FIFO worker at a limit of one, a job held costs less than a large one waiting: the
+    # session holds the large one, or each would need a route call of its own.
+    one = session_cost(20.0, 400.0, sum(queued), sum(c * c for c in queued), 1, 1e6, 400.0)
+    assert one == 400.0

@@ -14,12 +14,13 @@ from scheduler.core.queue import MAX_PRIORITY, MIN_CHARGE, MIN_PRIORITY, JobQueu
 
 
 def footprint_bound(live: int) -> int:
-    """Internal items a queue of ``live`` jobs may hold: deadline heap + levels + priorities."""
+    """Internal items a queue of ``live`` jobs may hold: deadline and cost heaps + levels +
+    priorities."""
     levels = MAX_PRIORITY - MIN_PRIORITY + 1
-    deadline_heap = max(64, 4 * live) + live  # + pushes since the last compaction check
+    heaps = 2 * (max(64, 4 * live) + live)  # + pushes since the last compaction check
     tenant_heaps = 65 * levels + 4 * live  # per level: 64 + 4 x backlogged tenants, + 1
     fronts = live
-    return deadline_heap + tenant_heaps + fronts + levels
+    return heaps + tenant_heaps + fronts + levels
 
 
 def drain(queue: JobQueue) -> list[str]:
@@ -378,6 +379,10 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.queue.queued_cost_sq >= 0.0
         if not self.model:
             assert self.queue.queued_cost_sq == 0.0
+
+    @invariant()
+    def largest_cost_is_the_largest_live_cost(self) -> None:
+        assert self.queue.largest_cost() == max((r.cost for r in self.model), default=0.0)
 
     @invariant()
     def compaction_bounds_heaps(self) -> None:

@@ -166,9 +166,7 @@ class Routing:
         except RouteError as exc:
             self.failed(exc, None)
             return
-        now = self._ctx.clock()
-        if isinstance(result, Ready) and not self.answers.unusable(result.url, now, cost):
-            self.held.answer_used()
+        self._take_note(result, cost)
 
     def _waiting_cost(self) -> float:
         """The cost of the jobs waiting here: queued, or reserved by a route call."""
@@ -248,9 +246,21 @@ class Routing:
             return
         self.held.demand_declared(now)
         try:
-            await self.calls.route(min(cost, self._ctx.config.poll.max_cost), None)
+            result = await self.calls.route(min(cost, self._ctx.config.poll.max_cost), None)
         except RouteError as exc:
             self.failed(exc, None)
+            return
+        head = self._ctx.queue.peek()
+        if head is not None:
+            self._take_note(result, head[1])
+
+    def _take_note(self, result: Ready | Waiting, job_cost: float) -> None:
+        """An answer that opens nothing (a probe's, a demand call's) named a worker with room
+        for jobs of ``job_cost``: the next held call goes at once to open it."""
+        now = self._ctx.clock()
+        if isinstance(result, Ready) and not self.answers.unusable(result.url, now, job_cost):
+            self.held.room_named(now)
+            self._ctx.wakeup.set()
 
     async def _use_answer(self, batch: Batch, result: Ready) -> bool:
         """Opens a lease on the answer's worker and places the batch there; False when the

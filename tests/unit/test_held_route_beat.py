@@ -103,6 +103,23 @@ def test_an_answer_used_brings_the_next_held_call_back_to_the_base_interval() ->
     assert held.due(100.0) == 10.0 + BASE
 
 
+def test_a_worker_with_room_named_by_an_answer_that_opens_nothing_is_called_for_at_once() -> None:
+    """A held call just went (the next one 2 s away, backed off); the demand call after it
+    named a worker with room, which its answer does not open (its cost is the demand's, not a
+    session's): the next held call is due now, not at the base interval nor on the back-off
+    (a cold (f2) start's second worker waited 0.25 s for it, 90 jobs queued)."""
+    held = HeldRoutes(CONFIG, pool_clearing(None), now=0.0)
+    held.answer_unused()
+    held.answer_unused()
+    held.went(10.0, 100.0)
+    assert held.due(100.0) == 12.0
+    held.room_named(10.01)
+    assert held.due(100.0) == 10.01  # before the base interval (10.5): at once
+    assert held.due(200.0) == 10.01  # the waiting cost grew: still at once
+    held.went(10.02, 100.0)
+    assert held.due(100.0) == 10.02 + BASE  # and the back-off starts again from the base
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(st.tuples(st.floats(0.0, 0.6), st.integers(0, 60)), max_size=60),

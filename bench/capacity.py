@@ -331,6 +331,10 @@ async def scenario_f(ctx: Ctx) -> dict[str, Any]:
 SCREEN_VARIANTS = ("f1-cold", "f1-warm", "f2-cold", "f2-warm")
 SCREEN_VARIANT = os.environ.get("BENCH_F_VARIANT") or "f2-cold"
 SCREEN_RUNS = int(os.environ.get("BENCH_F_RUNS") or 12)
+# Through which door the daemon is screened: its run API, or the official client pointed at its
+# front door ("via").
+SCREEN_SYSTEMS = {"run": RUN, "via": VIA}
+SCREEN_SYSTEM = os.environ.get("BENCH_F_SYSTEM") or "run"
 # Below this share of the full-batch ceiling a run is slow: (f)'s fast runs give 0.75-0.85x of it,
 # its slow ones (a worker left below its batch, or a tail queued behind one) under 0.62x.
 SLOW_SHARE = 0.65
@@ -353,6 +357,8 @@ def screen_summary(rates: Sequence[float], slow_below: float) -> dict[str, Any]:
 async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
     if SCREEN_VARIANT not in SCREEN_VARIANTS:
         raise ValueError(f"BENCH_F_VARIANT must be one of {', '.join(SCREEN_VARIANTS)}")
+    if SCREEN_SYSTEM not in SCREEN_SYSTEMS:
+        raise ValueError(f"BENCH_F_SYSTEM must be one of {', '.join(SCREEN_SYSTEMS)}")
     mix, start = SCREEN_VARIANT.split("-")
     costs_of = f_costs(ctx)
     costs, warm_costs = costs_of[mix], costs_of[f"{mix}-warm-up"]
@@ -362,7 +368,8 @@ async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
     for _ in range(1 if ctx.quick else SCREEN_RUNS):
         runs += await _three_systems(
             ctx, emulator, variant, closed_load(cost_jobs(costs), CONCURRENCY, 120), CONCURRENCY,
-            warm_jobs=cost_jobs(warm_costs) if start == "warm" else None, kinds=(RUN,),
+            warm_jobs=cost_jobs(warm_costs) if start == "warm" else None,
+            kinds=(SCREEN_SYSTEMS[SCREEN_SYSTEM],),
         )  # fmt: skip
     top = ceiling(costs)["jobs_per_s"]
     summary = screen_summary([run["throughput_jobs_s"] for run in runs], round(SLOW_SHARE * top, 1))

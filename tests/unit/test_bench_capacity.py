@@ -11,6 +11,7 @@ from bench.capacity import (
     LARGE_COST,
     SMALL_COST,
     LimitWatch,
+    _f_targets,
     batching_ceiling_cost_s,
     ceiling,
     cost_jobs,
@@ -141,3 +142,20 @@ def test_the_screen_is_run_on_demand_only() -> None:
     assert "f-screen" not in everything
     assert {"a", "f", "j", "k"} <= set(everything)
     assert scenario_names("f-screen") == ["f-screen"]
+
+
+def test_a_ceiling_share_next_to_its_bound_prints_the_side_it_is_on() -> None:
+    """(f1) warm at 106.5 jobs/s against a ceiling of 118.52 is 0.8986x: printed "0.899x",
+    missed, not a "0.90x" that reads as met."""
+    variant = "f1 cost 100, c=96, warm"
+    runs = [
+        {"variant": variant, "system": "vast-scheduler (run)", "throughput_jobs_s": 106.5,
+         "latency_ms": {"p99": 900.0}},
+        {"variant": variant, "system": "official vastai client", "throughput_jobs_s": 105.6,
+         "latency_ms": {"p99": 910.0}},
+    ]  # fmt: skip
+    ceilings = {variant: {"jobs_per_s": 118.52}}
+    out = _f_targets(runs, variant, "f2, warm", ceilings)
+    share = next(t for t in out if "ceiling" in t["target"])
+    assert share["measured"].startswith("0.899x")
+    assert share["met"] is False

@@ -173,6 +173,23 @@ class _Level:
         return state is not None and state.key == item[1]
 
 
+_HeapItem = tuple[float, int, _Entry]
+
+
+def _live_head(heap: list[_HeapItem]) -> _HeapItem | None:
+    """The first item of a lazy heap whose job is still queued, dead ones above it dropped."""
+    while heap and not heap[0][2].live:
+        heapq.heappop(heap)
+    return heap[0] if heap else None
+
+
+def _live_items(heap: list[_HeapItem]) -> list[_HeapItem]:
+    """A lazy heap rebuilt from its live items."""
+    items = [item for item in heap if item[2].live]
+    heapq.heapify(items)
+    return items
+
+
 class JobQueue:
     """Priorities, then requeued-at-head jobs, then weighted fair sharing between tenants.
 
@@ -196,8 +213,8 @@ class JobQueue:
         self._levels: dict[int, _Level] = {}
         self._priorities: list[int] = []  # negated priorities of levels, lazy
         self._listed: set[int] = set()  # priorities present in _priorities
-        self._deadlines: list[tuple[float, int, _Entry]] = []
-        self._largest: list[tuple[float, int, _Entry]] = []  # by cost, largest first (negated)
+        self._deadlines: list[_HeapItem] = []
+        self._largest: list[_HeapItem] = []  # by cost, largest first (negated)
         self._entries: dict[str, _Entry] = {}
         self._depth: dict[str, int] = {}
         self._cost: dict[str, float] = {}
@@ -319,15 +336,13 @@ class JobQueue:
         return expired
 
     def next_deadline(self) -> float | None:
-        while self._deadlines and not self._deadlines[0][2].live:
-            heapq.heappop(self._deadlines)
-        return self._deadlines[0][0] if self._deadlines else None
+        head = _live_head(self._deadlines)
+        return head[0] if head else None
 
     def largest_cost(self) -> float:
         """The cost of the largest queued job (0 when the queue is empty)."""
-        while self._largest and not self._largest[0][2].live:
-            heapq.heappop(self._largest)
-        return -self._largest[0][0] if self._largest else 0.0
+        head = _live_head(self._largest)
+        return -head[0] if head else 0.0
 
     # --- internals ------------------------------------------------------------------------
 
@@ -371,11 +386,9 @@ class JobQueue:
         # Dead heap items pile up (popped and cancelled jobs); rebuild once they dominate.
         bound = max(_COMPACT_MIN, _COMPACT_RATIO * len(self._entries))
         if len(self._deadlines) > bound:
-            self._deadlines = [item for item in self._deadlines if item[2].live]
-            heapq.heapify(self._deadlines)
+            self._deadlines = _live_items(self._deadlines)
         if len(self._largest) > bound:
-            self._largest = [item for item in self._largest if item[2].live]
-            heapq.heapify(self._largest)
+            self._largest = _live_items(self._largest)
 
     def _footprint(self) -> int:
         """Internal items held, live or dead (for tests of the memory bound)."""

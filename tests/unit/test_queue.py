@@ -362,23 +362,24 @@ class QueueMachine(RuleBasedStateMachine):
         for r in self.model:
             assert r.job_id in self.queue
 
+    def running_sum_matches(self, total: float, expected: float, scale: float) -> None:
+        """A running sum the queue keeps equals the live jobs' (within float drift over
+        ``scale``), is never negative, and is exactly zero when the queue is empty."""
+        tolerance = 1e-9 * max(1.0, scale)
+        assert math.isclose(total, expected, rel_tol=1e-9, abs_tol=tolerance)
+        assert total >= 0.0
+        if not self.model:
+            assert total == 0.0
+
     @invariant()
     def queued_cost_matches_live_costs(self) -> None:
         expected = sum(r.cost for r in self.model)
-        tolerance = 1e-9 * max(1.0, self.cost_scale)
-        assert math.isclose(self.queue.queued_cost, expected, rel_tol=1e-9, abs_tol=tolerance)
-        assert self.queue.queued_cost >= 0.0
-        if not self.model:
-            assert self.queue.queued_cost == 0.0
+        self.running_sum_matches(self.queue.queued_cost, expected, self.cost_scale)
 
     @invariant()
     def queued_cost_sq_matches_live_costs(self) -> None:
         expected = sum(r.cost**2 for r in self.model)
-        tolerance = 1e-9 * max(1.0, self.cost_sq_scale)
-        assert math.isclose(self.queue.queued_cost_sq, expected, rel_tol=1e-9, abs_tol=tolerance)
-        assert self.queue.queued_cost_sq >= 0.0
-        if not self.model:
-            assert self.queue.queued_cost_sq == 0.0
+        self.running_sum_matches(self.queue.queued_cost_sq, expected, self.cost_sq_scale)
 
     @invariant()
     def largest_cost_is_the_largest_live_cost(self) -> None:

@@ -1,11 +1,12 @@
 """Route calls for one endpoint's queued jobs: batches when no lease takes them (a batch
 answered WAITING while the poller runs keeps its own ``request_idx`` and asks again with it),
-demand calls that tell Vast of jobs piling up here, probes (one job's cost) that find a worker
-Vast added while held calls are backed off, and what an answer opens (a lease, or nothing).
-One call at a time, its token bucket and back-off: ``route_calls``; the poller while no worker
-is ready: ``poller``; when held calls, demand calls and probes go: ``held_routes``; what a
-session declares, and whether a worker needs another: ``session_sizing``; whether an answer's
-worker may take a lease (per-worker back-off after a 429, workers just gone): ``answer_check``."""
+and what an answer opens (a lease, or nothing). One call at a time, its token bucket and
+back-off: ``route_calls``; the poller while no worker is ready: ``poller``; when held calls,
+demand calls and probes go: ``held_routes``; the demand calls that tell Vast of jobs piling up
+here and the probes (one job's cost) that find a worker Vast added while held calls are backed
+off: ``side_calls``; what a session declares, and whether a worker needs another:
+``session_sizing``; whether an answer's worker may take a lease (per-worker back-off after a
+429, workers just gone): ``answer_check``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from scheduler.dispatch.poller import FleetBacklog, Poller
 from scheduler.dispatch.route_calls import RouteCalls
 from scheduler.dispatch.seams import Router
 from scheduler.dispatch.session_sizing import SessionSizing
+from scheduler.dispatch.side_calls import SideCalls
 from scheduler.jobs import Job, JobStatus
 from scheduler.store.base import FleetPolling
 from scheduler.tasks import cancel_and_wait, spawn
@@ -68,6 +70,7 @@ class Routing:
         self.held = HeldRoutes(ctx.config, leasing.pool, now)
         self.sizing = SessionSizing(ctx, leasing)
         self.answers = AnswerCheck(ctx, leasing, self.sizing)
+        self.side = SideCalls(ctx, self.calls, self.held, self.answers, self.tasks)
         self.worker_backoff = self.answers.worker_backoff  # endpoint, settle, snapshot read it
         self.poller = Poller(
             ctx, self.calls, leasing, self.sizing, self.held.demand, fleet, fleet_backlog
@@ -136,7 +139,7 @@ class Routing:
             waiting = self._waiting_cost()
             due = self.held.due(waiting)
             if now < due:
-                self._maybe_probe(now)
+                self.side.maybe_probe(now)
                 return due
             self.held.went(now, waiting)
         linger_until = self._linger_until(now)
@@ -146,27 +149,6 @@ class Routing:
             return self.calls.bucket.ready_at(now)
         self._route_next_batch(free_slots, holding)
         return now  # look again at once: more batches may go out in parallel
-
-    def _maybe_probe(self, now: float) -> None:
-        if self.held.probe_due(now) and self.calls.bucket.try_take(now):
-            self.held.probed(now)
-            spawn(self._probe(), self.tasks, f"probe-{self._ctx.name}",
-                  lambda _: self._ctx.wakeup.set())  # fmt: skip
-
-    async def _probe(self) -> None:
-        """A route call for one job's cost while held calls are backed off: finds a worker
-        Vast added to a busy fleet without declaring a batch no worker takes. An answer naming
-        a worker with room opens nothing (a session declares what its route call did): the
-        next held call goes at once and opens it. A WAITING answer is left: held calls still
-        tell Vast of the jobs waiting here."""
-        queue = self._ctx.queue
-        cost = queue.queued_cost / len(queue) if len(queue) else 1.0
-        try:
-            result = await self.calls.route(cost, None)
-        except RouteError as exc:
-            self.failed(exc, None)
-            return
-        self._take_note(result, cost)
 
     def _waiting_cost(self) -> float:
         """The cost of the jobs waiting here: queued, or reserved by a route call."""
@@ -203,7 +185,8 @@ class Routing:
 
     async def _route_batch(self, batch: Batch, held: bool = False) -> None:
         """``held``: a held call (jobs wait for busy workers); when its answer names no worker
-        to open a session on, the arrivals Vast has not heard of follow (``_declare_demand``)."""
+        to open a session on, the arrivals Vast has not heard of follow
+        (``SideCalls.declare_demand``)."""
         name = self._ctx.name
         if not len(self._leasing.pool) and not await self._fleet.may_route(
             name, self.poller.ttl_s()
@@ -230,37 +213,7 @@ class Routing:
                 return
             result = ready
         if not await self._use_answer(batch, result) and held:
-            await self._declare_demand(declared)
-
-    async def _declare_demand(self, declared: float) -> None:
-        """A route call for the cost that arrived here while jobs waited and that no call
-        declared yet (``DemandLedger``), its answer left unused: the official client routes
-        every job, so Vast scales on its arrival rate; the daemon's batches and sessions
-        declare what the workers will hold (a session's cost is its load on the worker for
-        its whole life), and this call the rest. Only while the cost waiting here grew since
-        the last held call (demand the fleet does not absorb), and only what exceeds the
-        call just made."""
-        now = self._ctx.clock()
-        cost = self.held.demand_due(now, declared)
-        if cost is None or not self.calls.bucket.try_take(now):
-            return
-        self.held.demand_declared(now)
-        try:
-            result = await self.calls.route(min(cost, self._ctx.config.poll.max_cost), None)
-        except RouteError as exc:
-            self.failed(exc, None)
-            return
-        head = self._ctx.queue.peek()
-        if head is not None:
-            self._take_note(result, head[1])
-
-    def _take_note(self, result: Ready | Waiting, job_cost: float) -> None:
-        """An answer that opens nothing (a probe's, a demand call's) named a worker with room
-        for jobs of ``job_cost``: the next held call goes at once to open it."""
-        now = self._ctx.clock()
-        if isinstance(result, Ready) and not self.answers.unusable(result.url, now, job_cost):
-            self.held.room_named(now)
-            self._ctx.wakeup.set()
+            await self.side.declare_demand(declared)
 
     async def _use_answer(self, batch: Batch, result: Ready) -> bool:
         """Opens a lease on the answer's worker and places the batch there; False when the

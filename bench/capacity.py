@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,6 +45,7 @@ from bench.scenarios import (
     target,
     throughput,
 )
+from bench.screen_stats import ab_order, compare
 from bench.systems import Job, System
 
 ENDPOINT = "llm"  # the daemon's bench config estimates its cost from ``max_tokens``
@@ -336,6 +338,12 @@ SCREEN_RUNS = int(os.environ.get("BENCH_F_RUNS") or 12)
 # front door ("via").
 SCREEN_SYSTEMS = {"run": RUN, "via": VIA}
 SCREEN_SYSTEM = os.environ.get("BENCH_F_SYSTEM") or "run"
+# BENCH_SCHEDULER_SRC_B: a second copy of the scheduler package, screened side by side with the
+# first (BENCH_SCHEDULER_SRC, or this repository): BENCH_F_RUNS runs of each, in pairs whose
+# order alternates, so that the machine's drift over the screen falls on both alike; the two
+# are then compared (``bench.screen_stats.compare``).
+SCREEN_SRC_B = Path(os.environ["BENCH_SCHEDULER_SRC_B"]).resolve() if os.environ.get(
+    "BENCH_SCHEDULER_SRC_B") else None  # fmt: skip
 # Below this share of the full-batch ceiling a run is slow: (f)'s fast runs give 0.75-0.85x of it,
 # its slow ones (a worker left below its batch, or a tail queued behind one) under 0.62x.
 SLOW_SHARE = 0.65
@@ -365,25 +373,47 @@ async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
     costs, warm_costs = costs_of[mix], costs_of[f"{mix}-warm-up"]
     variant = f"{SCREEN_VARIANT}, c={CONCURRENCY}"
     emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching")})
+    count = 1 if ctx.quick else SCREEN_RUNS
+    sources = {"A": procs.SCHEDULER_SRC}
+    if SCREEN_SRC_B:
+        sources["B"] = SCREEN_SRC_B
+    order = ab_order(count) if SCREEN_SRC_B else ["A"] * count
     runs: list[dict[str, Any]] = []
-    for _ in range(1 if ctx.quick else SCREEN_RUNS):
-        runs += await _three_systems(
-            ctx, emulator, variant, closed_load(cost_jobs(costs), CONCURRENCY, 120), CONCURRENCY,
-            warm_jobs=cost_jobs(warm_costs) if start == "warm" else None,
-            kinds=(SCREEN_SYSTEMS[SCREEN_SYSTEM],),
-        )  # fmt: skip
+    for copy in order:
+        with procs.scheduler_source(sources[copy]):
+            got = await _three_systems(
+                ctx, emulator, variant, closed_load(cost_jobs(costs), CONCURRENCY, 120),
+                CONCURRENCY, warm_jobs=cost_jobs(warm_costs) if start == "warm" else None,
+                kinds=(SCREEN_SYSTEMS[SCREEN_SYSTEM],),
+            )  # fmt: skip
+        runs += [{**run, "copy": copy, "scheduler_src": str(sources[copy])} for run in got]
     top = ceiling(costs)["jobs_per_s"]
-    summary = screen_summary([run["throughput_jobs_s"] for run in runs], round(SLOW_SHARE * top, 1))
-    summary["jobs_s_to_90pct"] = sorted(run["jobs_s_to_90pct"] or 0.0 for run in runs)
-    print(f"  screened {variant}: {summary}", flush=True)
+    slow_below = round(SLOW_SHARE * top, 1)
+    rates = {c: [r["throughput_jobs_s"] for r in runs if r["copy"] == c] for c in sources}
+    summary: dict[str, Any] = {}
+    for copy in sources:
+        mine = [run for run in runs if run["copy"] == copy]
+        summary[copy] = screen_summary(rates[copy], slow_below)
+        summary[copy]["jobs_s_to_90pct"] = sorted(r["jobs_s_to_90pct"] or 0.0 for r in mine)
+        summary[copy]["scheduler_src"] = str(sources[copy])
+        print(f"  screened {variant} ({copy}: {sources[copy]}): {summary[copy]}", flush=True)
+    notes = [f"{c}: jobs/s {s['jobs_per_s']}; slow (< {SLOW_SHARE}x ceiling): {s['slow']}"
+             for c, s in summary.items()]  # fmt: skip
+    if SCREEN_SRC_B:
+        summary["B_against_A"] = compare(rates["A"], rates["B"], slow_below)
+        print(f"  B against A: {summary['B_against_A']}", flush=True)
+        notes.append(f"B against A: {summary['B_against_A']}")
     return {
-        "params": {"variant": variant, "runs": len(runs), "ceiling_jobs_per_s": top},
+        "params": {
+            "variant": variant,
+            "runs": len(runs),
+            "ceiling_jobs_per_s": top,
+            "order": order,
+        },
         "runs": runs,
         "screen": summary,
         "targets": [no_failed("(f screen)", runs)],
-        "notes": [
-            f"jobs/s {summary['jobs_per_s']}; slow (< {SLOW_SHARE}x ceiling): {summary['slow']}"
-        ],
+        "notes": notes,
     }
 
 

@@ -52,6 +52,18 @@ KEEP_DIR = os.environ.get("BENCH_KEEP_DIR")
 DAEMON_LOG_LEVEL = os.environ.get("BENCH_DAEMON_LOG") or "warning"
 
 
+@contextlib.contextmanager
+def scheduler_source(src: Path) -> Iterator[None]:
+    """The emulators and daemons started inside run the ``scheduler`` package in ``src``
+    instead of ``SCHEDULER_SRC`` (a screen of two copies side by side)."""
+    global SCHEDULER_SRC  # read by _spawn and source_info at each start
+    saved, SCHEDULER_SRC = SCHEDULER_SRC, src.resolve()
+    try:
+        yield
+    finally:
+        SCHEDULER_SRC = saved
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))

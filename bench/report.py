@@ -296,7 +296,8 @@ def write_summary(date: str) -> Path:
 
 
 def plots(scenario: str, data: dict[str, Any]) -> list[Path]:
-    """Latency CDF per variant (one line per system); route calls over time for (c)."""
+    """Latency CDF per variant (one colour per system, or per system and copy in a screen of
+    two copies); route calls over time for (c)."""
     try:
         import matplotlib
 
@@ -314,7 +315,7 @@ def plots(scenario: str, data: dict[str, Any]) -> list[Path]:
             if run["variant"] != variant or not lat:
                 continue
             ys = [(i + 1) / len(lat) for i in range(len(lat))]
-            system = run["system"]
+            system = run["system"] + (f" [{run['copy']}]" if "copy" in run else "")
             first = system not in colours
             colours.setdefault(system, f"C{len(colours)}")
             ax.plot(lat, ys, color=colours[system], label=system if first else None, lw=1)

@@ -3,12 +3,14 @@ on another, as a benchmark run lost to that race (the emulator "exited early") w
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
 from bench import procs
@@ -57,3 +59,20 @@ async def test_a_child_that_fails_for_another_reason_is_not_started_again(
             async with procs.emulator_process(http, bad, tmp_path):
                 pass
     assert spawned == ["emulator"]
+
+
+async def test_children_started_inside_scheduler_source_run_that_copy(tmp_path: Path) -> None:
+    """A side-by-side screen (``BENCH_SCHEDULER_SRC_B``) starts each run's emulator and daemon
+    from the copy under test: the child runs in that copy (its ``python -m`` imports the
+    ``scheduler`` package there), and the default comes back after the block."""
+    copy = tmp_path / "copy"
+    shutil.copytree(procs.REPO / "scheduler", copy / "scheduler",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    before = procs.SCHEDULER_SRC
+    async with aiohttp.ClientSession() as http:
+        with procs.scheduler_source(copy):
+            async with procs.emulator_process(http, EMULATOR, tmp_path) as emulator:
+                assert Path(psutil.Process(emulator.popen.pid).cwd()) == copy.resolve()
+                async with http.get(f"{emulator.url}/admin/stats") as resp:
+                    assert resp.status == 200
+    assert before == procs.SCHEDULER_SRC

@@ -45,7 +45,7 @@ from bench.scenarios import (
     target,
     throughput,
 )
-from bench.screen_stats import ab_order, compare
+from bench.screen_stats import ab_order, compare, slow_runs
 from bench.systems import Job, System
 
 ENDPOINT = "llm"  # the daemon's bench config estimates its cost from ``max_tokens``
@@ -342,8 +342,8 @@ SCREEN_SYSTEM = os.environ.get("BENCH_F_SYSTEM") or "run"
 # first (BENCH_SCHEDULER_SRC, or this repository): BENCH_F_RUNS runs of each, in pairs whose
 # order alternates, so that the machine's drift over the screen falls on both alike; the two
 # are then compared (``bench.screen_stats.compare``).
-SCREEN_SRC_B = Path(os.environ["BENCH_SCHEDULER_SRC_B"]).resolve() if os.environ.get(
-    "BENCH_SCHEDULER_SRC_B") else None  # fmt: skip
+_SRC_B = os.environ.get("BENCH_SCHEDULER_SRC_B")
+SCREEN_SRC_B = Path(_SRC_B).resolve() if _SRC_B else None
 # Below this share of the full-batch ceiling a run is slow: (f)'s fast runs give 0.75-0.85x of it,
 # its slow ones (a worker left below its batch, or a tail queued behind one) under 0.62x.
 SLOW_SHARE = 0.65
@@ -359,7 +359,7 @@ def screen_summary(rates: Sequence[float], slow_below: float) -> dict[str, Any]:
         "median": round(statistics.median(ordered), 1) if ordered else None,
         "mean": round(statistics.fmean(ordered), 1) if ordered else None,
         "slow_below": slow_below,
-        "slow": sum(1 for rate in ordered if rate < slow_below),
+        "slow": slow_runs(ordered, slow_below),
     }
 
 
@@ -389,10 +389,10 @@ async def scenario_f_screen(ctx: Ctx) -> dict[str, Any]:
         runs += [{**run, "copy": copy, "scheduler_src": str(sources[copy])} for run in got]
     top = ceiling(costs)["jobs_per_s"]
     slow_below = round(SLOW_SHARE * top, 1)
-    rates = {c: [r["throughput_jobs_s"] for r in runs if r["copy"] == c] for c in sources}
+    by_copy = {c: [r for r in runs if r["copy"] == c] for c in sources}
+    rates = {c: [r["throughput_jobs_s"] for r in mine] for c, mine in by_copy.items()}
     summary: dict[str, Any] = {}
-    for copy in sources:
-        mine = [run for run in runs if run["copy"] == copy]
+    for copy, mine in by_copy.items():
         summary[copy] = screen_summary(rates[copy], slow_below)
         summary[copy]["jobs_s_to_90pct"] = sorted(r["jobs_s_to_90pct"] or 0.0 for r in mine)
         summary[copy]["scheduler_src"] = str(sources[copy])

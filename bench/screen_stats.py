@@ -26,6 +26,11 @@ def ab_order(runs: int) -> list[str]:
     return order
 
 
+def slow_runs(rates: Sequence[float], slow_below: float) -> int:
+    """How many runs' jobs/s fell below ``slow_below``."""
+    return sum(1 for rate in rates if rate < slow_below)
+
+
 def fisher_exact_p(a_hits: int, a_runs: int, b_hits: int, b_runs: int) -> float:
     """Two-sided p-value of Fisher's exact test: the probability, with the copies alike (the
     hits drawn at random from all runs), of a split of the hits at most as likely as the one
@@ -69,8 +74,7 @@ def permutation_p(
 def compare(a: Sequence[float], b: Sequence[float], slow_below: float) -> dict[str, float | int]:
     """Copy B's screen against copy A's: slow runs of each and Fisher's p on them; the mean
     jobs/s of each, B's less A's, and the permutation test's p on it."""
-    slow_a = sum(1 for rate in a if rate < slow_below)
-    slow_b = sum(1 for rate in b if rate < slow_below)
+    slow_a, slow_b = slow_runs(a, slow_below), slow_runs(b, slow_below)
     mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
     return {
         "slow_a": slow_a,

@@ -232,11 +232,18 @@ class Routing:
             self.release(batch)
             return False
         self.held.answer_used()
+        new_worker = result.url not in self._leasing.pool.workers()
         lease = await self._leasing.open(result)
         if lease is None:
             self.answers.remember_gone(result.url)
             self._batch_attempt_failed(batch)
             return False
+        if new_worker:
+            # Vast names the least loaded worker: one not leased yet may not be the only one
+            # with room. The next held call goes at once, not on the beat (a cold (f2) start
+            # found its third worker a start-up round late, and its ramp trailed by a round);
+            # the chain ends at the first answer naming a worker already leased.
+            self.held.room_named(self._ctx.clock())
         self._place_batch(batch, lease)
         return True
 

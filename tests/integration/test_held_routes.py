@@ -237,3 +237,36 @@ async def test_a_worker_vast_adds_to_a_busy_fleet_is_found_before_the_next_held_
     assert answered > 100
     assert since_held_s < 1.0, since_held_s  # the next held call was 3+ s away
     assert found_s < 2.0, found_s
+
+
+async def test_each_new_worker_named_brings_the_next_route_call_forward(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Three ready batching workers (2 s a job) and a cold daemon whose held route calls go every
+    20 s: jobs wait here for the workers found first (each at its first limit), so every
+    route call after the first two is a held one. An answer naming a worker not leased yet
+    means Vast may hold more with room (it names the least loaded first): the next call goes
+    at once, and all three are leased before the first job ends. On the held beat alone the
+    third waited for the next beat or the first completion (the (f2) cold start found it a
+    start-up round late, and its ramp trailed the others' by a round)."""
+    emulated = {"llm": {"workers": 3, "perf": 50.0, "service": "batching"}}
+    endpoint = {
+        "default_route": "/generate",
+        "cost": {"estimator": "constant", "value": 100},
+        "placement": {"held_route_interval_s": 20.0},
+    }
+    async with running_emulator(emulated) as emulator:
+        await emulator.wait_ready("llm", 3)
+        config = daemon_config(emulator.autoscaler_url, {"llm": endpoint},
+                               server={"grace_period_s": 0.5})  # fmt: skip
+        async with running_daemon(config) as d:
+            job_ids = await submit_many(http, f"{d.url}/v1/endpoints/llm/jobs", 60)
+            pool = d.service.dispatchers["llm"].leasing.pool
+
+            def one_ended() -> bool:
+                return any((job := d.service.get(i)) is not None and job.finished
+                           for i in job_ids)  # fmt: skip
+
+            await wait_until(lambda: len(pool.workers()) == 3 or one_ended(), timeout_s=30)
+            leased, ended = len(pool.workers()), one_ended()
+    assert (leased, ended) == (3, False), (leased, ended)

@@ -240,14 +240,10 @@ class Routing:
             return False
         if new_worker:
             # Vast names the least loaded worker: one not leased yet may not be the only one
-            # with room. A probe goes at once, not the next held call on its beat (a cold (f2)
-            # start found its third worker a start-up round late, and its ramp trailed by a
-            # round); one naming another worker with room brings that call forward, and the
-            # chain ends at the first naming a leased one. A probe declares one job's cost:
-            # the held call in its place declared a batch's to Vast each time, and opened
-            # nothing when it named a leased worker ((j) 1.12x the official client's
-            # worker-seconds against 1.06-1.08x).
-            self.side.probe_now(self._ctx.clock())
+            # with room. The next held call goes at once, not on the beat (a cold (f2) start
+            # found its third worker a start-up round late, and its ramp trailed by a round);
+            # the chain ends at the first answer naming a worker already leased.
+            self.held.room_named(self._ctx.clock())
         self._place_batch(batch, lease)
         return True
 

@@ -1,6 +1,5 @@
 """The route calls whose answers open nothing: probes (one job's cost, while held calls are
-backed off: they find a worker Vast added to a busy fleet; and at once after an answer named a
-worker not leased before: another may have room too) and demand calls (the cost that
+backed off: they find a worker Vast added to a busy fleet) and demand calls (the cost that
 arrived here and no call declared yet, after a held call that opened nothing). Their cost is
 not what a session should declare, so an answer naming a worker with room brings the next held
 call forward instead (``HeldRoutes.room_named``), which opens it. A failed call needs nothing
@@ -35,14 +34,6 @@ class SideCalls:
 
     def maybe_probe(self, now: float) -> None:
         if self._held.probe_due(now) and self._calls.bucket.try_take(now):
-            self._held.probed(now)
-            spawn(self._probe(), self._tasks, f"probe-{self._ctx.name}",
-                  lambda _: self._ctx.wakeup.set())  # fmt: skip
-
-    def probe_now(self, now: float) -> None:
-        """A probe at once, whatever the beat (the route bucket still bounds it): a worker
-        not leased before was just found, and another may have room too."""
-        if self._calls.bucket.try_take(now):
             self._held.probed(now)
             spawn(self._probe(), self._tasks, f"probe-{self._ctx.name}",
                   lambda _: self._ctx.wakeup.set())  # fmt: skip

@@ -245,9 +245,8 @@ async def test_each_new_worker_named_brings_the_next_route_call_forward(
     """Three ready batching workers (2 s a job) and a cold daemon whose held route calls go every
     20 s: jobs wait here for the workers found first (each at its first limit), so every
     route call after the first two is a held one. An answer naming a worker not leased yet
-    means Vast may hold more with room (it names the least loaded first): a probe goes at
-    once, its answer naming the third brings the held call forward, and all three are leased
-    before the first job ends. On the held beat alone the
+    means Vast may hold more with room (it names the least loaded first): the next call goes
+    at once, and all three are leased before the first job ends. On the held beat alone the
     third waited for the next beat or the first completion (the (f2) cold start found it a
     start-up round late, and its ramp trailed the others' by a round)."""
     emulated = {"llm": {"workers": 3, "perf": 50.0, "service": "batching"}}

@@ -128,10 +128,12 @@ class HeldRoutes:
         self._backed_off_at = min(self._backed_off_at, self._held_at + self.interval_s(0))
 
     def room_named(self, now: float) -> None:
-        """An answer that opens nothing (a probe's, a demand call's: their cost is not what a
-        session should declare) named a worker with room: the next held call may go now, and
-        open a session sized for it. Left to the held beat, a cold start's second worker sat
-        unleased for 0.25 s while 90 jobs waited ((f2) cold: its p99 jobs were those)."""
+        """The next held call may go now: an answer that opens nothing (a probe's, a demand
+        call's: their cost is not what a session should declare) named a worker with room,
+        which that call opens a session sized for; or an answer opened a session on a worker
+        not leased before, and Vast may hold more with room (``Routing._use_answer``). Left to
+        the held beat, a cold start's second worker sat unleased for 0.25 s while 90 jobs
+        waited ((f2) cold: its p99 jobs were those), and its third came a start-up round late."""
         self.unused = 0
         self._backed_off_at = min(self._backed_off_at, now)
 

@@ -67,7 +67,7 @@ class AnswerCheck:
         if session_cost is None:
             session_cost = self._sizing.head_session_cost()
         if leasing.mode is ReuseMode.SESSION and (
-            leasing.pool.saturated(url)
+            (leasing.pool.saturated(url) and self._sizing.stocked(url, job_cost))
             or self._sizing.funded(url, job_cost)
             or not leasing.session_room(url, session_cost)
         ):

@@ -69,6 +69,16 @@ class Leasing:
                  capacity=smallest.capacity, by_capacity=cost)  # fmt: skip
         return True
 
+    def session_budget(self, worker_url: str) -> float:
+        """What the daemon's sessions on the worker declare: the open ones' budgets, and
+        those being opened."""
+        declared = sum(
+            lease.budget
+            for lease in self.pool
+            if lease.worker_url == worker_url and lease.session_id and not lease.retired
+        )
+        return declared + self._opening.get(worker_url, 0.0)
+
     def free_session_budget(self, worker_url: str) -> float:
         """The cost the daemon's sessions on the worker have room for: the open ones' budgets
         less their jobs in flight, and those being opened (their create call is out)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease
 from scheduler.core.batching import BatchLimits, take_batch
+from scheduler.core.sessions import held_cost
 from scheduler.dispatch.answer_check import AnswerCheck
 from scheduler.dispatch.context import EndpointContext
 from scheduler.dispatch.held_routes import HeldRoutes
@@ -219,7 +220,9 @@ class Routing:
         """Opens a lease on the answer's worker and places the batch there; False when the
         answer is of no use (its jobs go back to the queue, or try again)."""
         now = self._ctx.clock()
-        job_cost = batch.cost / max(1, len(batch.job_ids))
+        # A job the worker would hold of this batch's: its large jobs stay longest.
+        mean_cost = batch.cost / max(1, len(batch.job_ids))
+        job_cost = max(mean_cost, held_cost(batch.cost, batch.cost_sq))
         unusable = self.answers.unusable(result.url, now, job_cost, result.cost)
         if unusable == "blocked":
             # Vast may well name it again at once (its view of a worker that stopped lags),

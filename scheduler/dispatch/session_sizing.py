@@ -52,7 +52,8 @@ class SessionSizing:
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
             return cost
         settled = self.settled_limit()
-        limit = settled or max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
+        largest = max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
+        limit = settled or self._next_step(largest)
         queue = self._ctx.queue
         cap = min(config.poll.max_cost, config.batch.max_cost)
         return session_cost(cost, cost_sq, queue.queued_cost, queue.queued_cost_sq, limit, cap,
@@ -71,7 +72,8 @@ class SessionSizing:
 
     def funded(self, url: str, job_cost: float) -> bool:
         """The daemon's sessions on the worker (open, or being opened) have room for as many
-        such jobs as its limit lets it take beside those it runs. Parallel batch calls after
+        such jobs as its limit lets it take beside those it runs, and hold its limit's worth
+        of them in all (``stocked``). Parallel batch calls after
         a worker is found name it together: each opened a session (3-6 on one new FIFO
         worker running one job, in the bill scenario's traces). A worker that joins a fleet
         whose peers had settled before it came, still in its start-up, is funded for one job
@@ -79,16 +81,53 @@ class SessionSizing:
         past it by its probes once its start-up is over. Workers met together are not: in a
         mixed fleet (h) the FIFO worker settles first, and its limit of one would have held
         the batching worker's start-up to two jobs (34.8 jobs/s against 41-42)."""
+        sized = self._sized_limit(url)
+        if sized is None:
+            return False
+        limit, jobs = sized
+        held = max(job_cost, self.held_cost())
+        free = self._leasing.free_session_budget(url)
+        return free >= max(0, limit - jobs) * held - 1e-9 and self._stocked(url, limit, held)
+
+    def stocked(self, url: str, job_cost: float) -> bool:
+        """The worker's sessions (open, or being opened) declare at least what its limit (in
+        its start-up, its next step: ``_next_step``) holds of such jobs (``job_cost``, or a
+        held job of the queue's if larger), whatever runs on them now: a worker at its limit
+        with small jobs is not funded for the large ones that follow them (an answer naming
+        it is used)."""
+        sized = self._sized_limit(url)
+        if sized is None:
+            return True
+        return self._stocked(url, sized[0], max(job_cost, self.held_cost()))
+
+    def _stocked(self, url: str, limit: int, held: float) -> bool:
+        return self._leasing.session_budget(url) >= limit * held - 1e-9
+
+    def _sized_limit(self, url: str) -> tuple[int, int] | None:
+        """The limit the worker's sessions are sized for, and the jobs it runs (None: sessions
+        are not sized by limits)."""
         leasing = self._leasing
         capacity = leasing.pool.capacity
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
-            return False
+            return None
         jobs = leasing.pool.loads().get(url, (0.0, 0))[1]
         limit = capacity.limit(url)
         state = capacity.state(url)
         if state is None or state.phase is Phase.STARTUP:
             settled = capacity.settled_limit(before=state.first_seen if state else math.inf)
-            if settled is not None:
-                limit = min(limit, settled + 1)
-        wanted = max(0, limit - jobs) * max(job_cost, self.held_cost())
-        return leasing.free_session_budget(url) >= wanted - 1e-9
+            limit = self._next_step(limit) if settled is None else min(limit, settled + 1)
+        return limit, jobs
+
+    def _next_step(self, limit: int) -> int:
+        """What a worker at ``limit`` in its start-up, with no worker settled to say where it
+        ends, may hold after its next step: up to 4x (start-up's longest), at most a batch's
+        jobs, when it has shown no queueing (at or past the first limit; a FIFO worker starts
+        again from one job). Its sessions are sized for that: sized for its limit, a batching
+        worker's first session (four jobs' worth) capped it below its step to 32 when no
+        answer happened to name it while it was under its limit (in (f2)'s cold starts it then
+        held 6 of (f2)'s large jobs in its 32 for the load's first second, and another took
+        them past its batch, where they waited behind it: 70 jobs/s against 95)."""
+        capacity = self._leasing.pool.capacity
+        if capacity is None or limit < capacity.policy.initial_limit:
+            return limit
+        return max(limit, min(self._ctx.config.batch.max_jobs, 4 * limit))

@@ -106,3 +106,44 @@ async def test_an_idle_worker_another_covers_closes_its_session_sooner_than_the_
             holding_later = sum(1 for v in session_load_by_worker(emulator).values() if v)
     assert holding_after_lull == 1, holding_after_lull  # 2 with the idle close alone
     assert holding_later == 0, holding_later
+
+
+async def test_a_worker_at_its_limit_with_small_jobs_gets_a_session_for_the_large_ones(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A batching worker (2 s a small job) and a cold daemon: four small jobs (cost 10) open a
+    session of 40 and fill the worker's first limit (4). Eight large jobs (cost 400) then wait
+    here, and the held route call's answer names that worker, at its limit. Its sessions hold
+    nothing of what its next start-up step will hold of large jobs, so the answer opens a
+    session for them at once, while the small ones still run. It went unused before (the
+    worker was at its limit): the worker was funded for large jobs only when a small one had
+    ended and a route call went for it (in (f2)'s cold starts a worker so capped held 6 large
+    jobs of its 32 while another took them past its batch)."""
+    emulated = {"llm": {"workers": 1, "perf": 5.0, "service": "batching", "workload": "max_tokens"}}
+    config_endpoint = {
+        "default_route": "/generate",
+        "cost": {"estimator": "field", "field": "max_tokens"},
+        "placement": {"held_route_interval_s": 0.25},
+    }
+    async with running_emulator(emulated) as emulator:
+        await emulator.wait_ready("llm", 1)
+        worker = emulator.all_workers()[0].url
+        config = daemon_config(emulator.autoscaler_url, {"llm": config_endpoint},
+                               server={"grace_period_s": 0.5})  # fmt: skip
+        async with running_daemon(config) as d:
+            jobs = f"{d.url}/v1/endpoints/llm/jobs"
+            small = await submit_many(http, jobs, 4, {"payload": {"max_tokens": 10}})
+            await wait_until(lambda: session_load_by_worker(emulator).get(worker, 0.0) > 0, 5)
+            first_session = session_load_by_worker(emulator)[worker]
+            await submit_many(http, jobs, 8, {"payload": {"max_tokens": 400}})
+
+            def funded_for_large() -> bool:
+                return session_load_by_worker(emulator).get(worker, 0.0) >= first_session + 400
+
+            def a_small_one_ended() -> bool:
+                return any((job := d.service.get(i)) is not None and job.finished for i in small)
+
+            await wait_until(lambda: funded_for_large() or a_small_one_ended(), timeout_s=10)
+            funded, ended = funded_for_large(), a_small_one_ended()
+    assert first_session <= 4 * 10.0, first_session
+    assert (funded, ended) == (True, False), (funded, ended)

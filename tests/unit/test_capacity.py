@@ -782,3 +782,31 @@ def test_a_round_held_only_in_passing_does_not_wait_for_its_jobs_sent_at_the_lim
     assert changes[:63] == [None] * 63
     assert changes[63] is not None, "the round waits for the job sent at the limit"
     assert (changes[63].new, changes[63].reason) == (32, "startup_unheld")
+
+
+def test_a_held_round_whose_jobs_sent_at_the_limit_skipped_the_queue_is_judged_on_all() -> None:
+    """Traced in (k)'s warm-up (session 18): a batching worker of 32, raised from 32 to 64,
+    held at once (jobs waited here). The jobs sent before it reached the limit waited at the
+    worker behind its batch (1.57 s); the two sent at the limit when two others ended entered
+    the batch at once and ended in 0.85 s. Judged on those two alone (and the job at the
+    limit still running, credited at its latency so far), 64 read as about twice the rate at
+    32, 'linear', and the limit went 4x to 256. Judged on the slower of the two measures,
+    every job's, 64 pays nothing over 32: back to 32."""
+    capacity = stepped_to_64(base_rate=3793.0)
+    first = [capacity.started(W, 0.0, 100.0) for _ in range(64)]  # the last at the limit
+    capacity.blocked(W, 0.0)
+    changes = []
+    joined = []
+    for sent in first[:2]:  # two found room in the batch; each place is taken at the limit
+        changes.append(capacity.finished(W, sent, 100.0, 0.7, succeeded=True))
+        joined.append(capacity.started(W, 0.7, 100.0))
+    assert all(sent.counted for sent in joined)
+    for sent in joined:
+        changes.append(capacity.finished(W, sent, 100.0, 1.55, succeeded=True))
+    for sent in first[2:-1]:
+        changes.append(capacity.finished(W, sent, 100.0, 1.57, succeeded=True))
+        if changes[-1] is not None:
+            break
+    decided = [change for change in changes if change is not None]
+    assert decided, "the round at 64 gave no verdict"
+    assert (decided[0].old, decided[0].new) == (64, 32), decided[0]

@@ -100,10 +100,10 @@ class LeasePlacement:
         under its own but no lease with budget for the job, is routed for (None) instead: that
         worker needs a bigger session, which only a route call brings."""
         room = self._room(cost, now, excluded, until)
+        loads = self.loads()
+        at_limit = self._at_limit(room, loads, now)  # told they held a job back, room or not
         if not room:
             return None
-        loads = self.loads()
-        at_limit = self._at_limit(room, loads, now)
         if len(at_limit) == len(room):
             # A worker under its limit whose leases are all full needs a bigger budget, which
             # only a route call brings: route (None) rather than wait for the others (HOLD).

@@ -52,8 +52,10 @@ class SessionSizing:
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
             return cost
         settled = self.settled_limit()
-        largest = max((capacity.limit(url) for url in leasing.pool.workers()), default=1)
-        limit = settled or self._next_step(largest)
+        limit = settled or max(
+            (self._next_step(url, capacity.limit(url)) for url in leasing.pool.workers()),
+            default=1,
+        )
         queue = self._ctx.queue
         cap = min(config.poll.max_cost, config.batch.max_cost)
         return session_cost(cost, cost_sq, queue.queued_cost, queue.queued_cost_sq, limit, cap,
@@ -115,19 +117,22 @@ class SessionSizing:
         state = capacity.state(url)
         if state is None or state.phase is Phase.STARTUP:
             settled = capacity.settled_limit(before=state.first_seen if state else math.inf)
-            limit = self._next_step(limit) if settled is None else min(limit, settled + 1)
+            limit = self._next_step(url, limit) if settled is None else min(limit, settled + 1)
         return limit, jobs
 
-    def _next_step(self, limit: int) -> int:
-        """What a worker at ``limit`` in its start-up, with no worker settled to say where it
+    def _next_step(self, url: str, limit: int) -> int:
+        """What the worker, at ``limit`` in its start-up with no worker settled to say where it
         ends, may hold after its next step: up to 4x (start-up's longest), at most a batch's
-        jobs, when it has shown no queueing (at or past the first limit; a FIFO worker starts
-        again from one job). Its sessions are sized for that: sized for its limit, a batching
-        worker's first session (four jobs' worth) capped it below its step to 32 when no
-        answer happened to name it while it was under its limit (in (f2)'s cold starts it then
-        held 6 of (f2)'s large jobs in its 32 for the load's first second, and another took
-        them past its batch, where they waited behind it: 70 jobs/s against 95)."""
+        jobs, once a round at the first limit or more showed no queueing (a FIFO worker, found
+        queueing in its first round, starts again from one job and is sized for its limit; so
+        is any worker before its first round's verdict). Its sessions are sized for that: sized
+        for its limit, a batching worker's first session (four jobs' worth) capped it below its
+        step to 32 when no answer happened to name it while it was under its limit (in (f2)'s
+        cold starts it then held 6 of (f2)'s large jobs in its 32 for the load's first second,
+        and another took them past its batch, where they waited behind it: 70 jobs/s against
+        95)."""
         capacity = self._leasing.pool.capacity
-        if capacity is None or limit < capacity.policy.initial_limit:
+        state = capacity.state(url) if capacity is not None else None
+        if capacity is None or state is None or state.base_limit < capacity.policy.initial_limit:
             return limit
         return max(limit, min(self._ctx.config.batch.max_jobs, 4 * limit))

@@ -147,3 +147,78 @@ async def test_a_worker_at_its_limit_with_small_jobs_gets_a_session_for_the_larg
             funded, ended = funded_for_large(), a_small_one_ended()
     assert first_session <= 4 * 10.0, first_session
     assert (funded, ended) == (True, False), (funded, ended)
+
+
+async def test_a_worker_is_funded_for_its_next_step_only_once_it_has_shown_no_queueing(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Before any worker settles, a worker's sessions are sized for its next start-up step
+    (up to 4x its limit), but only once a round has shown it serves jobs side by side. A FIFO
+    worker (1 s a job) in its first round holds 4 jobs (its first limit) and 8 more wait here:
+    the held route calls' answers name it, at its limit, and open nothing more (what it holds
+    is a limit's worth), until that round shows it queueing. Sized for 4x its first limit
+    from the start, it got a session for the 8 waiting jobs too (1,200 declared where 400 ran,
+    load its worker reports for the session's life). A batching worker gets its step's
+    sessions after its first round (the test above, and (f2)'s screens)."""
+    emulated = {"slow": {"workers": 1, "perf": 100.0, "service": "fifo"}}
+    lease = {"idle_close_s": 5.0}
+    async with running_emulator(emulated) as emulator:
+        await emulator.wait_ready("slow", 1)
+        worker = emulator.all_workers()[0].url
+        config_endpoint = {**endpoint(lease), "placement": {"held_route_interval_s": 0.25}}
+        config = daemon_config(emulator.autoscaler_url, {"slow": config_endpoint},
+                               server={"grace_period_s": 0.5})  # fmt: skip
+        async with running_daemon(config) as d:
+            jobs = f"{d.url}/v1/endpoints/slow/jobs"
+            first = await submit_many(http, jobs, 4, concurrency=4)
+            await wait_until(lambda: session_load_by_worker(emulator).get(worker, 0.0) > 0, 5)
+            await submit_many(http, jobs, 8)
+            calls_before = len(emulator.route_log())
+
+            def one_ended() -> bool:
+                return any((job := d.service.get(i)) is not None and job.finished for i in first)
+
+            peak = 0.0
+            for _ in range(200):  # bounded: the first job ends after about 1 s
+                if one_ended():
+                    break
+                peak = max(peak, session_load_by_worker(emulator).get(worker, 0.0))
+                await asyncio.sleep(0.01)
+            held_calls = len(emulator.route_log()) - calls_before
+    assert held_calls >= 1, "no held route call named the worker while it was at its limit"
+    assert 4 * COST <= peak <= 5 * COST, peak
+
+
+async def test_a_batching_worker_past_its_first_round_is_funded_for_its_next_step(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A batching worker (1 s a job) serves 4 jobs side by side in its first round (a session
+    of 400) while 4 more wait here: its limit doubles to 8 and no worker has settled. The next
+    session opened on it declares its next step, 4x its limit (32 jobs: 3,200), not its limit
+    (8: 800): sized for its limit, a worker's step outgrew its sessions while no answer named
+    it (in (f2)'s cold starts it held 6 large jobs of its 32 for the load's first second).
+    The first round steps at all only because a worker at its limit whose only session is
+    full is told it held the waiting jobs back (it was not, and stayed at 4)."""
+    emulated = {"llm": {"workers": 1, "perf": 100.0, "service": "batching"}}
+    lease = {"idle_close_s": 5.0}
+    async with running_emulator(emulated) as emulator:
+        await emulator.wait_ready("llm", 1)
+        worker = emulator.all_workers()[0].url
+        config = daemon_config(emulator.autoscaler_url, {"llm": endpoint(lease)},
+                               server={"grace_period_s": 0.5})  # fmt: skip
+        async with running_daemon(config) as d:
+            capacity = d.service.dispatchers["llm"].leasing.pool.capacity
+            assert capacity is not None
+            jobs = f"{d.url}/v1/endpoints/llm/jobs"
+            first = await submit_many(http, jobs, 4, concurrency=4)
+            await wait_until(lambda: session_load_by_worker(emulator).get(worker, 0.0) > 0, 5)
+            first_round = session_load_by_worker(emulator)[worker]
+            held = await submit_many(http, jobs, 4)  # wait here: the worker is at its limit
+            await wait_all_finished(d, first, timeout_s=10)
+            limit = capacity.limit(worker)
+            waiting = await submit_many(http, jobs, 8)
+            peak = await peak_on(emulator, worker, 1.0)
+            await wait_all_finished(d, held + waiting, timeout_s=10)
+    assert first_round <= 4 * COST, first_round
+    assert limit == 8, limit
+    assert peak >= first_round + 32 * COST, peak

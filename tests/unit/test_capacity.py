@@ -302,6 +302,21 @@ def test_a_worker_under_its_limit_with_full_leases_makes_the_pool_route_for_more
     assert pool.choose(100.0, 0.0, rng) is Held.HOLD  # both at their limit of 2 now
 
 
+def test_a_worker_at_its_limit_whose_only_lease_is_full_is_told_it_held_a_job_back() -> None:
+    """A worker at its limit of 2 whose only lease (two jobs' worth) is full: no lease has
+    room, so the job is routed for (None), and the worker's round is marked held all the same
+    (a start-up round whose waiting jobs found no room anywhere never stepped up)."""
+    capacity = Capacity(CapacityPolicy(initial_limit=2))
+    pool = LeasePool(LeaseLimits(), capacity=capacity)
+    lease = pool.new_lease("http://a", object(), ReuseMode.SESSION, 200.0, 0.0)
+    for _ in range(2):
+        pool.acquire(lease, 100.0, 0.0)
+    assert pool.choose(100.0, 0.0, random.Random(0)) is None
+    state = capacity.state("http://a")
+    assert state is not None
+    assert state.round.blocked
+
+
 def test_a_worker_whose_session_was_just_renewed_is_routed_for_not_waited_on() -> None:
     """Worker a is at its limit; worker b's only session is spent (it carried as many starts
     as its bound allows) and is retired for renewal. For RENEWAL_WINDOW_S the next job is

@@ -278,6 +278,27 @@ class EndpointDispatcher:
         self.routing.held.job_started()
         task = asyncio.create_task(self._run_job(job, lease, sent), name=f"job-{job.id}")
         self._running[job.id] = task
+        task.add_done_callback(lambda done: self._never_ran(done, job, lease, sent))
+
+    def _never_ran(
+        self, task: asyncio.Task[None], job: Job, lease: Lease, sent: Sent | None
+    ) -> None:
+        """Cleans up after a job task cancelled before its first step: its body never ran (the
+        cancellation is thrown in before the body's ``try``), so nothing released its lease or
+        finished the job. Found by the API fuzzer: a job cancelled the moment it was started
+        stayed running for good, its lease's slot with it. A task whose body ran has popped
+        itself from ``_running`` in its ``finally``."""
+        if self._running.get(job.id) is not task:
+            return
+        del self._running[job.id]
+        self.leasing.release(lease, job.cost, False, sent)
+        if not job.finished:
+            if job.cancel_requested:
+                self.ctx.finish(job, JobStatus.CANCELLED, CANCELLED_BY_CALLER)
+            else:
+                self.ctx.finish(job, JobStatus.FAILED, SHUTDOWN_REASON)
+        self.ctx.wakeup.set()
+        self._on_task_done()
 
     async def _run_job(self, job: Job, lease: Lease, sent: Sent | None) -> None:
         ctx = self.ctx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -169,6 +170,41 @@ async def test_cancel_queued_running_and_finished_jobs(http: aiohttp.ClientSessi
             await wait_for_status(http, daemon, running_id, {"cancelled"})
             async with http.delete(f"{daemon.url}/v1/jobs/{queued}") as resp:
                 assert resp.status == 409
+
+
+async def test_a_job_cancelled_the_moment_it_starts_ends_cancelled_and_frees_its_worker(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A cancel that reaches a job after its task was created but before the task's first step
+    (the API fuzzer's DELETE right after a POST did) never ran the task's body, whose cleanup
+    releases the lease and finishes the job: the job stayed running for good and its worker's
+    slot with it. Here the cancel is sent in that very turn of the loop, for the first job: it
+    ends cancelled, its worker holds nothing, and the next job runs."""
+    async with running_emulator({"one": {"workers": 1, "perf": 1000}}) as emulator:
+        config = daemon_config(emulator.autoscaler_url, {"one": {}})
+        async with running_daemon(config) as daemon:
+            dispatcher = daemon.service.dispatchers["one"]
+            start = dispatcher._start
+            cancelled: list[str] = []
+
+            def start_then_cancel(job: Any, lease: Any) -> None:
+                start(job, lease)
+                if not cancelled:
+                    cancelled.append(job.id)
+                    dispatcher.cancel(job)  # the same turn: the task has not run a step yet
+
+            # both ways in: a lease with room, and a route answer placing its batch
+            dispatcher._start = start_then_cancel  # type: ignore[method-assign]
+            dispatcher.routing._start_job = start_then_cancel
+            first = await submit(http, daemon.url, "one")
+            job = await wait_for_status(http, daemon, first, {"cancelled", "failed", "succeeded"})
+            second = await submit(http, daemon.url, "one")
+            after = await wait_for_status(http, daemon, second, {"succeeded", "failed"})
+            loads = dispatcher.leasing.pool.loads()
+    assert cancelled == [first]
+    assert job["status"] == "cancelled", job
+    assert after["status"] == "succeeded", after
+    assert not loads, loads  # nothing left in flight on any worker
 
 
 async def test_sync_caller_going_away_cancels_its_job() -> None:

@@ -58,7 +58,8 @@ class AnswerCheck:
         """Why an answer naming ``url`` opens no lease for jobs of ``job_cost`` (a session of
         ``session_cost``; None: the one the queue's next batch would declare): "blocked", the
         worker answered 429, or could not be reached, a moment ago; "full", a session could
-        not be used (a worker held at its limit, funded for it already, or holding as many of
+        not be used (a worker whose sessions hold its limit's worth of such jobs, ``stocked``,
+        and that is held at its limit or funded for it already; or one holding as many of
         our sessions as we allow: its cost would be load on the worker for its life, which
         Vast scales on, or push it to its max_sessions); None: usable."""
         if self.worker_backoff.blocked(url, now) or self._just_gone(url, now):
@@ -67,8 +68,10 @@ class AnswerCheck:
         if session_cost is None:
             session_cost = self._sizing.head_session_cost()
         if leasing.mode is ReuseMode.SESSION and (
-            (leasing.pool.saturated(url) and self._sizing.stocked(url, job_cost))
-            or self._sizing.funded(url, job_cost)
+            (
+                self._sizing.stocked(url, job_cost)
+                and (leasing.pool.saturated(url) or self._sizing.funded(url, job_cost))
+            )
             or not leasing.session_room(url, session_cost)
         ):
             return "full"

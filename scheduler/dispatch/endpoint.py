@@ -288,16 +288,22 @@ class EndpointDispatcher:
         finished the job. Found by the API fuzzer: a job cancelled the moment it was started
         stayed running for good, its lease's slot with it. A task whose body ran has popped
         itself from ``_running`` in its ``finally``."""
-        if self._running.get(job.id) is not task:
-            return
-        del self._running[job.id]
+        if self._running.get(job.id) is task:
+            self._cancelled(job, lease, sent)
+            self._task_over(job)
+
+    def _cancelled(self, job: Job, lease: Lease, sent: Sent | None) -> None:
+        """A job task cancelled (by its caller, or by shutdown): its lease is released and the
+        job finished so."""
         self.leasing.release(lease, job.cost, False, sent)
-        if not job.finished:
-            if job.cancel_requested:
-                self.ctx.finish(job, JobStatus.CANCELLED, CANCELLED_BY_CALLER)
-            else:
-                self.ctx.finish(job, JobStatus.FAILED, SHUTDOWN_REASON)
-        self.ctx.wakeup.set()
+        reason = CANCELLED_BY_CALLER if job.cancel_requested else SHUTDOWN_REASON
+        status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED
+        self.ctx.finish(job, status, reason)
+
+    def _task_over(self, job: Job) -> None:
+        self._running.pop(job.id, None)
+        if len(self.queue):  # room for the next; with nothing queued the loop sleeps on
+            self.ctx.wakeup.set()
         self._on_task_done()
 
     async def _run_job(self, job: Job, lease: Lease, sent: Sent | None) -> None:
@@ -318,10 +324,7 @@ class EndpointDispatcher:
                 self.settling.may_run_again(job), ctx.clock,
             )  # fmt: skip
         except asyncio.CancelledError:
-            self.leasing.release(lease, job.cost, False, sent)
-            reason = CANCELLED_BY_CALLER if job.cancel_requested else SHUTDOWN_REASON
-            status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED
-            ctx.finish(job, status, reason)
+            self._cancelled(job, lease, sent)
             raise
         except Exception:
             log.exception("job.crashed", job_id=job.id, endpoint=self.name)
@@ -330,10 +333,7 @@ class EndpointDispatcher:
         else:
             self.settling.settle(job, lease, result, sent)
         finally:
-            self._running.pop(job.id, None)
-            if len(self.queue):  # room for the next; with nothing queued the loop sleeps on
-                ctx.wakeup.set()
-            self._on_task_done()
+            self._task_over(job)
 
     # the way out ------------------------------------------------------------------------
     async def abort(self, reason: str) -> None:

@@ -4,7 +4,7 @@ sessions alike; Vast sessions are opened and ended with them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, LeasePool, ReuseMode
@@ -72,11 +72,7 @@ class Leasing:
     def session_budget(self, worker_url: str) -> float:
         """What the daemon's sessions on the worker declare: the open ones' budgets, and
         those being opened."""
-        declared = sum(
-            lease.budget
-            for lease in self.pool
-            if lease.worker_url == worker_url and lease.session_id and not lease.retired
-        )
+        declared = sum(lease.budget for lease in self._open_sessions(worker_url))
         return declared + self._opening.get(worker_url, 0.0)
 
     def free_session_budget(self, worker_url: str) -> float:
@@ -84,10 +80,17 @@ class Leasing:
         less their jobs in flight, and those being opened (their create call is out)."""
         open_room = sum(
             max(0.0, lease.budget - lease.inflight_cost)
+            for lease in self._open_sessions(worker_url)
+        )
+        return open_room + self._opening.get(worker_url, 0.0)
+
+    def _open_sessions(self, worker_url: str) -> Iterator[Lease]:
+        """The worker's leases that hold a Vast session and are not retired."""
+        return (
+            lease
             for lease in self.pool
             if lease.worker_url == worker_url and lease.session_id and not lease.retired
         )
-        return open_room + self._opening.get(worker_url, 0.0)
 
     async def open(self, ready: Ready) -> Lease | None:
         """A lease in the pool for a ready answer, with a Vast session when the mode wants one

@@ -74,8 +74,7 @@ class SessionSizing:
 
     def funded(self, url: str, job_cost: float) -> bool:
         """The daemon's sessions on the worker (open, or being opened) have room for as many
-        such jobs as its limit lets it take beside those it runs, and hold its limit's worth
-        of them in all (``stocked``). Parallel batch calls after
+        such jobs as its limit lets it take beside those it runs. Parallel batch calls after
         a worker is found name it together: each opened a session (3-6 on one new FIFO
         worker running one job, in the bill scenario's traces). A worker that joins a fleet
         whose peers had settled before it came, still in its start-up, is funded for one job
@@ -87,9 +86,8 @@ class SessionSizing:
         if sized is None:
             return False
         limit, jobs = sized
-        held = max(job_cost, self.held_cost())
-        free = self._leasing.free_session_budget(url)
-        return free >= max(0, limit - jobs) * held - 1e-9 and self._stocked(url, limit, held)
+        wanted = max(0, limit - jobs) * max(job_cost, self.held_cost())
+        return self._leasing.free_session_budget(url) >= wanted - 1e-9
 
     def stocked(self, url: str, job_cost: float) -> bool:
         """The worker's sessions (open, or being opened) declare at least what its limit (in
@@ -100,10 +98,8 @@ class SessionSizing:
         sized = self._sized_limit(url)
         if sized is None:
             return True
-        return self._stocked(url, sized[0], max(job_cost, self.held_cost()))
-
-    def _stocked(self, url: str, limit: int, held: float) -> bool:
-        return self._leasing.session_budget(url) >= limit * held - 1e-9
+        wanted = sized[0] * max(job_cost, self.held_cost())
+        return self._leasing.session_budget(url) >= wanted - 1e-9
 
     def _sized_limit(self, url: str) -> tuple[int, int] | None:
         """The limit the worker's sessions are sized for, and the jobs it runs (None: sessions

@@ -164,7 +164,11 @@ def closed_load(jobs: list[Job], concurrency: int, max_s: float) -> Load:
         if st.daemon is None:
             records, wall = await closed_loop(system, jobs, concurrency, max_s)
             return records, wall, {"fleet": services}
-        batches = {url: MAX_BATCH for url, service in services.items() if service == "batching"}
+        batches = {
+            w["url"]: int(w.get("max_batch") or MAX_BATCH)
+            for w in fleet
+            if w.get("service") == "batching"
+        }
         watch = LimitWatch(batches)
         started = time.perf_counter()
         poller = asyncio.create_task(_poll(st, watch, started, max_s + 30))
@@ -177,7 +181,7 @@ def closed_load(jobs: list[Job], concurrency: int, max_s: float) -> Load:
             end = await _status_workers(st.ctx.http, f"{st.daemon.url}/v1/status")
             watch.observe(time.perf_counter() - started, end)
         limits = [
-            {"worker_url": url, "service": services.get(url), **view}
+            {"worker_url": url, "service": services.get(url), "max_batch": batches.get(url), **view}
             for url, view in sorted(watch.last.items())
         ]
         extra = {
@@ -193,7 +197,7 @@ def closed_load(jobs: list[Job], concurrency: int, max_s: float) -> Load:
 
 
 def limits_text(run: dict[str, Any] | None) -> str:
-    """``batching 32 (steady, 90% at 2.1 s), fifo 1 (steady)``: the daemon's end state."""
+    """``batching 32 of 32 (steady, 90% at 2.1 s), fifo 1 (steady)``: the daemon's end state."""
     if not run or not run.get("worker_limits_end"):
         return "-"
     reached = run.get("limit_reached_90pct_s") or {}
@@ -203,7 +207,8 @@ def limits_text(run: dict[str, Any] | None) -> str:
         if w["worker_url"] in reached:
             at = reached[w["worker_url"]]
             note += ", 90% never" if at is None else f", 90% at {at:g} s"
-        parts.append(f"{w.get('service')} {w.get('limit')} ({note})")
+        batch = f" of {w['max_batch']}" if w.get("max_batch") else ""
+        parts.append(f"{w.get('service')} {w.get('limit')}{batch} ({note})")
     return "; ".join(parts)
 
 
@@ -532,6 +537,50 @@ async def scenario_h(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------- (l)
+# An endpoint on unlike GPUs: Vast fills a worker group from a search that matches several
+# offers, and a vLLM server's batch is bounded by its GPU's memory for the KV cache.
+UNLIKE_BATCHES = (8, 8, 64)
+
+
+async def scenario_l(ctx: Ctx) -> dict[str, Any]:
+    count = 400 if ctx.quick else 2000
+    emulator = emulator_config(ctx, {ENDPOINT: _endpoint("batching", workers=0)})
+    variant = f"batches {'/'.join(map(str, UNLIKE_BATCHES))}, cost 100, c={CONCURRENCY}"
+
+    async def prepare(st: Stage) -> None:
+        for max_batch in UNLIKE_BATCHES:
+            await st.add_worker(ENDPOINT, service="batching", max_batch=max_batch, perf=PERF,
+                                workload="max_tokens")  # fmt: skip
+        await st.wait_ready(ENDPOINT, len(UNLIKE_BATCHES))
+
+    runs = await _three_systems(
+        ctx, emulator, variant, closed_load(cost_jobs([100.0] * count), CONCURRENCY, 180),
+        CONCURRENCY, prepare,
+    )  # fmt: skip
+    run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
+    out = ratio_target("(l) throughput >= 1.0x official", run, off, throughput, 1.0, True,
+                       "jobs/s")  # fmt: skip
+    out += ratio_target("(l) p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
+    out.append(no_failed("(l)", runs))
+    # Each batch full: 8 + 8 + 64 of the 96 jobs out (the 16 left wait), per batch size.
+    top = sum(
+        batching_ceiling_cost_s(1, b, PERF, BATCH_SLOWDOWN) for b in UNLIKE_BATCHES
+    )  # fmt: skip
+    return {
+        "params": {
+            "concurrency": CONCURRENCY,
+            "jobs": count,
+            "batches": list(UNLIKE_BATCHES),
+            "worker": _endpoint("batching", workers=1),
+            "ceiling": {"cost_per_s": round(top, 1), "jobs_per_s": round(top / 100.0, 2)},
+        },
+        "runs": runs,
+        "targets": out,
+        "notes": _limit_notes(runs),
+    }
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]] = {
     "f": (
         "batching workers (max_batch 32): fixed cost 100 and 20/400 mix at concurrency 96",
@@ -539,6 +588,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]] = {
     ),
     "g": ("FIFO workers, 20/400 cost mix: what waits at a worker only waits", scenario_g),
     "h": ("mixed fleet: one batching, one FIFO, one processor-sharing worker", scenario_h),
+    "l": ("unlike GPUs: batching workers of batch 8, 8 and 64", scenario_l),
     "f-screen": (
         "one (f) variant through the daemon alone, many runs (BENCH_F_VARIANT, BENCH_F_RUNS)",
         scenario_f_screen,

@@ -17,6 +17,7 @@ Scenarios, closed loop at concurrency 96 as in (f)-(h):
 - ``warm``: after 300 jobs not counted, on fresh workers (limits learnt);
 - ``late``: the warm-up ran on all workers but the last, which joins for the measured run
   (Vast added a worker to a busy fleet);
+(``l``: a fleet of unlike GPUs, batches of 8, 8 and 64, as bench (l));
 and ``official-like``: every job sent at once to the worker with the least outstanding cost
 per unit of its speed, what Vast's route does for the official client.
 """
@@ -227,6 +228,7 @@ class Scenario:
 
 
 BATCHING = Worker("batching")
+SMALL_BATCH = Worker("batching", max_batch=8)
 SCENARIOS = (
     Scenario("f1", (BATCHING,) * 3, (100.0,), 600),
     Scenario("f2", (BATCHING,) * 3, MIX, 400),
@@ -234,6 +236,8 @@ SCENARIOS = (
     Scenario("h", (BATCHING, Worker("fifo"), Worker("processor_sharing")), MIX, 600),
     # Its "late" variant: a worker unlike its settled peers joins (a FIFO one, batching peers).
     Scenario("u", (BATCHING, BATCHING, Worker("fifo")), (100.0,), 600),
+    # Unlike GPUs, bench (l): batches of 8, 8 and 64; long enough for probes to tell.
+    Scenario("l", (SMALL_BATCH, SMALL_BATCH, Worker("batching", max_batch=64)), (100.0,), 2000),
 )
 
 

@@ -175,6 +175,7 @@ class CapacityConfig(Model):
     probe_step: float = Field(1.25, gt=1, le=10)
     probe_rounds: int = Field(2, gt=0, le=100)
     probe_efficiency: float = Field(0.5, gt=0, le=1)
+    probe_up_efficiency: float = Field(0.35, gt=0, le=1)
     congestion_ratio: float = Field(2.0, gt=1, le=100)
     backoff: float = Field(0.7, gt=0, lt=1)
 

@@ -91,7 +91,8 @@ def judge_probe(
     elif state.limit < state.base_limit:
         pays = rate >= state.base_rate * (1 - p.probe_efficiency * -proportional / 2)
     else:
-        pays = not congested and rate >= state.base_rate * (1 + p.probe_efficiency * proportional)
+        gain = p.probe_up_efficiency * proportional
+        pays = not congested and rate >= state.base_rate * (1 + gain)
     if pays:
         state.probe_wins += 1
         if state.probe_wins < (1 if state.descend else p.probe_rounds):

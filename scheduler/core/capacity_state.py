@@ -27,6 +27,10 @@ class CapacityPolicy:
     probe_step: float = 1.25  # a probe raises the limit by this factor (at least one job)
     probe_rounds: int = 2  # a probe must pay in this many rounds in a row to be kept
     probe_efficiency: float = 0.5  # share of the proportional throughput gain a probe must show
+    # ... an up probe: those go only while jobs wait here for the worker, where any real gain in
+    # throughput shortens every waiting job's wait (a batching server's knee at half the share
+    # lies near 1 / its per-request slowdown: a batch of 64 was held at 40-50 of it).
+    probe_up_efficiency: float = 0.35
     congestion_ratio: float = 2.0  # latency per cost beyond this times the floor: queueing
     backoff: float = 0.7  # the limit's cut on congestion
     floor_drift: float = 0.02  # per round, so a floor from an old, faster worker is forgotten
@@ -36,8 +40,10 @@ class CapacityPolicy:
             raise ValueError("initial_limit must be in [1, max_limit]")
         if self.startup_gain <= 1 or self.probe_step <= 1 or self.congestion_ratio <= 1:
             raise ValueError("startup_gain, probe_step and congestion_ratio must be > 1")
-        if not 0 < self.backoff < 1 or not 0 < self.probe_efficiency <= 1:
-            raise ValueError("backoff must be in (0, 1) and probe_efficiency in (0, 1]")
+        if not 0 < self.backoff < 1:
+            raise ValueError("backoff must be in (0, 1)")
+        if not (0 < self.probe_efficiency <= 1 and 0 < self.probe_up_efficiency <= 1):
+            raise ValueError("probe_efficiency and probe_up_efficiency must be in (0, 1]")
         if self.probe_every < 1 or self.probe_rounds < 1 or not 0 <= self.floor_drift < 1:
             raise ValueError("probe_every and probe_rounds must be >= 1, floor_drift in [0, 1)")
 

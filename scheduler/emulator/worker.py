@@ -373,6 +373,7 @@ class EmulatedWorker:
             "mode": self.spec.settings.mode,
             "perf": self.spec.settings.perf,
             "service": self.spec.settings.service,
+            "max_batch": self.spec.settings.max_batch,
             "max_perf": self.metrics.max_perf,
             "slow_factor": self.processor.slow_factor,
             "garbage": self.writer.garbage,

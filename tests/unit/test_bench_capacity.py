@@ -106,12 +106,18 @@ def test_limits_off_never_reach_the_batch() -> None:
 def test_limits_text() -> None:
     run = {
         "worker_limits_end": [
-            {"worker_url": "b", "service": "batching", "limit": 32, "phase": "steady"},
+            {
+                "worker_url": "b",
+                "service": "batching",
+                "limit": 60,
+                "phase": "steady",
+                "max_batch": 64,
+            },
             {"worker_url": "f", "service": "fifo", "limit": 1, "phase": "steady"},
         ],
         "limit_reached_90pct_s": {"b": 2.5},
     }
-    assert limits_text(run) == "batching 32 (steady, 90% at 2.5 s); fifo 1 (steady)"
+    assert limits_text(run) == "batching 60 of 64 (steady, 90% at 2.5 s); fifo 1 (steady)"
     assert limits_text(None) == "-"
 
 

@@ -168,6 +168,40 @@ def test_a_larger_batch_takes_one_more_doubling() -> None:
     assert sim.limit >= 0.9 * 64, sim.limits
 
 
+def test_a_round_after_a_cut_credits_the_worker_with_no_more_than_it_serves() -> None:
+    """Start-up's 4x step overshoots a small batch (8 -> 32), and the round at the doubling it
+    falls back to begins with the overshoot's jobs still at the worker. They count as held
+    but their latencies (sent under the old limit) do not: Little's law over that round made
+    a batch of 8 look 1.13x faster at 16 than at 8 here, and 1.26x in a bench run, where
+    that passed for a paying step and sent the worker back to 32 with 24 jobs queued behind
+    its batch for 5 s. No round may measure more than the worker serves."""
+    sim = Sim(batching(200.0, 8, 0.02), 96, [100.0])
+    sim.run(until_s=6.0)
+    served = 8 * 200.0 / (1 + 0.02 * 7)  # cost/s, its batch full
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert any(c.new < c.old for c in state.changes), state.changes
+    assert all(c.rate <= 1.02 * served for c in state.changes), state.changes
+
+
+def test_a_batch_larger_than_the_load_that_taught_it_is_found_by_probes_once_jobs_wait() -> None:
+    """A batch of 64 whose per-request time grows 2% per request beside it: 40 jobs of load
+    settle it at 40. When the load grows past its batch, up probes (+25%) deliver about 40%
+    of their proportional gain each (each request slows as the batch grows), and are kept: the
+    jobs waiting here wait less for every job it adds. Kept only at half the gain, it stayed at
+    40 for a minute."""
+    sim = Sim(batching(200.0, 64, 0.02), 40, [100.0])
+    sim.run(until_s=10.0)
+    assert sim.limit <= 40, sim.limits
+    sim.set_demand(192)
+    sim.run(until_s=20.0)
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert state.base_limit >= 0.9 * 64, sim.limits
+    sim.run(until_s=60.0)
+    assert 0.9 * 64 <= state.base_limit <= 1.25 * 64, sim.limits
+
+
 @pytest.mark.parametrize("max_batch", [8, 32])
 def test_a_batching_worker_that_slows_down_4x_is_backed_off_within_a_few_rounds(
     max_batch: int,

@@ -162,6 +162,19 @@ def test_a_batching_worker_reaches_90_percent_of_its_batch_within_5_s(
     assert 0.9 * max_batch <= state.base_limit <= 1.25 * max_batch, sim.limits
 
 
+@pytest.mark.parametrize("max_batch", [12, 24, 48, 96])
+def test_a_batch_between_two_probe_steps_is_closed_in_on(max_batch: int) -> None:
+    """A vLLM server's batch is whatever its GPU's memory holds, seldom a power of two. Up
+    probes step a quarter: from 20 a batch of 24 sees 25 queue, and from 80 one of 96 sees
+    100. The next up probe from there steps half as far, so the limit settles within 10% of
+    the batch (it stayed at 20 of 24, 40 of 48 and 80 of 96)."""
+    sim = Sim(batching(200.0, max_batch, 0.02), 3 * max_batch, [100.0])
+    sim.run(until_s=40.0)
+    state = sim.capacity.state(W)
+    assert state is not None
+    assert 0.9 * max_batch <= state.base_limit <= 1.25 * max_batch, sim.limits
+
+
 def test_a_larger_batch_takes_one_more_doubling() -> None:
     sim = Sim(batching(200.0, 64, 0.02), 192, [100.0, 150.0])
     sim.run(until_s=10.0)

@@ -17,7 +17,7 @@ Scenarios, closed loop at concurrency 96 as in (f)-(h):
 - ``warm``: after 300 jobs not counted, on fresh workers (limits learnt);
 - ``late``: the warm-up ran on all workers but the last, which joins for the measured run
   (Vast added a worker to a busy fleet);
-(``l``: a fleet of unlike GPUs, batches of 8, 8 and 64, as bench (l));
+(``l``: a fleet of unlike GPUs, batches of 8, 8 and 64, as bench (l); ``n``: batches of 24);
 and ``official-like``: every job sent at once to the worker with the least outstanding cost
 per unit of its speed, what Vast's route does for the official client.
 """
@@ -238,6 +238,9 @@ SCENARIOS = (
     Scenario("u", (BATCHING, BATCHING, Worker("fifo")), (100.0,), 600),
     # Unlike GPUs, bench (l): batches of 8, 8 and 64; long enough for probes to tell.
     Scenario("l", (SMALL_BATCH, SMALL_BATCH, Worker("batching", max_batch=64)), (100.0,), 2000),
+    # A batch that is no power of two (a vLLM server's is what its GPU's memory holds), three of
+    # 24 under 96 clients: the official client keeps each batch full with 8 queued behind it.
+    Scenario("n", (Worker("batching", max_batch=24),) * 3, (95.0, 100.0, 105.0), 4000),
 )
 
 

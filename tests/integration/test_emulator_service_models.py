@@ -103,7 +103,7 @@ async def test_admin_adds_a_batching_worker_to_a_fifo_endpoint() -> None:
         async with http.post(url, json={"service": "batching", "max_batch": 8}) as resp:
             assert resp.status == 201, await resp.text()
             added = await resp.json()
-        assert added["service"] == "batching"
+        assert (added["service"], added["max_batch"]) == ("batching", 8)
         await emu.wait_ready("echo", 1, timeout_s=10)
         assert emu.workers("echo")[0].spec.settings.max_batch == 8
         alone, finishes = await signature(http, emu)

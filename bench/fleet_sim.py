@@ -3,6 +3,8 @@
 ``python -m bench.fleet_sim [--seeds 12] [--scenario f2-late ...]``: in seconds instead of a
 2.5-minute run of (f), and exact for a seed, so that a change to ``core/capacity.py`` or
 ``core/assignments.py`` can be judged over many seeds before the real benchmark.
+``--batch-sweep``: one batching worker of each batch from 4 to 128 instead, and where its
+limit settles (real batches are whatever a GPU's memory holds, seldom a power of two).
 
 What is real: ``LeasePool.choose`` / ``acquire`` / ``release`` with its ``BusyMeter`` and
 ``Capacity`` (the daemon's own code), and the emulator's service models (``WorkQueue``:
@@ -99,8 +101,10 @@ class _ThroughDaemon:
     until ``choose`` places them, every completion brings the next job."""
 
     def __init__(self, pool: LeasePool, queues: dict[str, WorkQueue], costs: Sequence[float],
-                 jobs: int, seed: int, started: float) -> None:  # fmt: skip
+                 jobs: int, seed: int, started: float,
+                 concurrency: int = CONCURRENCY) -> None:  # fmt: skip
         self.pool, self.queues, self.costs, self.jobs, self.seed = pool, queues, costs, jobs, seed
+        self.concurrency = concurrency
         self.rng = random.Random(seed)
         self.now = started
         self.waiting: deque[int] = deque()
@@ -133,7 +137,7 @@ class _ThroughDaemon:
             self.finish(self.queues[lease.worker_url].add(job, cost, self.now))
 
     def run(self) -> float:
-        for _ in range(CONCURRENCY):
+        for _ in range(self.concurrency):
             self.arrive()
         for _ in range(MAX_EVENTS):
             self.place()
@@ -156,6 +160,7 @@ def through_daemon(
     pool: LeasePool | None = None,
     started: float = 0.0,
     policy: CapacityPolicy | None = None,
+    concurrency: int = CONCURRENCY,
 ) -> tuple[Outcome, LeasePool]:
     """``jobs`` jobs through the daemon's placement, ``CONCURRENCY`` outstanding at a time;
     ``pool``: the daemon's state from an earlier run (its limits and rates), else fresh."""
@@ -166,7 +171,7 @@ def through_daemon(
     for url in urls:
         pool.new_lease(url, None, ReuseMode.SESSION, 1e12, started)
     queues = {url: worker.queue() for url, worker in zip(urls, fleet, strict=True)}
-    loop = _ThroughDaemon(pool, queues, costs, jobs, seed, started)
+    loop = _ThroughDaemon(pool, queues, costs, jobs, seed, started, concurrency)
     ended = loop.run()
     outcome = _outcome(loop.latencies, started, ended, jobs)
     capacity = pool.capacity
@@ -256,6 +261,28 @@ def run_variant(scenario: Scenario, variant: str, seed: int) -> Outcome:
 
 
 VARIANTS = ("official-like", "cold", "warm", "late")
+SWEEP_BATCHES = range(4, 129)
+SWEEP_S = 60.0  # of steady load per batch size
+SWEEP_COSTS = {"cost 100": (100.0,), "cost 50/100/150": (50.0, 100.0, 150.0)}
+
+
+def batch_sweep() -> dict[str, Any]:
+    """One batching worker of each batch size from 4 to 128 under three times its batch in
+    clients for about ``SWEEP_S`` seconds: the limit the daemon settles at (the last that
+    paid), and how many sizes settle within 0.9-1.25x of their batch."""
+    out: dict[str, Any] = {}
+    for name, costs in SWEEP_COSTS.items():
+        settled: dict[int, int] = {}
+        for batch in SWEEP_BATCHES:
+            worker = Worker("batching", max_batch=batch)
+            rate = batch / (sum(costs) / len(costs) / worker.perf) / (1 + worker.slowdown * batch)
+            jobs = int(SWEEP_S * rate)
+            _, pool = through_daemon((worker,), costs, jobs, 1, concurrency=3 * batch)
+            state = pool.capacity.state("w0") if pool.capacity else None
+            settled[batch] = state.base_limit if state else 0
+        within = [b for b, limit in settled.items() if 0.9 * b <= limit <= 1.25 * b]
+        out[name] = {"settled": settled, "within": len(within), "sizes": len(settled)}
+    return out
 
 
 def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
@@ -273,7 +300,19 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS])
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--batch-sweep", action="store_true",
+                        help="one worker of each batch from 4 to 128 instead")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.batch_sweep:
+        sweep = {"machine": machine(), "sweep": batch_sweep()}
+        for name, got in sweep["sweep"].items():
+            emit(f"{name}: {got['within']} of {got['sizes']} batch sizes settle within"
+                 f" 0.9-1.25x of the batch")  # fmt: skip
+        if not args.no_write:
+            path = RESULTS / f"{today()}-batch-sweep.json"
+            path.write_text(json.dumps(sweep, indent=1) + "\n")
+            emit(f"written: {path}")
+        return sweep
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     results: dict[str, Any] = {"machine": machine(), "seeds": args.seeds, "scenarios": {}}
     for scenario in chosen:

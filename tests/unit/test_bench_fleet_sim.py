@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench import fleet_sim
 from bench.fleet_sim import (
     CONCURRENCY,
     SCENARIOS,
@@ -59,3 +60,16 @@ def test_the_command_prints_each_variant() -> None:
     results = main(["--seeds", "1", "--scenario", "g", "--no-write"], lines.append)
     assert [line.split()[1] for line in lines] == list(VARIANTS)
     assert set(results["scenarios"]) == {f"g {variant}" for variant in VARIANTS}
+
+
+def test_the_batch_sweep_reports_where_each_batch_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of 8 settles at 8, and one of 24 (between two probe steps) within 10% of it."""
+    monkeypatch.setattr(fleet_sim, "SWEEP_BATCHES", (8, 24))
+    monkeypatch.setattr(fleet_sim, "SWEEP_COSTS", {"cost 100": (100.0,)})
+    lines: list[str] = []
+    results = main(["--batch-sweep", "--no-write"], lines.append)
+    got = results["sweep"]["cost 100"]
+    assert got["settled"][8] == 8
+    assert 0.9 * 24 <= got["settled"][24] <= 24
+    assert (got["within"], got["sizes"]) == (2, 2)
+    assert lines == ["cost 100: 2 of 2 batch sizes settle within 0.9-1.25x of the batch"]

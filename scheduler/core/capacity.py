@@ -52,15 +52,13 @@ round open while it queues.
 * **Probing.** Every ``probe_every`` rounds the limit is raised by ``probe_step`` (at least one
   job), and kept only if throughput grew by at least ``probe_up_efficiency`` of the
   proportional gain in ``probe_rounds`` rounds in a row (one lucky round of mixed job sizes is
-  not enough); probes go only while jobs wait here for the worker, so a gain short of
-  start-up's is still worth its latency (a batch of 64 whose requests slow as it fills gains
-  about 40% of the proportional share per probe near its batch); after a dropped up probe
-  the next from that limit steps half as far, once (a batch of 24 between 20 and 25, or of 96
-  between 80 and 100, is closed in on); a worker whose batch grew, or a share freed by
-  others, is found again. While latency per
-  cost stays within ``HEADROOM`` of the floor (the worker queues nothing of what it holds) an
-  up probe comes after two rounds; one that pays about in full resumes start-up's doubling,
-  so a worker that settled low under light load climbs back in seconds.
+  not enough; they go only while jobs wait here, where a gain short of start-up's still
+  pays); after a dropped up probe the next from that limit steps half as far, once (a batch
+  of 24 is closed in on from 20); a worker whose batch grew, or a share freed by others, is
+  found again. While latency per cost stays within ``HEADROOM`` of the floor (the worker
+  queues nothing of what it holds) an up probe comes after two rounds; one that pays about in
+  full resumes start-up's doubling, so a worker that settled low under light load climbs back
+  in seconds.
 * **Rounds that test nothing.** A round in which the worker was not kept at least
   ``FILL_SHARE`` full (the load ebbed, other workers took the jobs) gives no verdict in
   start-up or on a probe: it is measured again. So does one in which it held less than half

@@ -69,7 +69,7 @@ def steady(policy: CapacityPolicy, state: WorkerState, rate: float, latency: flo
         probe = min(state.limit - 1, math.floor(state.limit / p.probe_step))
     elif state.limit < p.max_limit:
         state.probe_down = False
-        step = state.up_step or p.probe_step
+        step = 1 + (p.probe_step - 1) / 2 if state.half_step else p.probe_step
         probe = min(p.max_limit, max(state.limit + 1, math.ceil(state.limit * step)))
     else:
         return None
@@ -102,7 +102,7 @@ def judge_probe(
             1 + STRONG_PROBE * proportional
         )
         set_base(state, rate, latency)
-        state.up_step = 0.0
+        state.half_step = False
         verdict = "probe_kept"
         if strong and state.limit < p.max_limit:
             state.phase = Phase.STARTUP
@@ -122,10 +122,10 @@ def judge_probe(
             # swings by), and once per limit: a half step that failed too is not tried from
             # there again (in a closed loop that fills a batch of 32 exactly, each probe to 36
             # queued jobs behind the batch: the simulation's p99 0.81 -> 1.34 s over 4,000 jobs).
-            if state.up_step:
-                state.up_step, state.half_step_tried = 0.0, state.base_limit
+            if state.half_step:
+                state.half_step, state.half_step_tried = False, state.base_limit
             elif state.half_step_tried != state.base_limit:
-                state.up_step = 1 + (p.probe_step - 1) / 2
+                state.half_step = True
         state.limit = state.base_limit
         verdict = "probe_dropped"
         state.steady_rounds = 0

@@ -144,11 +144,10 @@ class WorkerState:
     # The limit the last dropped up probe started from: from there the next probe for
     # headroom waits half the probe interval, not HEADROOM_ROUNDS.
     dropped_from: int = 0
-    # The next up probe's step over the limit, as a factor (0: ``probe_step``): half as long
-    # after a dropped up probe, back to ``probe_step`` when one is kept, so that a knee
-    # between two steps is closed in on (a batch of 24 stood at 20 for good, its probe to 25
-    # queued; 96 at 80).
-    up_step: float = 0.0
+    # The next up probe steps half as far as ``probe_step``: set by a dropped up probe, cleared
+    # when one is kept, so that a knee between two steps is closed in on (a batch of 24 stood
+    # at 20 for good, its probe to 25 queued; 96 at 80).
+    half_step: bool = False
     half_step_tried: int = 0  # the limit from which a half step was last tried and dropped
     # Settled near its first limit, never measured below it: probed down from there until a
     # step down costs throughput (``_descend_if_unproven``), once.

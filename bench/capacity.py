@@ -581,6 +581,42 @@ async def scenario_l(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------- (m)
+# A batch bound by memory as well as by count: a TGI server admits a request only while the
+# batch's tokens (each request's input and max_new_tokens) fit its KV cache, and vLLM's
+# scheduler is close to that. With (f2)'s 20/400 mix, 3,200 units hold 160 small jobs (64 by
+# count), 8 large ones, or any mix between: no count of jobs fits the worker.
+MEMORY_BATCH, MEMORY_BATCH_COST = 64, 3200.0
+
+
+async def scenario_m(ctx: Ctx) -> dict[str, Any]:
+    count = 240 if ctx.quick else 1200
+    endpoint = {**_endpoint("batching"), "max_batch": MEMORY_BATCH,
+                "max_batch_cost": MEMORY_BATCH_COST}  # fmt: skip
+    emulator = emulator_config(ctx, {ENDPOINT: endpoint})
+    costs = mixed_costs(count, ctx.seed)
+    variant = f"memory-bound batches cost 20/400, c={CONCURRENCY}"
+    runs = await _three_systems(
+        ctx, emulator, variant, closed_load(cost_jobs(costs), CONCURRENCY, 180), CONCURRENCY
+    )
+    run, off = _by(runs, variant, "vast-scheduler (run)"), _by(runs, variant, "official")
+    out = ratio_target("(m) throughput >= 1.0x official", run, off, throughput, 1.0, True,
+                       "jobs/s")  # fmt: skip
+    out += ratio_target("(m) p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
+    out.append(no_failed("(m)", runs))
+    return {
+        "params": {
+            "concurrency": CONCURRENCY,
+            "jobs": count,
+            "worker": endpoint,
+            "mix": {"small": SMALL_COST, "large": LARGE_COST, "large_share": LARGE_SHARE},
+        },
+        "runs": runs,
+        "targets": out,
+        "notes": _limit_notes(runs),
+    }
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]] = {
     "f": (
         "batching workers (max_batch 32): fixed cost 100 and 20/400 mix at concurrency 96",
@@ -589,6 +625,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]] = {
     "g": ("FIFO workers, 20/400 cost mix: what waits at a worker only waits", scenario_g),
     "h": ("mixed fleet: one batching, one FIFO, one processor-sharing worker", scenario_h),
     "l": ("unlike GPUs: batching workers of batch 8, 8 and 64", scenario_l),
+    "m": ("memory-bound batches: at most 64 jobs and 3,200 cost units a batch", scenario_m),
     "f-screen": (
         "one (f) variant through the daemon alone, many runs (BENCH_F_VARIANT, BENCH_F_RUNS)",
         scenario_f_screen,

@@ -19,7 +19,8 @@ Scenarios, closed loop at concurrency 96 as in (f)-(h):
 - ``warm``: after 300 jobs not counted, on fresh workers (limits learnt);
 - ``late``: the warm-up ran on all workers but the last, which joins for the measured run
   (Vast added a worker to a busy fleet);
-(``l``: a fleet of unlike GPUs, batches of 8, 8 and 64, as bench (l); ``n``: batches of 24);
+(``l``: a fleet of unlike GPUs, batches of 8, 8 and 64, as bench (l); ``n``: batches of 24;
+``m``: batches bound by memory as well, 3,200 cost units, under (f2)'s mix, as bench (m));
 and ``official-like``: every job sent at once to the worker with the least outstanding cost
 per unit of its speed, what Vast's route does for the official client.
 """
@@ -53,6 +54,7 @@ class Worker:
     perf: float = 200.0
     max_batch: int = 32
     slowdown: float = 0.02
+    max_batch_cost: float | None = None
 
     @property
     def reported_perf(self) -> float:
@@ -61,14 +63,14 @@ class Worker:
         return benchmark_perf(
             EmulatedEndpoint(
                 perf=self.perf, service=self.service, max_batch=self.max_batch,
-                batch_slowdown=self.slowdown,
+                batch_slowdown=self.slowdown, max_batch_cost=self.max_batch_cost,
             )
         )  # fmt: skip
 
     def queue(self) -> WorkQueue:
         return WorkQueue(
             rate=self.perf, service=self.service, max_batch=self.max_batch,
-            batch_slowdown=self.slowdown,
+            batch_slowdown=self.slowdown, max_batch_cost=self.max_batch_cost,
         )  # fmt: skip
 
 
@@ -246,6 +248,9 @@ SCENARIOS = (
     # A batch that is no power of two (a vLLM server's is what its GPU's memory holds), three of
     # 24 under 96 clients: the official client keeps each batch full with 8 queued behind it.
     Scenario("n", (Worker("batching", max_batch=24),) * 3, (95.0, 100.0, 105.0), 4000),
+    # A batch bound by memory (a vLLM server's KV cache holds so many tokens): 64 requests
+    # at most, and 3,200 units of work (32 of cost 100; 8 of the mix's 400s, 160 of its 20s).
+    Scenario("m", (Worker("batching", max_batch=64, max_batch_cost=3200.0),) * 3, MIX, 1200),
 )
 
 

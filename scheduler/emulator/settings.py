@@ -61,7 +61,11 @@ class EmulatedEndpoint(_Frozen):
     - ``processor_sharing``: n requests in flight each progress at ``perf / n``;
     - ``batching``: a continuous-batching inference server (vLLM, TGI): up to ``max_batch``
       requests progress at once, each at ``perf / (1 + batch_slowdown * (n - 1))`` with n
-      the number in the batch; the rest wait FIFO and join as soon as a slot frees.
+      the number in the batch; the rest wait FIFO and join as soon as a slot frees. With
+      ``max_batch_cost``, a batch also holds at most that much workload (each request's
+      whole workload, as a vLLM server reserves KV cache for a request's tokens): large
+      requests make the batch smaller; the oldest waiting request joins first, and one that
+      does not fit holds those behind it back.
 
     ``parallel`` is the older spelling: ``true`` = ``processor_sharing``, ``false`` =
     ``fifo``; giving both ``parallel`` and a ``service`` that disagrees is an error.
@@ -133,6 +137,8 @@ class EmulatedEndpoint(_Frozen):
     service: ServiceModel = "fifo"
     max_batch: int = Field(default=32, ge=1, le=4096)
     batch_slowdown: float = Field(default=0.02, ge=0, le=1)
+    # batching: the work a batch holds at most (a KV cache's tokens); None: max_batch alone
+    max_batch_cost: float | None = Field(default=None, gt=0)
     benchmark_concurrency: int = Field(default=10, ge=1, le=4096)
     mode: WorkerMode = "current"
     workload: WorkloadKind = "constant"

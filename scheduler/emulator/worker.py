@@ -374,6 +374,7 @@ class EmulatedWorker:
             "perf": self.spec.settings.perf,
             "service": self.spec.settings.service,
             "max_batch": self.spec.settings.max_batch,
+            "max_batch_cost": self.spec.settings.max_batch_cost,
             "max_perf": self.metrics.max_perf,
             "slow_factor": self.processor.slow_factor,
             "garbage": self.writer.garbage,

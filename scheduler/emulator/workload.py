@@ -41,15 +41,21 @@ class WorkQueue:
     progresses at rate/n. ``fifo``: only the oldest job progresses, at the full rate.
     ``batching``: the oldest ``max_batch`` jobs progress, each at
     ``rate / (1 + batch_slowdown * (n - 1))`` with n of them in the batch; a job leaving
-    the batch lets the oldest waiting one in at once (continuous batching).
+    the batch lets the oldest waiting one in at once (continuous batching). With
+    ``max_batch_cost``, the batch also holds no more than that much work (each job's whole
+    work, from its start: a vLLM server's KV cache holds so many tokens); the oldest job is
+    always let in, and a job that does not fit waits, with those behind it (first come,
+    first served).
     """
 
     rate: float
     service: ServiceModel = "processor_sharing"
     max_batch: int = 32
     batch_slowdown: float = 0.02
+    max_batch_cost: float | None = None
     now: float = 0.0
     remaining: dict[int, float] = field(default_factory=dict)
+    work: dict[int, float] = field(default_factory=dict)  # each job's whole work
 
     @classmethod
     def for_endpoint(cls, endpoint: EmulatedEndpoint, now: float = 0.0) -> WorkQueue:
@@ -58,17 +64,19 @@ class WorkQueue:
             service=endpoint.service,
             max_batch=endpoint.max_batch,
             batch_slowdown=endpoint.batch_slowdown,
+            max_batch_cost=endpoint.max_batch_cost,
             now=now,
         )
 
     def add(self, job: int, work: float, now: float) -> list[int]:
         done = self.advance(now)
-        self.remaining[job] = max(work, 0.0)
+        self.remaining[job] = self.work[job] = max(work, 0.0)
         return done + self._pop_finished()
 
     def remove(self, job: int, now: float) -> list[int]:
         done = self.advance(now)
         self.remaining.pop(job, None)
+        self.work.pop(job, None)
         return done
 
     def set_rate(self, rate: float, now: float) -> list[int]:
@@ -94,8 +102,19 @@ class WorkQueue:
         if self.service == "fifo":
             return jobs[:1]
         if self.service == "batching":
-            return jobs[: self.max_batch]
+            return self._batch(jobs[: self.max_batch])
         return jobs
+
+    def _batch(self, oldest: list[int]) -> list[int]:
+        budget = self.max_batch_cost
+        if budget is None:
+            return oldest
+        held = 0.0
+        for index, job in enumerate(oldest):
+            held += self.work[job]
+            if index and held > budget:
+                return oldest[:index]
+        return oldest
 
     def job_rate(self) -> float:
         """The rate at which each job in service progresses now (units/s)."""
@@ -129,6 +148,7 @@ class WorkQueue:
         done = [job for job, left in self.remaining.items() if left <= _EPSILON_UNITS]
         for job in done:
             del self.remaining[job]
+            self.work.pop(job, None)
         return done
 
 

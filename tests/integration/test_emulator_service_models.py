@@ -54,6 +54,19 @@ async def test_batching_serves_eight_together_in_about_the_time_of_one() -> None
     assert finishes[-1] < 3 * alone, (alone, finishes)
 
 
+async def test_a_memory_bound_batch_serves_eight_two_at_a_time() -> None:
+    """``max_batch_cost`` of two requests' workload (a KV cache full at two): the eight are
+    served in four batches of two, each in about the time of one request alone."""
+    endpoint = _endpoint("batching", max_batch_cost=2 * COST)
+    async with running(config(echo=endpoint), wait_for={"echo": 1}) as (emu, http):
+        alone, finishes = await signature(http, emu)
+    pair_s = ALONE_S * 1.02  # two together: 0.255 s of model time
+    for k, finish in enumerate(finishes):
+        assert finish >= (k // 2 + 1) * pair_s * 0.95, finishes
+    assert finishes[1] < 3 * alone, (alone, finishes)  # the first two did not wait
+    assert finishes[-1] >= 3.5 * ALONE_S, finishes
+
+
 async def test_processor_sharing_splits_the_rate_between_eight() -> None:
     cfg = config(echo=_endpoint("processor_sharing"))
     async with running(cfg, wait_for={"echo": 1}) as (emu, http):

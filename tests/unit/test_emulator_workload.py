@@ -193,3 +193,41 @@ def test_service_settings_and_the_parallel_alias() -> None:
     assert fifo.with_overrides({"service": "batching"}).service == "batching"
     assert fifo.with_overrides({"parallel": True}).service == "processor_sharing"
     assert fifo.with_overrides({"perf": 5}).service == "fifo"
+
+
+def test_a_memory_bound_batch_holds_no_more_work_than_its_budget() -> None:
+    """``max_batch_cost`` (a KV cache's tokens): the oldest jobs join while their whole work
+    fits; one that does not fit waits, and the small one behind it too (first come)."""
+    queue = WorkQueue(rate=100, service="batching", max_batch=8, batch_slowdown=0.0,
+                      max_batch_cost=1000)  # fmt: skip
+    for job, work in enumerate([400, 400, 400, 20]):
+        queue.add(job, work, 0.0)
+    assert queue.in_service() == [0, 1]  # 800; the third would make 1,200
+    assert queue.advance(4.0) == [0, 1]  # both at the full rate: 400 / 100
+    assert queue.in_service() == [2, 3]
+    assert queue.advance(4.2) == [3]
+    assert queue.advance(8.0) == [2]
+    queue.add(9, 5000, 8.0)  # larger than the whole budget: alone, it still runs
+    assert queue.in_service() == [9]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    work=st.lists(st.floats(1, 500), min_size=1, max_size=12),
+    budget=st.floats(50, 2000),
+    max_batch=st.integers(1, 12),
+)
+def test_a_memory_bound_batch_is_the_longest_fitting_prefix(
+    work: list[float], budget: float, max_batch: int
+) -> None:
+    queue = WorkQueue(rate=100, service="batching", max_batch=max_batch, batch_slowdown=0.02,
+                      max_batch_cost=budget)  # fmt: skip
+    for job, units in enumerate(work):
+        queue.add(job, units, 0.0)
+    serving = queue.in_service()
+    assert serving == list(range(len(serving)))  # the oldest, in order
+    assert 1 <= len(serving) <= max_batch
+    assert len(serving) == 1 or sum(work[: len(serving)]) <= budget
+    if len(serving) < min(max_batch, len(work)):
+        assert sum(work[: len(serving) + 1]) > budget  # the next would not fit
+    assert set(_run_to_end(queue, step=0.5)) == set(range(len(work)))

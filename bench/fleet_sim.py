@@ -39,7 +39,7 @@ from typing import Any
 from bench.report import RESULTS, machine, percentile, today
 from scheduler.core.assignments import Held, Lease, LeaseLimits, LeasePool, ReuseMode
 from scheduler.core.capacity import Capacity, CapacityPolicy, Sent
-from scheduler.emulator.settings import EmulatedEndpoint, ServiceModel
+from scheduler.emulator.settings import BatchMemory, EmulatedEndpoint, ServiceModel
 from scheduler.emulator.workload import WorkQueue, benchmark_perf
 
 CONCURRENCY = 96
@@ -55,6 +55,7 @@ class Worker:
     max_batch: int = 32
     slowdown: float = 0.02
     max_batch_cost: float | None = None
+    batch_memory: BatchMemory = "reserve"
 
     @property
     def reported_perf(self) -> float:
@@ -64,6 +65,7 @@ class Worker:
             EmulatedEndpoint(
                 perf=self.perf, service=self.service, max_batch=self.max_batch,
                 batch_slowdown=self.slowdown, max_batch_cost=self.max_batch_cost,
+                batch_memory=self.batch_memory,
             )
         )  # fmt: skip
 
@@ -71,6 +73,7 @@ class Worker:
         return WorkQueue(
             rate=self.perf, service=self.service, max_batch=self.max_batch,
             batch_slowdown=self.slowdown, max_batch_cost=self.max_batch_cost,
+            batch_memory=self.batch_memory,
         )  # fmt: skip
 
 
@@ -236,6 +239,7 @@ class Scenario:
 
 BATCHING = Worker("batching")
 SMALL_BATCH = Worker("batching", max_batch=8)
+PAGED = Worker("batching", max_batch=64, max_batch_cost=3200.0, batch_memory="grow")
 SCENARIOS = (
     Scenario("f1", (BATCHING,) * 3, (100.0,), 600),
     Scenario("f2", (BATCHING,) * 3, MIX, 400),
@@ -251,6 +255,9 @@ SCENARIOS = (
     # A batch bound by memory (a vLLM server's KV cache holds so many tokens): 64 requests
     # at most, and 3,200 units of work (32 of cost 100; 8 of the mix's 400s, 160 of its 20s).
     Scenario("m", (Worker("batching", max_batch=64, max_batch_cost=3200.0),) * 3, MIX, 1200),
+    # The same memory paged (vLLM): a request holds its prompt (a tenth of its work) and what it
+    # has generated; when the batch's memory is full the newest is preempted and starts again.
+    Scenario("v", (PAGED,) * 3, MIX, 1200),
 )
 
 

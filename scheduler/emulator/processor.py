@@ -29,6 +29,11 @@ class Processor:
     def slow_factor(self) -> float:
         return self._factor
 
+    @property
+    def preemptions(self) -> int:
+        """Jobs a paged batch (``batch_memory: grow``) preempted, so far."""
+        return self._queue.preemptions
+
     def set_slow_factor(self, factor: float) -> None:
         self._factor = max(factor, 1e-6)
         self._resolve(self._queue.set_rate(self._perf / self._factor, time.monotonic()))

@@ -37,6 +37,7 @@ EndpointState = Literal["active", "suspended", "stopped"]
 WorkerMode = Literal["current", "legacy"]
 WorkloadKind = Literal["constant", "max_tokens"]
 ServiceModel = Literal["processor_sharing", "fifo", "batching"]
+BatchMemory = Literal["reserve", "grow"]
 _PARALLEL_SERVICE: dict[bool, ServiceModel] = {True: "processor_sharing", False: "fifo"}
 
 
@@ -65,7 +66,11 @@ class EmulatedEndpoint(_Frozen):
       ``max_batch_cost``, a batch also holds at most that much workload (each request's
       whole workload, as a vLLM server reserves KV cache for a request's tokens): large
       requests make the batch smaller; the oldest waiting request joins first, and one that
-      does not fit holds those behind it back.
+      does not fit holds those behind it back. ``batch_memory: grow`` (vLLM's paged KV
+      cache): a request holds ``prompt_share`` of its workload from its start plus what it
+      has served; it joins while that fits, and when the batch's memory is full the newest
+      request in it is preempted (its progress lost; it waits first in line), and none joins
+      until one finishes.
 
     ``parallel`` is the older spelling: ``true`` = ``processor_sharing``, ``false`` =
     ``fifo``; giving both ``parallel`` and a ``service`` that disagrees is an error.
@@ -139,6 +144,10 @@ class EmulatedEndpoint(_Frozen):
     batch_slowdown: float = Field(default=0.02, ge=0, le=1)
     # batching: the work a batch holds at most (a KV cache's tokens); None: max_batch alone
     max_batch_cost: float | None = Field(default=None, gt=0)
+    # How a request holds that memory: all of it from its start (TGI), or its prompt's share
+    # and what it has served, the newest preempted when the batch is full (vLLM)
+    batch_memory: BatchMemory = "reserve"
+    prompt_share: float = Field(default=0.1, ge=0, le=1)
     benchmark_concurrency: int = Field(default=10, ge=1, le=4096)
     mode: WorkerMode = "current"
     workload: WorkloadKind = "constant"

@@ -377,6 +377,7 @@ class EmulatedWorker:
             "max_batch_cost": self.spec.settings.max_batch_cost,
             "max_perf": self.metrics.max_perf,
             "slow_factor": self.processor.slow_factor,
+            "preemptions": self.processor.preemptions,
             "garbage": self.writer.garbage,
             "trickle_byte_delay_ms": self.writer.trickle_byte_delay_ms,
             "cur_load": self.metrics.cur_load,

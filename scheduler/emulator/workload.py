@@ -5,10 +5,11 @@ No I/O and no clock reads: times are passed in (seconds, any monotonic origin).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.emulator.settings import EmulatedEndpoint, ServiceModel
+from scheduler.emulator.settings import BatchMemory, EmulatedEndpoint, ServiceModel
 
 _EPSILON_UNITS = 1e-6  # rounding residue: a job this close to done is done
 
@@ -45,7 +46,11 @@ class WorkQueue:
     ``max_batch_cost``, the batch also holds no more than that much work (each job's whole
     work, from its start: a vLLM server's KV cache holds so many tokens); the oldest job is
     always let in, and a job that does not fit waits, with those behind it (first come,
-    first served).
+    first served). ``batch_memory="grow"`` (vLLM's paged KV cache) holds instead
+    ``prompt_share`` of a job's work from its start plus what it has served so far: a job
+    joins while that share fits; when the batch's holding reaches ``max_batch_cost`` the
+    newest job in it is preempted (its progress is lost, it waits first in line) and no job
+    joins until one finishes.
     """
 
     rate: float
@@ -53,9 +58,14 @@ class WorkQueue:
     max_batch: int = 32
     batch_slowdown: float = 0.02
     max_batch_cost: float | None = None
+    batch_memory: BatchMemory = "reserve"
+    prompt_share: float = 0.1
     now: float = 0.0
     remaining: dict[int, float] = field(default_factory=dict)
     work: dict[int, float] = field(default_factory=dict)  # each job's whole work
+    preemptions: int = 0
+    _running: list[int] = field(default_factory=list)  # "grow": the batch, oldest first
+    _paused: bool = False  # "grow": a job was preempted, none joins until one finishes
 
     @classmethod
     def for_endpoint(cls, endpoint: EmulatedEndpoint, now: float = 0.0) -> WorkQueue:
@@ -65,18 +75,25 @@ class WorkQueue:
             max_batch=endpoint.max_batch,
             batch_slowdown=endpoint.batch_slowdown,
             max_batch_cost=endpoint.max_batch_cost,
+            batch_memory=endpoint.batch_memory,
+            prompt_share=endpoint.prompt_share,
             now=now,
         )
 
     def add(self, job: int, work: float, now: float) -> list[int]:
         done = self.advance(now)
         self.remaining[job] = self.work[job] = max(work, 0.0)
-        return done + self._pop_finished()
+        done += self._pop_finished()
+        self._admit()
+        return done
 
     def remove(self, job: int, now: float) -> list[int]:
         done = self.advance(now)
         self.remaining.pop(job, None)
         self.work.pop(job, None)
+        if job in self._running:
+            self._running.remove(job)
+            self._admit()
         return done
 
     def set_rate(self, rate: float, now: float) -> list[int]:
@@ -89,7 +106,8 @@ class WorkQueue:
         dt = max(now - self.now, 0.0)
         self.now = max(now, self.now)
         done = self._pop_finished()
-        for _ in range(len(self.remaining) + 1):
+        # Each step ends at a completion or a preemption (at most one per job in the batch).
+        for _ in range(2 * len(self.remaining) + 2):
             if dt <= 0 or not self.remaining:
                 break
             dt = self._serve(dt)
@@ -102,8 +120,46 @@ class WorkQueue:
         if self.service == "fifo":
             return jobs[:1]
         if self.service == "batching":
-            return self._batch(jobs[: self.max_batch])
+            return list(self._running) if self._grows else self._batch(jobs[: self.max_batch])
         return jobs
+
+    @property
+    def _grows(self) -> bool:
+        return (
+            self.service == "batching"
+            and self.batch_memory == "grow"
+            and self.max_batch_cost is not None
+        )
+
+    def _held(self, job: int) -> float:
+        """ "grow": the memory a job in the batch holds: its prompt's share and what it served."""
+        work = self.work[job]
+        return self.prompt_share * work + work - self.remaining[job]
+
+    def _admit(self) -> None:
+        """ "grow": the oldest waiting jobs join while their prompts fit (the first always)."""
+        if not self._grows or self._paused:
+            return
+        budget = self.max_batch_cost or math.inf
+        held = sum(self._held(job) for job in self._running)
+        running = set(self._running)
+        for job in self.remaining:
+            if len(self._running) >= self.max_batch:
+                return
+            if job in running:
+                continue
+            joining = self.prompt_share * self.work[job]
+            if self._running and held + joining > budget:
+                return
+            self._running.append(job)
+            held += joining
+
+    def _until_full(self, served_rate: float) -> float:
+        """ "grow": seconds until the batch's memory is full (inf with one job: it runs)."""
+        if len(self._running) < 2:
+            return math.inf
+        free = (self.max_batch_cost or math.inf) - sum(self._held(j) for j in self._running)
+        return max(free, 0.0) / (served_rate * len(self._running))
 
     def _batch(self, oldest: list[int]) -> list[int]:
         budget = self.max_batch_cost
@@ -137,10 +193,16 @@ class WorkQueue:
         step = self.next_completion_in()
         if step is None:
             return 0.0
-        used = min(step, dt)
-        served = used * self.job_rate()
+        rate = self.job_rate()
+        full = self._until_full(rate) if self._grows else math.inf
+        used = min(step, dt, full)
         for job in self.in_service():
-            self.remaining[job] -= served
+            self.remaining[job] -= used * rate
+        if full <= min(step, dt):
+            preempted = self._running.pop()  # the newest: it starts again, first in line
+            self.remaining[preempted] = self.work[preempted]
+            self._paused = True
+            self.preemptions += 1
         return dt - used
 
     def _pop_finished(self) -> list[int]:
@@ -149,6 +211,10 @@ class WorkQueue:
         for job in done:
             del self.remaining[job]
             self.work.pop(job, None)
+        if done and self._grows:
+            self._running = [job for job in self._running if job in self.remaining]
+            self._paused = False
+            self._admit()
         return done
 
 

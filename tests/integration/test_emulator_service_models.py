@@ -67,6 +67,23 @@ async def test_a_memory_bound_batch_serves_eight_two_at_a_time() -> None:
     assert finishes[-1] >= 3.5 * ALONE_S, finishes
 
 
+async def test_a_paged_batch_preempts_the_newest_request_when_its_memory_is_full() -> None:
+    """``batch_memory: grow`` (vLLM): two requests join on their prompts (a tenth of their
+    workload each), grow until the batch holds 1.5 requests' workload, and the newer one is
+    preempted: it starts again once the older has finished, so it ends after two request times
+    (0.5 s of model time), and the admin API counts the preemption."""
+    endpoint = _endpoint("batching", max_batch_cost=1.5 * COST, batch_memory="grow")
+    async with running(config(echo=endpoint), wait_for={"echo": 1}) as (emu, http):
+        loop = asyncio.get_running_loop()
+        answers = [await ready_answer(http, emu, "echo", COST) for _ in range(2)]
+        started = loop.time()
+        finishes = sorted(await asyncio.gather(*(_timed(http, a, started) for a in answers)))
+        async with http.get(f"{emu.autoscaler_url}/admin/workers") as resp:
+            (worker,) = await resp.json()
+    assert worker["preemptions"] == 1, worker
+    assert finishes[1] >= 2 * ALONE_S * 0.95, finishes
+
+
 async def test_processor_sharing_splits_the_rate_between_eight() -> None:
     cfg = config(echo=_endpoint("processor_sharing"))
     async with running(cfg, wait_for={"echo": 1}) as (emu, http):

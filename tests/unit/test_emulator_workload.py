@@ -231,3 +231,56 @@ def test_a_memory_bound_batch_is_the_longest_fitting_prefix(
     if len(serving) < min(max_batch, len(work)):
         assert sum(work[: len(serving) + 1]) > budget  # the next would not fit
     assert set(_run_to_end(queue, step=0.5)) == set(range(len(work)))
+
+
+def _paged(budget: float, max_batch: int = 8, slowdown: float = 0.0) -> WorkQueue:
+    return WorkQueue(rate=100, service="batching", max_batch=max_batch, batch_slowdown=slowdown,
+                     max_batch_cost=budget, batch_memory="grow", prompt_share=0.1)  # fmt: skip
+
+
+def test_a_paged_batch_preempts_its_newest_job_when_memory_runs_out() -> None:
+    """vLLM's paged KV cache: two jobs of 600 join on their prompts (60 each) and grow at
+    100 units/s each; at 4.4 s they hold 1,000 and the newest starts again after the other."""
+    queue = _paged(1000)
+    queue.add(0, 600, 0.0)
+    queue.add(1, 600, 0.0)
+    assert queue.in_service() == [0, 1]
+    assert queue.advance(4.39) == []
+    assert queue.advance(4.41) == []
+    assert queue.preemptions == 1
+    assert queue.in_service() == [0]
+    assert queue.remaining[1] == 600  # its progress is lost
+    assert queue.next_completion_in() == pytest.approx(1.59)  # 160 left, alone: 6.0 s
+    queue.add(2, 10, 4.5)  # no job joins while one was preempted and none has finished
+    assert queue.in_service() == [0]
+    assert queue.advance(6.0) == [0]
+    assert queue.in_service() == [1, 2]  # the preempted one first, then the next
+    finished = _run_to_end(queue, step=1.0)
+    assert set(finished) == {1, 2}
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    work=st.lists(st.floats(1, 500), min_size=1, max_size=10),
+    budget=st.floats(50, 2000),
+    max_batch=st.integers(1, 10),
+)
+def test_a_paged_batch_never_holds_more_than_its_memory_and_ends_every_job(
+    work: list[float], budget: float, max_batch: int
+) -> None:
+    queue = _paged(budget, max_batch, slowdown=0.02)
+    for job, units in enumerate(work):
+        queue.add(job, units, 0.0)
+    finished: set[int] = set()
+    now = 0.0
+    for _ in range(10_000):
+        serving = queue.in_service()
+        if len(serving) > 1:
+            held = sum(0.1 * queue.work[j] + queue.work[j] - queue.remaining[j] for j in serving)
+            assert held <= budget * (1 + 1e-9)
+        assert len(serving) <= max_batch
+        if not queue.remaining:
+            break
+        now += min(queue.next_completion_in() or 0.0, 0.7)
+        finished.update(queue.advance(now))
+    assert finished == set(range(len(work)))

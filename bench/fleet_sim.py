@@ -38,7 +38,15 @@ from typing import Any
 
 from bench.report import RESULTS, machine, percentile, today
 from scheduler.core.assignments import Held, Lease, LeaseLimits, LeasePool, ReuseMode
-from scheduler.core.capacity import Capacity, CapacityPolicy, Sent
+from scheduler.core.capacity import (
+    Capacity,
+    CapacityPolicy,
+    Change,
+    Round,
+    Sent,
+    WorkerState,
+    round_measure,
+)
 from scheduler.emulator.settings import BatchMemory, EmulatedEndpoint, ServiceModel
 from scheduler.emulator.workload import WorkQueue, benchmark_perf
 
@@ -297,6 +305,45 @@ def batch_sweep() -> dict[str, Any]:
     return out
 
 
+class _FixedLimits(Capacity):
+    """Limits that never change; each round's reading (``round_measure``) is kept instead."""
+
+    def __init__(self, policy: CapacityPolicy) -> None:
+        super().__init__(policy)
+        self.readings: list[float] = []
+
+    def _end_round(self, worker: str, state: WorkerState, done: Round, now: float) -> Change | None:
+        measure = round_measure(done, state.limit, now)
+        if measure is not None:
+            self.readings.append(measure[0])
+        return None
+
+
+FIXED_LIMITS = (4, 8, 10, 12, 16, 24, 32, 48)
+FIXED_JOBS = 2000
+SKIPPED_ROUNDS = 5  # the first rounds fill the worker
+
+
+def fixed_limits(scenario: Scenario, limits: Sequence[int] = FIXED_LIMITS) -> dict[str, Any]:
+    """One worker of ``scenario``'s first kind, under CONCURRENCY clients, its limit held at
+    each of ``limits``: the cost it delivers per second, and the median of what the
+    controller's round measure reads there (its rounds' throughput by Little's law). Where
+    the two part, the controller steers by a wrong reading."""
+    worker, rows = scenario.fleet[0], {}
+    mean_cost = sum(scenario.costs) / len(scenario.costs)
+    for limit in limits:
+        capacity = _FixedLimits(CapacityPolicy(initial_limit=limit, max_limit=limit))
+        pool = LeasePool(LeaseLimits(ttl_s=1e12, idle_close_s=1e12), capacity=capacity)
+        outcome, _ = through_daemon((worker,), scenario.costs, FIXED_JOBS, 1, pool)
+        readings = capacity.readings[SKIPPED_ROUNDS:] or capacity.readings
+        rows[str(limit)] = {
+            "delivered_cost_s": round(outcome.jobs_per_s * mean_cost, 1),
+            "read_cost_s_median": round(statistics.median(readings), 1) if readings else None,
+            "p99_s": outcome.p99_s,
+        }
+    return rows
+
+
 def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
     rates = sorted(o.jobs_per_s for o in outcomes)
     return {
@@ -314,7 +361,11 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--batch-sweep", action="store_true",
                         help="one worker of each batch from 4 to 128 instead")  # fmt: skip
+    parser.add_argument("--fixed-limits", action="store_true",
+                        help="one worker of each scenario at fixed limits instead")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.fixed_limits:
+        return _fixed_limits_command(args.scenario or ["m", "v"], args.no_write, emit)
     if args.batch_sweep:
         sweep = {"machine": machine(), "sweep": batch_sweep()}
         for name, got in sweep["sweep"].items():
@@ -338,6 +389,23 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
             )
     if not args.no_write:
         path = RESULTS / f"{today()}-fleet-sim.json"
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        emit(f"written: {path}")
+    return results
+
+
+def _fixed_limits_command(
+    names: Sequence[str], no_write: bool, emit: Callable[[str], None]
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "clients": CONCURRENCY, "fixed": {}}
+    for scenario in (s for s in SCENARIOS if s.name in names):
+        rows = fixed_limits(scenario)
+        results["fixed"][scenario.name] = rows
+        for limit, row in rows.items():
+            emit(f"{scenario.name:3} limit {limit:>3}: delivered {row['delivered_cost_s']:7.1f}"
+                 f"  read {row['read_cost_s_median']}  p99 {row['p99_s']} s")  # fmt: skip
+    if not no_write:
+        path = RESULTS / f"{today()}-fixed-limits.json"
         path.write_text(json.dumps(results, indent=1) + "\n")
         emit(f"written: {path}")
     return results

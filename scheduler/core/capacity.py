@@ -304,14 +304,11 @@ class Capacity:
 
     # one round's verdict ------------------------------------------------------------------
     def _end_round(self, worker: str, state: WorkerState, done: Round, now: float) -> Change | None:
-        elapsed = now - done.started_at
-        if not done.samples or elapsed <= 0:
+        measure = round_measure(done, state.limit, now)
+        if measure is None:
             return None  # nothing to learn from (failures only)
-        latency = done.latency_s / done.cost
-        # Held at most the limit: a round after a cut begins with the jobs sent under the old
-        # limit still at the worker, held but not among its latencies (a batch of 8 measured
-        # 1.26x faster at 16 than at 8 that way, and went back to 32).
-        rate = min(done.held_s / elapsed, state.limit) / latency
+        rate, latency = measure
+        elapsed = now - done.started_at
         p = self.policy
         state.floor = (
             latency if state.floor is None else min(latency, state.floor * (1 + p.floor_drift))
@@ -394,6 +391,19 @@ class Capacity:
         if held and filled:
             return steady(self.policy, state, rate, latency)
         return None
+
+
+def round_measure(done: Round, limit: int, now: float) -> tuple[float, float] | None:
+    """A round's throughput (cost per second, by Little's law) and latency per cost; None
+    when it has no sample (failures only)."""
+    elapsed = now - done.started_at
+    if not done.samples or elapsed <= 0:
+        return None
+    latency = done.latency_s / done.cost
+    # Held at most the limit: a round after a cut begins with the jobs sent under the old
+    # limit still at the worker, held but not among its latencies (a batch of 8 measured
+    # 1.26x faster at 16 than at 8 that way, and went back to 32).
+    return min(done.held_s / elapsed, limit) / latency, latency
 
 
 def _kept_full(state: WorkerState, held_mean: float) -> bool:

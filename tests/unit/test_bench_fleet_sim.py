@@ -11,6 +11,7 @@ from bench.fleet_sim import (
     SCENARIOS,
     VARIANTS,
     Worker,
+    fixed_limits,
     main,
     official_like,
     run_variant,
@@ -73,3 +74,19 @@ def test_the_batch_sweep_reports_where_each_batch_settles(monkeypatch: pytest.Mo
     assert 0.9 * 24 <= got["settled"][24] <= 24
     assert (got["within"], got["sizes"]) == (2, 2)
     assert lines == ["cost 100: 2 of 2 batch sizes settle within 0.9-1.25x of the batch"]
+
+
+def test_fixed_limits_show_delivered_beside_what_the_round_measure_reads() -> None:
+    """A batch of 32 (f2's mix) held at 8 delivers what the round measure reads there; held at
+    48, past its batch, it delivers what it does at 32, and the reading collapses (the jobs
+    past the batch wait at the worker): the tool shows where the controller's measure and the
+    worker part. A paged (vLLM-like) worker delivers less at 24 than at 10 while the reading
+    rises."""
+    f2 = next(s for s in SCENARIOS if s.name == "f2")
+    rows = fixed_limits(f2, (8, 32, 48))
+    assert rows["8"]["read_cost_s_median"] == pytest.approx(rows["8"]["delivered_cost_s"], rel=0.05)
+    assert rows["48"]["delivered_cost_s"] == pytest.approx(rows["32"]["delivered_cost_s"], rel=0.02)
+    assert rows["48"]["read_cost_s_median"] < 0.5 * rows["48"]["delivered_cost_s"]
+    paged = fixed_limits(next(s for s in SCENARIOS if s.name == "v"), (10, 24))
+    assert paged["24"]["delivered_cost_s"] < 0.9 * paged["10"]["delivered_cost_s"]
+    assert paged["24"]["read_cost_s_median"] > paged["10"]["read_cost_s_median"]

@@ -16,7 +16,8 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from bench import procs
 from bench.loadgen import Record, closed_loop
 from bench.report import medians
 from bench.scenarios import (
+    DAEMON_ENDPOINTS,
     DIRECT,
     OFFICIAL,
     RUN,
@@ -591,6 +593,13 @@ MEMORY_BATCH, MEMORY_BATCH_COST = 64, 3200.0
 MEMORY_MODELS = {"reserve": "TGI-like, reserved", "grow": "vLLM-like, paged"}
 
 
+def memory_capped_endpoints() -> dict[str, Any]:
+    """The bench daemon's endpoints, the bench endpoint told its workers' memory."""
+    endpoints = deepcopy(DAEMON_ENDPOINTS)
+    endpoints[ENDPOINT]["capacity"] = {"max_worker_cost": MEMORY_BATCH_COST}
+    return endpoints
+
+
 async def scenario_m(ctx: Ctx) -> dict[str, Any]:
     count = 240 if ctx.quick else 1200
     costs = mixed_costs(count, ctx.seed)
@@ -604,12 +613,24 @@ async def scenario_m(ctx: Ctx) -> dict[str, Any]:
             ctx, emulator_config(ctx, {ENDPOINT: endpoint}), variant,
             closed_load(cost_jobs(costs), CONCURRENCY, 180), CONCURRENCY,
         )  # fmt: skip
+        # The daemon told the workers' memory (capacity.max_worker_cost): what the setting
+        # gives on the same jobs, beside the default config.
+        capped = replace(ctx, daemon_endpoints=memory_capped_endpoints())
+        capped_variant = f"{variant}, max_worker_cost {MEMORY_BATCH_COST:.0f}"
+        got += await _three_systems(
+            capped, emulator_config(ctx, {ENDPOINT: endpoint}), capped_variant,
+            closed_load(cost_jobs(costs), CONCURRENCY, 180), CONCURRENCY, kinds=(RUN,),
+        )  # fmt: skip
         runs += got
-        run, off = _by(got, variant, "vast-scheduler (run)"), _by(got, variant, "official")
+        off = _by(got, variant, "official")
         name = f"(m, {memory})"
-        out += ratio_target(f"{name} throughput >= 1.0x official", run, off, throughput, 1.0,
-                            True, "jobs/s")  # fmt: skip
-        out += ratio_target(f"{name} p99 <= 1.0x official", run, off, _p99, 1.0, False, "ms")
+        for label, run in ((name, _by(got, variant, "vast-scheduler (run)")),
+                           (f"{name} max_worker_cost",
+                            _by(got, capped_variant, "vast-scheduler (run)"))):  # fmt: skip
+            out += ratio_target(f"{label} throughput >= 1.0x official", run, off, throughput,
+                                1.0, True, "jobs/s")  # fmt: skip
+            out += ratio_target(f"{label} p99 <= 1.0x official", run, off, _p99, 1.0, False,
+                                "ms")  # fmt: skip
         out.append(no_failed(name, got))
     return {
         "params": {

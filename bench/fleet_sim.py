@@ -275,6 +275,9 @@ def run_variant(scenario: Scenario, variant: str, seed: int) -> Outcome:
         return official_like(fleet, costs, jobs, seed)
     if variant == "cold":
         return through_daemon(fleet, costs, jobs, seed)[0]
+    if variant == "told":
+        told = CapacityPolicy(max_worker_cost=fleet[0].max_batch_cost)
+        return through_daemon(fleet, costs, jobs, seed, policy=told)[0]
     warm_fleet = fleet if variant == "warm" else fleet[:-1]
     warm, pool = through_daemon(warm_fleet, costs, WARM_JOBS, seed + 100)
     return through_daemon(fleet, costs, jobs, seed, pool, warm.ended_at + 0.001)[0]
@@ -379,7 +382,8 @@ def main(argv: Sequence[str] | None = None, emit: Callable[[str], None] = print)
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     results: dict[str, Any] = {"machine": machine(), "seeds": args.seeds, "scenarios": {}}
     for scenario in chosen:
-        for variant in VARIANTS:
+        told = ("told",) if scenario.fleet[0].max_batch_cost else ()
+        for variant in VARIANTS + told:
             outcomes = [run_variant(scenario, variant, seed) for seed in range(1, args.seeds + 1)]
             summary = summarise(outcomes)
             results["scenarios"][f"{scenario.name} {variant}"] = summary

@@ -80,6 +80,9 @@ class Ctx:
     quick: bool
     seed: int
     workroot: Path
+    # The daemon's endpoints config (None: DAEMON_ENDPOINTS): a scenario that measures a
+    # setting runs with a copy of the context that carries it.
+    daemon_endpoints: dict[str, Any] | None = None
 
 
 @dataclass
@@ -159,7 +162,7 @@ async def stage(
         if kind not in (RUN, PROXY, VIA):
             yield Stage(ctx, emu, None)
             return
-        config = procs.daemon_config(emu.url, 0, DAEMON_ENDPOINTS)
+        config = procs.daemon_config(emu.url, 0, ctx.daemon_endpoints or DAEMON_ENDPOINTS)
         async with procs.daemon_process(ctx.http, config, workdir) as daemon:
             yield Stage(ctx, emu, daemon)
 

@@ -174,6 +174,9 @@ def response_schemas() -> dict[str, Schema]:
             "queue_depth": INTEGER, "queued_cost": NUMBER, "inflight": INTEGER,
             "max_concurrency": {**NULLABLE_INTEGER,
                                 "description": "null: no cap (leases and worker limits bound it)"},
+            "max_worker_cost": {**NULLABLE_NUMBER,
+                                "description": "The work a worker holds at most "
+                                               "(`capacity.max_worker_cost`); null: unset"},
             "max_depth": INTEGER,
             "known_workers": {"type": "array", "items": STRING}, "leases": INTEGER,
             "workers": {"type": "array", "items": ref("WorkerStatus"),

@@ -178,6 +178,11 @@ class CapacityConfig(Model):
     probe_up_efficiency: float = Field(0.35, gt=0, le=1)
     congestion_ratio: float = Field(2.0, gt=1, le=100)
     backoff: float = Field(0.7, gt=0, lt=1)
+    # The work a worker holds at most, in cost units: a memory-bound batch (a TGI server's
+    # max_batch_total_tokens, a vLLM server's KV cache) where the endpoint's cost counts its
+    # tokens. Set, a worker takes jobs while their cost fits (the first always), up to
+    # max_limit of them, instead of the learnt limit. None: the learnt limit alone.
+    max_worker_cost: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _initial_within_max(self) -> CapacityConfig:

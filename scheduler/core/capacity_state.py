@@ -34,6 +34,10 @@ class CapacityPolicy:
     congestion_ratio: float = 2.0  # latency per cost beyond this times the floor: queueing
     backoff: float = 0.7  # the limit's cut on congestion
     floor_drift: float = 0.02  # per round, so a floor from an old, faster worker is forgotten
+    # The work a worker holds at most (its KV cache, in cost units), given by the user: set, a
+    # worker takes jobs while their cost fits (the first always), up to max_limit of them,
+    # and the learnt limit does not bound it.
+    max_worker_cost: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_limit <= self.max_limit:
@@ -44,6 +48,8 @@ class CapacityPolicy:
             raise ValueError("backoff must be in (0, 1)")
         if not (0 < self.probe_efficiency <= 1 and 0 < self.probe_up_efficiency <= 1):
             raise ValueError("probe_efficiency and probe_up_efficiency must be in (0, 1]")
+        if self.max_worker_cost is not None and not self.max_worker_cost > 0:
+            raise ValueError("max_worker_cost must be > 0")
         if self.probe_every < 1 or self.probe_rounds < 1 or not 0 <= self.floor_drift < 1:
             raise ValueError("probe_every and probe_rounds must be >= 1, floor_drift in [0, 1)")
 

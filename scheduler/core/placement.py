@@ -101,13 +101,13 @@ class LeasePlacement:
         worker needs a bigger session, which only a route call brings."""
         room = self._room(cost, now, excluded, until)
         loads = self.loads()
-        at_limit = self._at_limit(room, loads, now)  # told they held a job back, room or not
+        at_limit = self._at_limit(room, loads, now, cost)  # told they held a job back
         if not room:
-            return None
+            return HOLD if self._all_full(loads, excluded, cost) else None
         if len(at_limit) == len(room):
             # A worker under its limit whose leases are all full needs a bigger budget, which
             # only a route call brings: route (None) rather than wait for the others (HOLD).
-            return None if self._short_of_budget(room, loads, excluded, now) else HOLD
+            return None if self._short_of_budget(room, loads, excluded, now, cost) else HOLD
         rates = {url: self.meter.throughput(url) for url in room if url not in at_limit}
         if len(rates) > 1 and None in rates.values():
             return self.pick(cost, now, rng, excluded | at_limit, self.meter.throughput, until)
@@ -128,6 +128,17 @@ class LeasePlacement:
         if route_for_budget and self._fund_first(earliest, room, loads, excluded):
             return None
         return room[self._packed(earliest, finishes, loads)]
+
+    def _all_full(
+        self, loads: dict[str, tuple[float, int]], excluded: frozenset[str], cost: float
+    ) -> bool:
+        """With ``max_worker_cost``, every leased worker holds as much work as lets the job
+        join: it waits here (its sessions declare that much, so none has budget for it; a
+        route call would only name one of them)."""
+        if self.capacity is None or self.capacity.policy.max_worker_cost is None:
+            return False
+        workers = self.workers() - excluded
+        return bool(workers) and all(self._held_at_limit(url, loads, cost) for url in workers)
 
     def _room(
         self, cost: float, now: float, excluded: frozenset[str], until: float | None
@@ -163,7 +174,7 @@ class LeasePlacement:
         return max(idle, key=lambda url: (self.meter.last_active(url), -finishes[url]))
 
     def _at_limit(
-        self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float
+        self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float, cost: float
     ) -> frozenset[str]:
         """The workers among ``room`` that hold as many jobs as their limit allows. Every
         leased worker at its limit is told it held a job back (that is what lets its limit
@@ -172,7 +183,7 @@ class LeasePlacement:
         capacity = self.capacity
         if capacity is None:
             return frozenset()
-        full = {url for url in self.workers() if self._held_at_limit(url, loads)}
+        full = {url for url in self.workers() if self._held_at_limit(url, loads, cost)}
         for url in full:
             capacity.blocked(url, now)
         return frozenset(full & room.keys())
@@ -183,6 +194,7 @@ class LeasePlacement:
         loads: dict[str, tuple[float, int]],
         excluded: frozenset[str],
         now: float,
+        cost: float,
     ) -> bool:
         """A worker under its limit has no lease with room: a leased one whose leases are
         full, or one whose session was just renewed (``RENEWAL_WINDOW_S``)."""
@@ -192,21 +204,25 @@ class LeasePlacement:
             if now - at > RENEWAL_WINDOW_S:
                 del self._renewing[url]
         roomless = self._roomless(room, excluded) | (self._renewing.keys() - room.keys() - excluded)
-        return any(not self._held_at_limit(url, loads) for url in roomless)
+        return any(not self._held_at_limit(url, loads, cost) for url in roomless)
 
     def _roomless(self, room: dict[str, Lease], excluded: frozenset[str]) -> set[str]:
         """Leased workers, not excluded, none of whose leases has room for the job."""
         return self.workers() - room.keys() - excluded
 
     def _proven(self, worker_url: str) -> int:
-        """The last limit that paid on the worker (0: none measured yet, or limits off)."""
-        state = self.capacity.state(worker_url) if self.capacity is not None else None
+        """The last limit that paid on the worker (0: none measured yet, limits off, or the
+        work a worker holds bounds it instead, ``max_worker_cost``)."""
+        capacity = self.capacity
+        if capacity is None or capacity.policy.max_worker_cost is not None:
+            return 0
+        state = capacity.state(worker_url)
         return state.base_limit if state is not None else 0
 
     def _under_proven(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
         """The worker holds fewer jobs than the last limit that paid on it (a new worker: than
         its first limit)."""
-        if self.capacity is None:
+        if self.capacity is None or self.capacity.policy.max_worker_cost is not None:
             return True
         proven = self._proven(worker_url) or self.capacity.limit(worker_url)
         return loads.get(worker_url, (0.0, 0))[1] < proven
@@ -226,13 +242,21 @@ class LeasePlacement:
         unfunded = self._roomless(room, excluded)
         return any(loads.get(url, (0.0, 0))[1] < self._proven(url) for url in unfunded)
 
-    def _held_at_limit(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
+    def _held_at_limit(
+        self, worker_url: str, loads: dict[str, tuple[float, int]], cost: float = 0.0
+    ) -> bool:
         """The worker holds as many jobs as its concurrency limit allows (``loads``: what
-        ``loads()`` returned); never while limits are off."""
+        ``loads()`` returned); never while limits are off. With ``max_worker_cost``, as much
+        work as that lets a job of ``cost`` join (the first job always), or ``max_limit``
+        jobs: the learnt limit does not bound it."""
         capacity = self.capacity
         if capacity is None:
             return False
-        return loads.get(worker_url, (0.0, 0))[1] >= capacity.limit(worker_url)
+        load, jobs = loads.get(worker_url, (0.0, 0))
+        cap = capacity.policy.max_worker_cost
+        if cap is None:
+            return jobs >= capacity.limit(worker_url)
+        return jobs >= capacity.policy.max_limit or (jobs > 0 and load + cost > cap)
 
     def saturated(self, worker_url: str) -> bool:
         """The worker is leased and holds as many jobs as its limit allows: another lease on it
@@ -245,7 +269,7 @@ class LeasePlacement:
             return False
         url = lease.worker_url
         loads = self.loads()
-        if self.capacity is not None and self._held_at_limit(url, loads):
+        if self.capacity is not None and self._held_at_limit(url, loads, cost):
             self.capacity.blocked(url, now)
             return False
         load, jobs = loads.get(url, (0.0, 0))

@@ -157,8 +157,9 @@ class Routing:
         return self._ctx.queue.queued_cost + sum(jobs[job_id].cost for job_id in self.reserved)
 
     def _route_next_batch(self, free_slots: float, held: bool = False) -> None:
-        config, queue = self._ctx.config, self._ctx.queue
-        limits = BatchLimits(int(min(self.sizing.batch_jobs(), free_slots)), config.batch.max_cost)
+        queue = self._ctx.queue
+        jobs_cap = int(min(self.sizing.batch_jobs(), free_slots))
+        limits = BatchLimits(jobs_cap, self.sizing.batch_cost())
         job_ids, cost = take_batch(queue.peek, queue.pop, limits)
         if not job_ids:
             return

@@ -34,6 +34,20 @@ class SessionSizing:
         learnt = [s.limit for s in states if s is not None and s.phase is not Phase.STARTUP]
         return max(learnt) if learnt else capacity.settled_limit()
 
+    def worker_cost_cap(self) -> float | None:
+        """``capacity.max_worker_cost`` when sessions are sized by limits: what a worker holds
+        at most, and so what its sessions declare."""
+        capacity = self._leasing.pool.capacity
+        if self._leasing.mode is not ReuseMode.SESSION or capacity is None:
+            return None
+        return capacity.policy.max_worker_cost
+
+    def batch_cost(self) -> float:
+        """The most cost one route call carries: no more than a worker holds."""
+        cap = self.worker_cost_cap()
+        max_cost = self._ctx.config.batch.max_cost
+        return max_cost if cap is None else min(max_cost, cap)
+
     def batch_jobs(self) -> int:
         """The most jobs one route call carries."""
         if self._leasing.mode is not ReuseMode.SESSION:
@@ -51,6 +65,9 @@ class SessionSizing:
         capacity = leasing.pool.capacity
         if leasing.mode is not ReuseMode.SESSION or capacity is None:
             return cost
+        worker_cap = self.worker_cost_cap()
+        if worker_cap is not None:
+            return min(max(cost, worker_cap), config.poll.max_cost, config.batch.max_cost)
         settled = self.settled_limit()
         limit = settled or max(
             (self._next_step(url, capacity.limit(url)) for url in leasing.pool.workers()),
@@ -82,6 +99,11 @@ class SessionSizing:
         past it by its probes once its start-up is over. Workers met together are not: in a
         mixed fleet (h) the FIFO worker settles first, and its limit of one would have held
         the batching worker's start-up to two jobs (34.8 jobs/s against 41-42)."""
+        worker_cap = self.worker_cost_cap()
+        if worker_cap is not None:
+            load = self._leasing.pool.loads().get(url, (0.0, 0))[0]
+            wanted = min(job_cost, max(0.0, worker_cap - load))
+            return self._leasing.free_session_budget(url) >= wanted - 1e-9
         sized = self._sized_limit(url)
         if sized is None:
             return False
@@ -95,6 +117,9 @@ class SessionSizing:
         held job of the queue's if larger), whatever runs on them now: a worker at its limit
         with small jobs is not funded for the large ones that follow them (an answer naming
         it is used)."""
+        worker_cap = self.worker_cost_cap()
+        if worker_cap is not None:
+            return self._leasing.session_budget(url) >= min(worker_cap, job_cost) - 1e-9
         sized = self._sized_limit(url)
         if sized is None:
             return True

@@ -24,6 +24,7 @@ def endpoint_snapshot(d: EndpointDispatcher, now: float) -> dict[str, Any]:
         "queued_cost": d.queue.queued_cost,
         "inflight": d.inflight,
         "max_concurrency": d.config.max_concurrency,
+        "max_worker_cost": d.config.capacity.max_worker_cost if d.config.capacity.enabled else None,
         "max_depth": d.config.queue.max_depth,
         "known_workers": sorted(routing.calls.known_workers),
         "leases": len(pool),

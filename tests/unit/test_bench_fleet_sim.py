@@ -90,3 +90,17 @@ def test_fixed_limits_show_delivered_beside_what_the_round_measure_reads() -> No
     paged = fixed_limits(next(s for s in SCENARIOS if s.name == "v"), (10, 24))
     assert paged["24"]["delivered_cost_s"] < 0.9 * paged["10"]["delivered_cost_s"]
     assert paged["24"]["read_cost_s_median"] > paged["10"]["read_cost_s_median"]
+
+
+def test_paged_workers_told_their_memory_beat_the_learnt_limit() -> None:
+    """Fleet simulation, one seed: vLLM-like workers (paged memory, preemption) run faster and
+    with a far lower p99 when the daemon is told their memory (``max_worker_cost``, variant
+    ``told``) than on the learnt limit, and than the official-like placement; only scenarios
+    with memory-bound workers have the variant."""
+    results = main(["--seeds", "1", "--scenario", "v", "--scenario", "f1", "--no-write"],
+                   lambda _line: None)  # fmt: skip
+    runs = {name: got["runs"][0] for name, got in results["scenarios"].items()}
+    assert "f1 told" not in runs
+    told, cold, official = runs["v told"], runs["v cold"], runs["v official-like"]
+    assert told["jobs_per_s"] > 1.05 * max(cold["jobs_per_s"], official["jobs_per_s"])
+    assert told["p99_s"] < 0.6 * min(cold["p99_s"], official["p99_s"])

@@ -603,30 +603,26 @@ def memory_capped_endpoints() -> dict[str, Any]:
 async def scenario_m(ctx: Ctx) -> dict[str, Any]:
     count = 240 if ctx.quick else 1200
     costs = mixed_costs(count, ctx.seed)
+    worker = {**_endpoint("batching"), "max_batch": MEMORY_BATCH,
+              "max_batch_cost": MEMORY_BATCH_COST}  # fmt: skip
+    # The daemon told the workers' memory (capacity.max_worker_cost): what the setting gives on
+    # the same jobs, beside the default config.
+    told = replace(ctx, daemon_endpoints=memory_capped_endpoints())
     runs: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
-    for memory, label in MEMORY_MODELS.items():
-        endpoint = {**_endpoint("batching"), "max_batch": MEMORY_BATCH,
-                    "max_batch_cost": MEMORY_BATCH_COST, "batch_memory": memory}  # fmt: skip
-        variant = f"memory-bound batches ({label}) cost 20/400, c={CONCURRENCY}"
-        got = await _three_systems(
-            ctx, emulator_config(ctx, {ENDPOINT: endpoint}), variant,
-            closed_load(cost_jobs(costs), CONCURRENCY, 180), CONCURRENCY,
-        )  # fmt: skip
-        # The daemon told the workers' memory (capacity.max_worker_cost): what the setting
-        # gives on the same jobs, beside the default config.
-        capped = replace(ctx, daemon_endpoints=memory_capped_endpoints())
-        capped_variant = f"{variant}, max_worker_cost {MEMORY_BATCH_COST:.0f}"
-        got += await _three_systems(
-            capped, emulator_config(ctx, {ENDPOINT: endpoint}), capped_variant,
-            closed_load(cost_jobs(costs), CONCURRENCY, 180), CONCURRENCY, kinds=(RUN,),
-        )  # fmt: skip
+    for memory, model in MEMORY_MODELS.items():
+        emulator = emulator_config(ctx, {ENDPOINT: {**worker, "batch_memory": memory}})
+        load = closed_load(cost_jobs(costs), CONCURRENCY, 180)
+        variant = f"memory-bound batches ({model}) cost 20/400, c={CONCURRENCY}"
+        told_variant = f"{variant}, max_worker_cost {MEMORY_BATCH_COST:.0f}"
+        got = await _three_systems(ctx, emulator, variant, load, CONCURRENCY)
+        got += await _three_systems(told, emulator, told_variant, load, CONCURRENCY, kinds=(RUN,))
         runs += got
         off = _by(got, variant, "official")
         name = f"(m, {memory})"
         for label, run in ((name, _by(got, variant, "vast-scheduler (run)")),
                            (f"{name} max_worker_cost",
-                            _by(got, capped_variant, "vast-scheduler (run)"))):  # fmt: skip
+                            _by(got, told_variant, "vast-scheduler (run)"))):  # fmt: skip
             out += ratio_target(f"{label} throughput >= 1.0x official", run, off, throughput,
                                 1.0, True, "jobs/s")  # fmt: skip
             out += ratio_target(f"{label} p99 <= 1.0x official", run, off, _p99, 1.0, False,
@@ -636,11 +632,7 @@ async def scenario_m(ctx: Ctx) -> dict[str, Any]:
         "params": {
             "concurrency": CONCURRENCY,
             "jobs": count,
-            "worker": {
-                **_endpoint("batching"),
-                "max_batch": MEMORY_BATCH,
-                "max_batch_cost": MEMORY_BATCH_COST,
-            },
+            "worker": worker,
             "batch_memory": MEMORY_MODELS,
             "mix": {"small": SMALL_COST, "large": LARGE_COST, "large_share": LARGE_SHARE},
         },

@@ -90,9 +90,13 @@ from scheduler.core.capacity_state import (
     Round,
     Sent,
     WorkerState,
+    round_measure,
 )
 
-__all__ = ["Capacity", "CapacityPolicy", "Change", "Phase", "Round", "Sent", "WorkerState"]
+__all__ = [
+    "Capacity", "CapacityPolicy", "Change", "Phase", "Round", "Sent", "WorkerState",
+    "round_measure",
+]  # fmt: skip
 
 DEFAULT_MAX_WORKERS = 4096
 MAX_ROUND_TURNOVERS = 4  # a round with no usable sample ends, without a verdict, after this
@@ -391,19 +395,6 @@ class Capacity:
         if held and filled:
             return steady(self.policy, state, rate, latency)
         return None
-
-
-def round_measure(done: Round, limit: int, now: float) -> tuple[float, float] | None:
-    """A round's throughput (cost per second, by Little's law) and latency per cost; None
-    when it has no sample (failures only)."""
-    elapsed = now - done.started_at
-    if not done.samples or elapsed <= 0:
-        return None
-    latency = done.latency_s / done.cost
-    # Held at most the limit: a round after a cut begins with the jobs sent under the old
-    # limit still at the worker, held but not among its latencies (a batch of 8 measured
-    # 1.26x faster at 16 than at 8 that way, and went back to 32).
-    return min(done.held_s / elapsed, limit) / latency, latency
 
 
 def _kept_full(state: WorkerState, held_mean: float) -> bool:

@@ -169,3 +169,16 @@ class WorkerState:
 def set_base(state: WorkerState, rate: float, latency: float) -> None:
     """The current limit is the last one measured: its throughput and latency per cost."""
     state.base_limit, state.base_rate, state.base_latency = state.limit, rate, latency
+
+
+def round_measure(done: Round, limit: int, now: float) -> tuple[float, float] | None:
+    """A round's throughput (cost per second, by Little's law) and latency per cost; None
+    when it has no sample (failures only)."""
+    elapsed = now - done.started_at
+    if not done.samples or elapsed <= 0:
+        return None
+    latency = done.latency_s / done.cost
+    # Held at most the limit: a round after a cut begins with the jobs sent under the old
+    # limit still at the worker, held but not among its latencies (a batch of 8 measured
+    # 1.26x faster at 16 than at 8 that way, and went back to 32).
+    return min(done.held_s / elapsed, limit) / latency, latency

@@ -101,9 +101,10 @@ class LeasePlacement:
         worker needs a bigger session, which only a route call brings."""
         room = self._room(cost, now, excluded, until)
         loads = self.loads()
-        at_limit = self._at_limit(room, loads, now, cost)  # told they held a job back
+        full = self._at_limit(loads, now, cost)  # told they held a job back, room or not
+        at_limit = full & room.keys()
         if not room:
-            return HOLD if self._all_full(loads, excluded, cost) else None
+            return HOLD if self._all_full(full, excluded) else None
         if len(at_limit) == len(room):
             # A worker under its limit whose leases are all full needs a bigger budget, which
             # only a route call brings: route (None) rather than wait for the others (HOLD).
@@ -129,16 +130,14 @@ class LeasePlacement:
             return None
         return room[self._packed(earliest, finishes, loads)]
 
-    def _all_full(
-        self, loads: dict[str, tuple[float, int]], excluded: frozenset[str], cost: float
-    ) -> bool:
-        """With ``max_worker_cost``, every leased worker holds as much work as lets the job
-        join: it waits here (its sessions declare that much, so none has budget for it; a
-        route call would only name one of them)."""
-        if self.capacity is None or self.capacity.policy.max_worker_cost is None:
+    def _all_full(self, full: frozenset[str], excluded: frozenset[str]) -> bool:
+        """With ``max_worker_cost``, every leased worker is among ``full`` (it holds as much
+        work as lets the job join): the job waits here (their sessions declare that much, so
+        none has budget for it; a route call would only name one of them)."""
+        if self._cost_cap() is None:
             return False
         workers = self.workers() - excluded
-        return bool(workers) and all(self._held_at_limit(url, loads, cost) for url in workers)
+        return bool(workers) and workers <= full
 
     def _room(
         self, cost: float, now: float, excluded: frozenset[str], until: float | None
@@ -174,19 +173,20 @@ class LeasePlacement:
         return max(idle, key=lambda url: (self.meter.last_active(url), -finishes[url]))
 
     def _at_limit(
-        self, room: dict[str, Lease], loads: dict[str, tuple[float, int]], now: float, cost: float
+        self, loads: dict[str, tuple[float, int]], now: float, cost: float
     ) -> frozenset[str]:
-        """The workers among ``room`` that hold as many jobs as their limit allows. Every
-        leased worker at its limit is told it held a job back (that is what lets its limit
-        grow), whether or not its leases have room: one whose only lease is full would
-        otherwise never grow, and never get the bigger lease that growing asks for."""
+        """The leased workers that hold as many jobs as their limit allows (as much work, for
+        a job of ``cost``, under ``max_worker_cost``). Each is told it held a job back (that
+        is what lets its limit grow), whether or not its leases have room: one whose only
+        lease is full would otherwise never grow, and never get the bigger lease that growing
+        asks for."""
         capacity = self.capacity
         if capacity is None:
             return frozenset()
-        full = {url for url in self.workers() if self._held_at_limit(url, loads, cost)}
+        full = frozenset(url for url in self.workers() if self._held_at_limit(url, loads, cost))
         for url in full:
             capacity.blocked(url, now)
-        return frozenset(full & room.keys())
+        return full
 
     def _short_of_budget(
         self,
@@ -214,7 +214,7 @@ class LeasePlacement:
         """The last limit that paid on the worker (0: none measured yet, limits off, or the
         work a worker holds bounds it instead, ``max_worker_cost``)."""
         capacity = self.capacity
-        if capacity is None or capacity.policy.max_worker_cost is not None:
+        if capacity is None or self._cost_cap() is not None:
             return 0
         state = capacity.state(worker_url)
         return state.base_limit if state is not None else 0
@@ -222,7 +222,7 @@ class LeasePlacement:
     def _under_proven(self, worker_url: str, loads: dict[str, tuple[float, int]]) -> bool:
         """The worker holds fewer jobs than the last limit that paid on it (a new worker: than
         its first limit)."""
-        if self.capacity is None or self.capacity.policy.max_worker_cost is not None:
+        if self.capacity is None or self._cost_cap() is not None:
             return True
         proven = self._proven(worker_url) or self.capacity.limit(worker_url)
         return loads.get(worker_url, (0.0, 0))[1] < proven
@@ -253,10 +253,14 @@ class LeasePlacement:
         if capacity is None:
             return False
         load, jobs = loads.get(worker_url, (0.0, 0))
-        cap = capacity.policy.max_worker_cost
+        cap = self._cost_cap()
         if cap is None:
             return jobs >= capacity.limit(worker_url)
         return jobs >= capacity.policy.max_limit or (jobs > 0 and load + cost > cap)
+
+    def _cost_cap(self) -> float | None:
+        """``capacity.max_worker_cost`` (None: unset, or limits off)."""
+        return self.capacity.policy.max_worker_cost if self.capacity is not None else None
 
     def saturated(self, worker_url: str) -> bool:
         """The worker is leased and holds as many jobs as its limit allows: another lease on it

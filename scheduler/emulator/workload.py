@@ -124,24 +124,29 @@ class WorkQueue:
         return jobs
 
     @property
-    def _grows(self) -> bool:
-        return (
-            self.service == "batching"
-            and self.batch_memory == "grow"
-            and self.max_batch_cost is not None
-        )
+    def _paged_memory(self) -> float | None:
+        """ "grow": the batch's memory (``max_batch_cost``); None for every other model."""
+        if self.service == "batching" and self.batch_memory == "grow":
+            return self.max_batch_cost
+        return None
 
-    def _held(self, job: int) -> float:
-        """ "grow": the memory a job in the batch holds: its prompt's share and what it served."""
-        work = self.work[job]
-        return self.prompt_share * work + work - self.remaining[job]
+    @property
+    def _grows(self) -> bool:
+        return self._paged_memory is not None
+
+    def _memory_held(self) -> float:
+        """ "grow": what the batch holds: each job's prompt share and what it has served."""
+        return sum(
+            self.prompt_share * self.work[job] + self.work[job] - self.remaining[job]
+            for job in self._running
+        )
 
     def _admit(self) -> None:
         """ "grow": the oldest waiting jobs join while their prompts fit (the first always)."""
-        if not self._grows or self._paused:
+        budget = self._paged_memory
+        if budget is None or self._paused:
             return
-        budget = self.max_batch_cost or math.inf
-        held = sum(self._held(job) for job in self._running)
+        held = self._memory_held()
         running = set(self._running)
         for job in self.remaining:
             if len(self._running) >= self.max_batch:
@@ -156,10 +161,10 @@ class WorkQueue:
 
     def _until_full(self, served_rate: float) -> float:
         """ "grow": seconds until the batch's memory is full (inf with one job: it runs)."""
-        if len(self._running) < 2:
+        budget = self._paged_memory
+        if budget is None or len(self._running) < 2:
             return math.inf
-        free = (self.max_batch_cost or math.inf) - sum(self._held(j) for j in self._running)
-        return max(free, 0.0) / (served_rate * len(self._running))
+        return max(budget - self._memory_held(), 0.0) / (served_rate * len(self._running))
 
     def _batch(self, oldest: list[int]) -> list[int]:
         budget = self.max_batch_cost
@@ -194,7 +199,7 @@ class WorkQueue:
         if step is None:
             return 0.0
         rate = self.job_rate()
-        full = self._until_full(rate) if self._grows else math.inf
+        full = self._until_full(rate)
         used = min(step, dt, full)
         for job in self.in_service():
             self.remaining[job] -= used * rate

@@ -211,12 +211,16 @@ def test_a_memory_bound_batch_holds_no_more_work_than_its_budget() -> None:
     assert queue.in_service() == [9]
 
 
+# Memory-bound batches: jobs' work, the batch's memory, its count of requests.
+memory_bound = {
+    "work": st.lists(st.floats(1, 500), min_size=1, max_size=12),
+    "budget": st.floats(50, 2000),
+    "max_batch": st.integers(1, 12),
+}
+
+
 @settings(max_examples=50, deadline=None)
-@given(
-    work=st.lists(st.floats(1, 500), min_size=1, max_size=12),
-    budget=st.floats(50, 2000),
-    max_batch=st.integers(1, 12),
-)
+@given(**memory_bound)
 def test_a_memory_bound_batch_is_the_longest_fitting_prefix(
     work: list[float], budget: float, max_batch: int
 ) -> None:
@@ -260,11 +264,7 @@ def test_a_paged_batch_preempts_its_newest_job_when_memory_runs_out() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    work=st.lists(st.floats(1, 500), min_size=1, max_size=10),
-    budget=st.floats(50, 2000),
-    max_batch=st.integers(1, 10),
-)
+@given(**memory_bound)
 def test_a_paged_batch_never_holds_more_than_its_memory_and_ends_every_job(
     work: list[float], budget: float, max_batch: int
 ) -> None:

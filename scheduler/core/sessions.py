@@ -14,6 +14,9 @@ from dataclasses import dataclass
 # The official worker sweeps expired sessions every 5 s (``SESSION_GC_INTERVAL``); a session
 # this close to its expiry may be gone before the next request reaches it.
 SESSION_MARGIN_S = 5.0
+# A session renews (``SessionClock.renewal_due``) when the expiry ahead has used all but this
+# share of its bound: enough starts left to run on while the successor opens.
+RENEWAL_SHARE = 0.25
 
 
 @dataclass(eq=False, slots=True)
@@ -59,6 +62,15 @@ class SessionClock:
     def spent(self, now: float) -> bool:
         """No job of any deadline can start on it any more (expiring, or at its bound)."""
         return not self.takes(now)
+
+    def renewal_due(self, now: float) -> bool:
+        """Live, with the expiry ahead within ``RENEWAL_SHARE`` of its bound plus one start
+        of it being spent: time to open its successor (``core.kept_answers``), so that jobs
+        move to it before this one is spent. A session not yet due takes at least one more
+        start."""
+        room = now + self.max_ahead_s - self.expires_at  # the bound less the expiry ahead
+        due = room < 2 * self.lifetime_s + RENEWAL_SHARE * self.max_ahead_s
+        return self.live(now) and due
 
 
 def session_lifetime(configured_s: float, deadlines: Iterable[float], now: float,

@@ -223,6 +223,7 @@ class EndpointDispatcher:
             job = self.ctx.jobs[job_id]
             self.ctx.finish(job, JobStatus.EXPIRED, "deadline passed while queued")
         self.leasing.close_idle(now)
+        self.leasing.renew_due(now)
         self._place(now)
         free_slots = max_concurrency(self.config) - self.inflight
         wake_at = self.routing.maybe_route(now, free_slots, self._holding)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, LeasePool, ReuseMode
 from scheduler.core.capacity import Capacity, CapacityPolicy, Change, Sent
+from scheduler.core.kept_answers import KeptAnswers
 from scheduler.core.sessions import SessionClock, session_lifetime
 from scheduler.dispatch.context import (
     MAX_REMEMBERED_WORKERS,
@@ -46,6 +47,11 @@ class Leasing:
         self._background: set[asyncio.Task[None]] = set()
         self._late_ends: set[asyncio.Task[None]] = set()  # lost /session/end calls, tried later
         self._opening: dict[str, float] = {}  # worker -> cost of the sessions being opened on it
+        # answers of sessions the worker confirmed ended, to renew sessions with
+        self._kept: KeptAnswers[Ready] = KeptAnswers(
+            MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS, MAX_REMEMBERED_WORKERS
+        )
+        self._renewing: set[str] = set()  # workers with a renewal's create call out
         self._closing = False
 
     def session_room(self, worker_url: str, cost: float) -> bool:
@@ -196,6 +202,63 @@ class Leasing:
         jobs wait here."""
         return frozenset() if len(self._ctx.queue) else self.pool.spare_workers()
 
+    def renew_due(self, now: float) -> None:
+        """Sessions near their bound (``SessionClock.renewal_due``) renewed from a kept answer
+        of their worker (``core.kept_answers``): the successor opens while the old one still
+        takes jobs, which is then retired (it ends once its jobs have). A worker with no
+        answer to spare is left to the route call that a spent session brings."""
+        if self.mode is not ReuseMode.SESSION or self._closing:
+            return
+        for lease in list(self.pool):
+            url = lease.worker_url
+            clock = lease.session
+            if (
+                clock is None
+                or lease.retired
+                or url in self._renewing
+                or not self._kept.count(url)
+                or not clock.renewal_due(now)
+            ):
+                continue
+            sessions = [x for x in self.pool if x.worker_url == url and x.session_id]
+            if len(sessions) >= MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS:
+                continue
+            live = {x.answer.reqnum for x in sessions}
+            answer = self._kept.take(url, lease.budget, live)
+            if answer is None:
+                continue
+            self._renewing.add(url)
+            spawn(self._renew(lease, answer), self._background, f"session-renew-{self._ctx.name}")
+
+    async def _renew(self, old: Lease, answer: Ready) -> None:
+        url = answer.url
+        metric = self._ctx.metrics.session_renewals
+        started = self._ctx.clock()
+        lifetime_s = self.lifetime_for_jobs(started)
+        self._opening[url] = self._opening.get(url, 0.0) + answer.cost
+        try:
+            session_id = await self._forwarder.create_session(answer, lifetime_s)
+        except (SessionRefused, WorkerError) as exc:
+            self._kept.forget(url)  # the old lease goes on until spent, then a route call
+            metric.labels(self._ctx.name, "failed").inc()
+            log.info("session.renewal_failed", endpoint=self._ctx.name, worker=url,
+                     lease_id=old.lease_id, error=repr(exc))  # fmt: skip
+            return
+        finally:
+            self._opened(url, answer.cost)
+            self._renewing.discard(url)
+        now = self._ctx.clock()
+        lease = self.pool.add(
+            self.pool.make_lease(url, answer, ReuseMode.SESSION, answer.cost, now)
+        )
+        self._track(lease, session_id, started, lifetime_s)
+        self.pool.retire(old)
+        metric.labels(self._ctx.name, "renewed").inc()
+        log.info("lease.renewed", endpoint=self._ctx.name, lease_id=lease.lease_id,
+                 replaces=old.lease_id, worker=url, capacity=answer.cost,
+                 session_lifetime_s=lifetime_s)  # fmt: skip
+        self._ctx.wakeup.set()
+
     def close_idle(self, now: float) -> None:
         """Close the leases that are done (idle and retired, expired or unused too long)."""
         spare = self.spare_workers()
@@ -215,6 +278,7 @@ class Leasing:
         for attempt in range(1, END_ATTEMPTS + 1):
             try:
                 await self._forwarder.end_session(lease.answer, session_id)
+                self._kept.keep(lease.answer)
                 return
             except WorkerError as exc:
                 if attempt == END_ATTEMPTS:
@@ -245,6 +309,7 @@ class Leasing:
             except WorkerError:
                 interval = min(ceiling, interval * 2)
                 continue
+            self._kept.keep(lease.answer)
             log.info("session.ended_late", endpoint=self._ctx.name, lease_id=lease.lease_id,
                      late_tries=tries)  # fmt: skip
             return
@@ -277,7 +342,8 @@ class Leasing:
         """On the way out: every lease retired and closed, their sessions ended (those whose
         end was lost earlier are left to the workers' expiry)."""
         self._closing = True
-        self._retire_all()
-        self.close_idle(self._ctx.clock())
         await cancel_and_wait(self._late_ends)
-        await asyncio.gather(*self._background, return_exceptions=True)
+        for _ in range(2):  # again for the sessions that renewals under way opened meanwhile
+            self._retire_all()
+            self.close_idle(self._ctx.clock())
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -155,6 +155,11 @@ class Metrics:
             [*ep, "result"],
         )  # fmt: skip
         self.leases_opened = counter("leases_opened", "Leases opened by mode", [*ep, "mode"])
+        # outcome: renewed (a session near its bound renewed from a kept route answer, no
+        # route call), failed (the create failed: the next route answer renews it)
+        self.session_renewals = counter(
+            "session_renewals", "Sessions renewed from a kept route answer", [*ep, "outcome"]
+        )
         # workers
         self.worker_latency = histogram(
             "worker_latency_seconds", "Worker request until response headers", ep,

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.api.context import SERVICE
 from scheduler.app import create_app
@@ -143,3 +144,14 @@ async def wait_all_finished(daemon: Daemon, job_ids: list[str], timeout_s: float
         return all((job := daemon.service.get(i)) is not None and job.finished for i in job_ids)
 
     await wait_until(all_done, timeout_s=timeout_s, interval_s=0.05)
+
+
+async def metric(http: aiohttp.ClientSession, daemon: Daemon, name: str, **labels: str) -> float:
+    """One sample of the daemon's ``GET /metrics`` (0 when absent)."""
+    async with http.get(f"{daemon.url}/metrics") as resp:
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -28,11 +28,11 @@ from official_worker import (
     official_workers,
     vastai_installed,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import (
     Daemon,
     daemon_config,
+    metric,
     run_many,
     running_daemon,
     running_emulator,
@@ -68,17 +68,6 @@ async def submit(http: aiohttp.ClientSession, daemon: Daemon, **body: Any) -> st
         assert resp.status == 202, await resp.text()
         job_id: str = (await resp.json())["id"]
         return job_id
-
-
-async def metric(http: aiohttp.ClientSession, daemon: Daemon, name: str, **labels: str) -> float:
-    """One sample of the daemon's ``GET /metrics`` (0 when absent)."""
-    async with http.get(f"{daemon.url}/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 def overlapping_pairs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], ...]]:

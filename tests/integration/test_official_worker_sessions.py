@@ -27,6 +27,7 @@ from scheduler.vast.types import Ready, WorkerGone
 from tests.integration.harness import (
     Daemon,
     daemon_config,
+    metric,
     running_daemon,
     running_emulator,
     wait_all_finished,
@@ -209,3 +210,47 @@ async def test_a_session_end_lost_for_a_while_is_tried_again_until_it_goes_throu
     quick_tries_s = sum(0.5 * 2**i for i in range(END_ATTEMPTS - 1))
     bound = LEASE["idle_close_s"] + quick_tries_s + lease["session_end_retry_s"] + REPORT_S
     assert idle_at - done <= bound + SLACK_S, idle_at - done
+
+
+@pytest.mark.timeout(120)
+async def test_sessions_at_their_bound_are_renewed_from_kept_answers_not_route_calls(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Jobs of 1 s deadline (a 10 s lifetime) one after the other under a 60 s bound: a
+    session takes about four starts. The first renewal needs a route call (no answer kept
+    yet); from then on a session near its bound is renewed from the answer of one the worker
+    confirmed ended: two route answers carry the 24 jobs' sessions (eight here), where each
+    renewal would otherwise be a route call (five sessions, five route calls). Every job runs
+    once, in a session; two sessions on one answer (the worker keys its load by ``reqnum``)
+    are never both in use; at the end the worker holds none."""
+    lease = {**LEASE, "session_end_bound_s": 60}
+    jobs = 24
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 1, ENDPOINT) as (worker,),
+        daemon_for(emulator.autoscaler_url, max_concurrency=1, lease=lease) as daemon,
+    ):
+        for n in range(jobs):
+            job_id = await submit(http, daemon, payload={"cost": 100, "n": n}, timeout_s=1)
+            job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 10)
+            assert job["status"] == "succeeded", job
+        done = time.monotonic()
+        renewed = await metric(http, daemon, "vast_scheduler_session_renewals_total",
+                               endpoint=ENDPOINT, outcome="renewed")  # fmt: skip
+        await wait_idle([worker], done, timeout_s=30)
+        routed = emulator.stats()["route"]["by_endpoint"][ENDPOINT]["ready"]
+        records = (await worker.records(http))["worker"]
+    assert sorted(r["n"] for r in records) == list(range(jobs))  # each ran once
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        assert record["session_id"] is not None, record
+        by_session.setdefault(record["session_id"], []).append(record)
+    assert routed <= 3, (routed, len(by_session))
+    assert len(by_session) >= routed + 3, (routed, len(by_session))
+    assert renewed >= len(by_session) - routed, (renewed, len(by_session), routed)
+    spans = [(min(r["start"] for r in rs), max(r["end"] for r in rs), rs[0]["reqnum"])
+             for rs in by_session.values()]  # fmt: skip
+    for i, (start, end, reqnum) in enumerate(spans):
+        for other_start, other_end, other in spans[i + 1 :]:
+            overlap = start < other_end and other_start < end
+            assert not (overlap and reqnum == other), spans

@@ -50,6 +50,45 @@ def test_a_job_it_takes_is_covered_until_its_deadline(
             assert clock.expires_at >= now + deadline_in + SESSION_MARGIN_S - 1e-6
 
 
+@given(
+    lifetime=lifetimes,
+    lifetimes_in_bound=st.floats(2, 12),  # bounds of a few lifetimes are where it is tight
+    gaps=st.lists(st.floats(0, 60), max_size=80),
+)
+def test_a_busy_session_is_due_for_renewal_before_it_is_spent(
+    lifetime: float, lifetimes_in_bound: float, gaps: list[float]
+) -> None:
+    """Renewal from a kept answer opens the successor while the old session still takes
+    jobs: a session not yet due takes at least one more start, and one whose starts ran it
+    to its bound had been due before it was spent."""
+    clock = SessionClock.opened(0.0, lifetime, lifetimes_in_bound * lifetime)
+    now = 0.0
+    due_seen = False
+    for gap in gaps:
+        now += gap
+        if not clock.live(now):
+            return
+        if not clock.renewal_due(now):  # room for this start and one more, at the least
+            assert clock.takes(now)
+            after = SessionClock(clock.lifetime_s, clock.expires_at, clock.max_ahead_s)
+            after.started()
+            assert after.takes(now) or not after.live(now)
+        due_seen = due_seen or clock.renewal_due(now)
+        if clock.spent(now):
+            assert due_seen
+            return
+        clock.started()
+
+
+def test_a_fresh_session_under_a_long_bound_is_not_due() -> None:
+    clock = SessionClock.opened(0.0, 160.0, 86_400.0)
+    assert not clock.renewal_due(1.0)
+    for _ in range(420):  # past ~75% of the ~540 starts the bound allows
+        clock.started()
+    assert clock.renewal_due(1.0)
+    assert clock.takes(1.0)
+
+
 @given(lifetime=lifetimes, bound=bounds, deadline_in=st.floats(0, 3600))
 def test_a_fresh_session_opened_for_a_job_takes_it(
     lifetime: float, bound: float, deadline_in: float

@@ -33,15 +33,23 @@ class Answer(Protocol):
 A = TypeVar("A", bound=Answer)
 
 
+@dataclass(frozen=True, slots=True)
+class Kept(Generic[A]):
+    answer: A
+    until: float  # its first lease's end (``lease.ttl_s`` after the route call): no use after
+
+
 @dataclass
 class KeptAnswers(Generic[A]):
-    """At most ``per_worker`` answers for each of at most ``max_workers`` workers."""
+    """At most ``per_worker`` answers for each of at most ``max_workers`` workers. An answer
+    serves no longer than the lease it first came with would have (``until``): renewals do not
+    keep a worker past the route call that ``lease.ttl_s`` asks for."""
 
     per_worker: int
     max_workers: int
-    _by_worker: dict[str, list[A]] = field(default_factory=dict)
+    _by_worker: dict[str, list[Kept[A]]] = field(default_factory=dict)
 
-    def keep(self, answer: A) -> None:
+    def keep(self, answer: A, until: float) -> None:
         """An answer whose session the worker confirmed ended. When the worker has
         ``per_worker`` already, the smallest goes (renewals want budget)."""
         kept = self._by_worker.get(answer.url)
@@ -49,23 +57,27 @@ class KeptAnswers(Generic[A]):
             if len(self._by_worker) >= self.max_workers:
                 self._by_worker.pop(next(iter(self._by_worker)))  # the oldest worker
             kept = self._by_worker[answer.url] = []
-        if any(other.reqnum == answer.reqnum for other in kept):
+        if any(other.answer.reqnum == answer.reqnum for other in kept):
             return
-        kept.append(answer)
+        kept.append(Kept(answer, until))
         if len(kept) > self.per_worker:
-            kept.remove(min(kept, key=lambda other: other.cost))
+            kept.remove(min(kept, key=lambda other: other.answer.cost))
 
-    def take(self, worker_url: str, cost: float, live_reqnums: Collection[int]) -> A | None:
-        """The largest kept answer for the worker that declares at least ``cost`` and whose
-        ``reqnum`` no live session holds, removed; None when there is none."""
-        kept = self._by_worker.get(worker_url, [])
-        fits = [a for a in kept if a.cost >= cost and a.reqnum not in live_reqnums]
-        if not fits:
-            return None
-        best = max(fits, key=lambda a: a.cost)
-        kept.remove(best)
-        if not kept:
-            del self._by_worker[worker_url]
+    def take(
+        self, worker_url: str, cost: float, live_reqnums: Collection[int], now: float
+    ) -> Kept[A] | None:
+        """The largest kept answer for the worker, still in use before its ``until``, that
+        declares at least ``cost`` and whose ``reqnum`` no live session holds, removed; None
+        when there is none. Those past their ``until`` are dropped."""
+        kept = [k for k in self._by_worker.get(worker_url, []) if k.until > now]
+        fits = [k for k in kept if k.answer.cost >= cost and k.answer.reqnum not in live_reqnums]
+        best = max(fits, key=lambda k: k.answer.cost) if fits else None
+        if best is not None:
+            kept.remove(best)
+        if kept:
+            self._by_worker[worker_url] = kept
+        else:
+            self._by_worker.pop(worker_url, None)
         return best
 
     def forget(self, worker_url: str) -> None:

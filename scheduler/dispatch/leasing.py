@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from scheduler.config import EndpointConfig
 from scheduler.core.assignments import Lease, LeasePool, ReuseMode
 from scheduler.core.capacity import Capacity, CapacityPolicy, Change, Sent
-from scheduler.core.kept_answers import KeptAnswers
+from scheduler.core.kept_answers import Kept, KeptAnswers
 from scheduler.core.sessions import SessionClock, session_lifetime
 from scheduler.dispatch.context import (
     MAX_REMEMBERED_WORKERS,
@@ -224,14 +224,14 @@ class Leasing:
             if len(sessions) >= MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS:
                 continue
             live = {x.answer.reqnum for x in sessions}
-            answer = self._kept.take(url, lease.budget, live)
-            if answer is None:
+            kept = self._kept.take(url, lease.budget, live, now)
+            if kept is None:
                 continue
             self._renewing.add(url)
-            spawn(self._renew(lease, answer), self._background, f"session-renew-{self._ctx.name}")
+            spawn(self._renew(lease, kept), self._background, f"session-renew-{self._ctx.name}")
 
-    async def _renew(self, old: Lease, answer: Ready) -> None:
-        url = answer.url
+    async def _renew(self, old: Lease, kept: Kept[Ready]) -> None:
+        answer, url = kept.answer, kept.answer.url
         metric = self._ctx.metrics.session_renewals
         started = self._ctx.clock()
         lifetime_s = self.lifetime_for_jobs(started)
@@ -249,7 +249,7 @@ class Leasing:
             self._renewing.discard(url)
         now = self._ctx.clock()
         lease = self.pool.add(
-            self.pool.make_lease(url, answer, ReuseMode.SESSION, answer.cost, now)
+            self.pool.make_lease(url, answer, ReuseMode.SESSION, answer.cost, now, kept.until)
         )
         self._track(lease, session_id, started, lifetime_s)
         self.pool.retire(old)
@@ -258,6 +258,12 @@ class Leasing:
                  replaces=old.lease_id, worker=url, capacity=answer.cost,
                  session_lifetime_s=lifetime_s)  # fmt: skip
         self._ctx.wakeup.set()
+
+    def _keep(self, lease: Lease) -> None:
+        """The worker confirmed the end of the lease's session: its answer may renew another
+        (a caller session's lease, which never expires, for the pool's ``ttl_s``)."""
+        until = min(lease.expires_at, lease.created_at + self.pool.limits.ttl_s)
+        self._kept.keep(lease.answer, until)
 
     def close_idle(self, now: float) -> None:
         """Close the leases that are done (idle and retired, expired or unused too long)."""
@@ -278,7 +284,7 @@ class Leasing:
         for attempt in range(1, END_ATTEMPTS + 1):
             try:
                 await self._forwarder.end_session(lease.answer, session_id)
-                self._kept.keep(lease.answer)
+                self._keep(lease)
                 return
             except WorkerError as exc:
                 if attempt == END_ATTEMPTS:
@@ -309,7 +315,7 @@ class Leasing:
             except WorkerError:
                 interval = min(ceiling, interval * 2)
                 continue
-            self._kept.keep(lease.answer)
+            self._keep(lease)
             log.info("session.ended_late", endpoint=self._ctx.name, lease_id=lease.lease_id,
                      late_tries=tries)  # fmt: skip
             return

@@ -119,13 +119,13 @@ class LeaseConfig(Model):
     # A session whose /session/end is lost frees its worker within this long (plus the
     # worker's 5 s sweep, and at least 2 lifetimes + 5 s): every request start moves the
     # worker's expiry one lifetime on, and no job starts on a session past this bound (a new
-    # session takes over). Each new session is a route call and a /session/create, and a
-    # lifetime covers half the jobs' longest deadline (5 min by default: ~160 s), so a bound
-    # of N lifetimes is about N jobs per session: 30 min (with whole-deadline lifetimes) made
-    # a busy batching worker open a session every 5 jobs (0.3 route calls per job, throughput
-    # a third); 6 h (~135 starts) still renewed sessions mid-run in a 900-job bench, each
-    # renewal a route call while jobs wait (warm (f1) p99 1.8x the official client's). 24 h:
-    # ~550 starts per session.
+    # session takes over, renewed from a kept route answer: ``core.kept_answers``). A lifetime
+    # covers half the jobs' longest deadline (5 min by default: ~160 s), so a bound of N
+    # lifetimes is about N jobs per session. 24 h: ~550 starts. 6 h (~135) measured as 24 h on
+    # the batching bench (f) once renewals stopped costing a route call, but not on (b)
+    # (sharing workers at ~50 jobs/s: p99 0.41-0.76x the official client's against 0.36x,
+    # twice the route calls); 1 h (~21) made a batching worker at 35 jobs/s renew every 0.4 s,
+    # faster than ended sessions gave their answers back (warm (f2) 0.62-0.71x throughput).
     session_end_bound_s: float = Field(86400.0, gt=0)
     # A /session/end that failed its quick tries (the network, the worker busy restarting) is
     # tried again after this long, doubling up to 10x, until the worker has ended the session

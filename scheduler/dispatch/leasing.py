@@ -253,6 +253,8 @@ class Leasing:
         )
         self._track(lease, session_id, started, lifetime_s)
         self.pool.retire(old)
+        if self._closing or self.mode is not ReuseMode.SESSION:
+            self.pool.retire(lease)  # shut down or reconfigured meanwhile: it only ends
         metric.labels(self._ctx.name, "renewed").inc()
         log.info("lease.renewed", endpoint=self._ctx.name, lease_id=lease.lease_id,
                  replaces=old.lease_id, worker=url, capacity=answer.cost,
@@ -349,7 +351,9 @@ class Leasing:
         end was lost earlier are left to the workers' expiry)."""
         self._closing = True
         await cancel_and_wait(self._late_ends)
-        for _ in range(2):  # again for the sessions that renewals under way opened meanwhile
-            self._retire_all()
-            self.close_idle(self._ctx.clock())
-            await asyncio.gather(*self._background, return_exceptions=True)
+        self._retire_all()
+        self.close_idle(self._ctx.clock())
+        await asyncio.gather(*self._background, return_exceptions=True)
+        # the sessions that renewals under way opened meanwhile (retired as they opened)
+        self.close_idle(self._ctx.clock())
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -254,3 +254,41 @@ async def test_sessions_at_their_bound_are_renewed_from_kept_answers_not_route_c
         for other_start, other_end, other in spans[i + 1 :]:
             overlap = start < other_end and other_start < end
             assert not (overlap and reqnum == other), spans
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_a_renewal_opens_during_shutdown_is_ended(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The daemon stops while a renewal's ``/session/create`` is out (held 1.5 s here): the
+    session it opens is ended on the way out, not left to the worker's expiry (a 40 s
+    lifetime: the worker would hold the session that long)."""
+    lease = {**LEASE, "session_lifetime_s": 40, "session_end_bound_s": 200}
+    renewing = asyncio.Event()
+    async with (
+        running_emulator({}) as emulator,
+        official_workers(emulator, 1, ENDPOINT) as (worker,),
+    ):
+        async with daemon_for(emulator.autoscaler_url, max_concurrency=1, lease=lease) as daemon:
+            forwarder = daemon.service.dispatchers[ENDPOINT].leasing._forwarder
+            real_create = forwarder.create_session
+            created: set[int] = set()
+
+            async def slow_renewal(ready: Ready, lifetime_s: float) -> str:
+                if ready.reqnum in created:  # an answer opening a second session: a renewal
+                    renewing.set()
+                    await asyncio.sleep(1.5)
+                created.add(ready.reqnum)
+                return await real_create(ready, lifetime_s)
+
+            forwarder.create_session = slow_renewal  # type: ignore[method-assign]
+            for n in range(12):
+                job_id = await submit(http, daemon, payload={"cost": 100, "n": n}, timeout_s=60)
+                job = await wait_for_status(http, daemon, job_id, {"succeeded", "failed"}, 10)
+                assert job["status"] == "succeeded", job
+                if renewing.is_set():
+                    break
+            assert renewing.is_set(), "no session was renewed from a kept answer"
+        stopped = time.monotonic()
+        idle_at = await wait_idle([worker], stopped, timeout_s=30)
+    assert idle_at - stopped <= FORCED_REPORT_S + REPORT_S + SLACK_S, idle_at - stopped

@@ -123,7 +123,7 @@ class LeaseConfig(Model):
     # covers half the jobs' longest deadline (5 min by default: ~160 s), so a bound of N
     # lifetimes is about N jobs per session. 24 h: ~550 starts. 6 h (~135) measured as 24 h on
     # the batching bench (f) once renewals stopped costing a route call, but not on (b)
-    # (sharing workers at ~50 jobs/s: p99 0.41-0.76x the official client's against 0.36x,
+    # (sharing workers at ~50 jobs/s: p99 0.36-0.77x the official client's against 0.36x,
     # twice the route calls); 1 h (~21) made a batching worker at 35 jobs/s renew every 0.4 s,
     # faster than ended sessions gave their answers back (warm (f2) 0.62-0.71x throughput).
     session_end_bound_s: float = Field(86400.0, gt=0)

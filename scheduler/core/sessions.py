@@ -66,8 +66,8 @@ class SessionClock:
     def renewal_due(self, now: float) -> bool:
         """Live, with the expiry ahead within ``RENEWAL_SHARE`` of its bound plus one start
         of it being spent: time to open its successor (``core.kept_answers``), so that jobs
-        move to it before this one is spent. A session not yet due takes at least one more
-        start."""
+        move to it before this one is spent. A session not yet due takes two more starts at
+        least (one while the successor's create call is out)."""
         room = now + self.max_ahead_s - self.expires_at  # the bound less the expiry ahead
         due = room < 2 * self.lifetime_s + RENEWAL_SHARE * self.max_ahead_s
         return self.live(now) and due

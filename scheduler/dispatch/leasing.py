@@ -26,6 +26,7 @@ from scheduler.vast.types import Ready, SessionRefused, WorkerError
 Unreachable = Callable[[str, str], None]  # worker URL, error kind
 MAX_SESSIONS_PER_WORKER = 4
 MAX_RETIRING_SESSIONS = 2  # retired sessions still running their last jobs, on top
+MAX_SESSIONS_HELD = MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS  # per worker, all told
 END_ATTEMPTS = 4  # /session/end tries: after 0, 0.5, 1.5 and 3.5 s (each call up to 10 s)
 END_BACKOFF_S = 0.5
 LATE_END_GROWTH = 10  # late /session/end tries back off to this many times session_end_retry_s
@@ -48,9 +49,7 @@ class Leasing:
         self._late_ends: set[asyncio.Task[None]] = set()  # lost /session/end calls, tried later
         self._opening: dict[str, float] = {}  # worker -> cost of the sessions being opened on it
         # answers of sessions the worker confirmed ended, to renew sessions with
-        self._kept: KeptAnswers[Ready] = KeptAnswers(
-            MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS, MAX_REMEMBERED_WORKERS
-        )
+        self._kept: KeptAnswers[Ready] = KeptAnswers(MAX_SESSIONS_HELD, MAX_REMEMBERED_WORKERS)
         self._renewing: set[str] = set()  # workers with a renewal's create call out
         self._closing = False
 
@@ -61,14 +60,12 @@ class Leasing:
         count, the smallest is retired (it ends once its jobs have) when the new one declares
         more: small sessions opened early for a few jobs would otherwise cap the worker's
         budget below what its learnt limit holds of larger jobs, for the leases' lifetime."""
-        sessions = [x for x in self.pool if x.worker_url == worker_url and x.session_id]
+        sessions = self._session_leases(worker_url)
         open_ = [x for x in sessions if not x.retired]
         if len(open_) < MAX_SESSIONS_PER_WORKER:
-            return len(sessions) < MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS
+            return len(sessions) < MAX_SESSIONS_HELD
         smallest = min(open_, key=lambda lease: lease.capacity)
-        if smallest.capacity >= cost or len(sessions) >= (
-            MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS
-        ):
+        if smallest.capacity >= cost or len(sessions) >= MAX_SESSIONS_HELD:
             return False
         self.pool.retire(smallest)
         log.info("lease.replaced", endpoint=self._ctx.name, lease_id=smallest.lease_id,
@@ -90,6 +87,10 @@ class Leasing:
         )
         return open_room + self._opening.get(worker_url, 0.0)
 
+    def _session_leases(self, worker_url: str) -> list[Lease]:
+        """The worker's leases that hold a Vast session, retired (still running) or not."""
+        return [lease for lease in self.pool if lease.worker_url == worker_url and lease.session_id]
+
     def _open_sessions(self, worker_url: str) -> Iterator[Lease]:
         """The worker's leases that hold a Vast session and are not retired."""
         return (
@@ -108,9 +109,8 @@ class Leasing:
         started = self._ctx.clock()
         lifetime_s = self.lifetime_for_jobs(started)
         if mode is ReuseMode.SESSION:
-            self._opening[ready.url] = self._opening.get(ready.url, 0.0) + ready.cost
             try:
-                session_id = await self._forwarder.create_session(ready, lifetime_s)
+                session_id = await self._create_session(ready, lifetime_s)
             except SessionRefused as exc:
                 mode = ReuseMode.SEQUENTIAL  # this answer carries one job at a time
                 if exc.status != 429:  # 429: at max_sessions for now, not for good
@@ -118,8 +118,6 @@ class Leasing:
             except WorkerError as exc:
                 self._unreachable(ready.url, exc.kind)
                 return None
-            finally:
-                self._opened(ready.url, ready.cost)
         now = self._ctx.clock()
         lease = self.pool.add(self.pool.make_lease(ready.url, ready, mode, ready.cost, now))
         if session_id is not None:
@@ -132,10 +130,17 @@ class Leasing:
         self._ctx.wakeup.set()
         return lease
 
-    def _opened(self, worker_url: str, cost: float) -> None:
-        left = self._opening.pop(worker_url, 0.0) - cost
-        if left > 1e-9:
-            self._opening[worker_url] = left
+    async def _create_session(self, ready: Ready, lifetime_s: float) -> str:
+        """``/session/create`` on the answer's worker, its cost counted among those being
+        opened there (``session_budget``) while the call is out."""
+        url = ready.url
+        self._opening[url] = self._opening.get(url, 0.0) + ready.cost
+        try:
+            return await self._forwarder.create_session(ready, lifetime_s)
+        finally:
+            left = self._opening.pop(url, 0.0) - ready.cost
+            if left > 1e-9:
+                self._opening[url] = left
 
     async def open_pinned(self, ready: Ready, lifetime_s: float) -> Lease:
         """A caller session's lease: a Vast session of its own, kept out of the pool (only the
@@ -220,8 +225,8 @@ class Leasing:
                 or not clock.renewal_due(now)
             ):
                 continue
-            sessions = [x for x in self.pool if x.worker_url == url and x.session_id]
-            if len(sessions) >= MAX_SESSIONS_PER_WORKER + MAX_RETIRING_SESSIONS:
+            sessions = self._session_leases(url)
+            if len(sessions) >= MAX_SESSIONS_HELD:
                 continue
             live = {x.answer.reqnum for x in sessions}
             kept = self._kept.take(url, lease.budget, live, now)
@@ -235,9 +240,8 @@ class Leasing:
         metric = self._ctx.metrics.session_renewals
         started = self._ctx.clock()
         lifetime_s = self.lifetime_for_jobs(started)
-        self._opening[url] = self._opening.get(url, 0.0) + answer.cost
         try:
-            session_id = await self._forwarder.create_session(answer, lifetime_s)
+            session_id = await self._create_session(answer, lifetime_s)
         except (SessionRefused, WorkerError) as exc:
             self._kept.forget(url)  # the old lease goes on until spent, then a route call
             metric.labels(self._ctx.name, "failed").inc()
@@ -245,7 +249,6 @@ class Leasing:
                      lease_id=old.lease_id, error=repr(exc))  # fmt: skip
             return
         finally:
-            self._opened(url, answer.cost)
             self._renewing.discard(url)
         now = self._ctx.clock()
         lease = self.pool.add(
